@@ -1,0 +1,31 @@
+# Two commands do everything: `make run` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The torch build this project is tested with; pip takes it from a local wheel cache where one exists.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test test-fast clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The chapter's 20-epoch run; extra Hydra overrides go in ARGS, e.g. make run ARGS="seed=1".
+run: setup
+	$(BIN)/backprop-lab experiment=article $(ARGS)
+
+test: setup
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,171 @@
+"""The chapter's network as matrix equations: forward, backward and the SGD step.
+
+One example per row, m examples per batch, H hidden units, 10 classes:
+
+    z1 = X W1 + b1              (m, H)      X: (m, 784) inputs in [-1, 1]
+    a1 = relu(z1)               (m, H)
+    z2 = a1 W2 + b2             (m, 10)     logits
+    p  = softmax(z2)            (m, 10)
+    L  = -(1/m) sum(Y * log p)              Y: (m, 10) one-hot targets
+
+    dz2 = p - Y                 (m, 10)     m * dL/dz2 (softmax and cross-entropy combined)
+    dW2 = a1^T dz2 / m          (H, 10)
+    db2 = mean_rows(dz2)        (10,)
+    dz1 = dz2 W2^T * 1[a1 > 0]  (m, H)
+    dW1 = X^T dz1 / m           (784, H)
+    db1 = mean_rows(dz1)        (H,)
+
+    W <- W - lr * dW            (for W1, b1, W2, b2)
+
+Code names follow the equations. `backward` is pure: it reads the forward cache and
+returns fresh gradients; `sgd_step` is the only function that changes parameters.
+Nothing here requires grad: autograd is the tests' oracle, never part of training.
+This module knows nothing of configs, files or devices beyond the tensors it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+N_INPUTS = 28 * 28
+N_CLASSES = 10
+
+
+@dataclass
+class Params:
+    W1: Tensor  # (784, H)
+    b1: Tensor  # (H,)
+    W2: Tensor  # (H, 10)
+    b2: Tensor  # (10,)
+
+    def as_dict(self) -> dict[str, Tensor]:
+        return {"W1": self.W1, "b1": self.b1, "W2": self.W2, "b2": self.b2}
+
+
+@dataclass
+class Cache:
+    """What the backward pass needs from the forward pass."""
+
+    X: Tensor  # (m, 784)
+    z1: Tensor  # (m, H)
+    a1: Tensor  # (m, H)
+    z2: Tensor  # (m, 10) logits
+    p: Tensor  # (m, 10) softmax(z2)
+
+
+@dataclass
+class Grads:
+    dW1: Tensor  # (784, H)
+    db1: Tensor  # (H,)
+    dW2: Tensor  # (H, 10)
+    db2: Tensor  # (10,)
+
+
+def init_params(
+    hidden_size: int,
+    init_scale: float,
+    generator: torch.Generator,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Params:
+    """The chapter's initialisation: W = randn * init_scale, b = 0.
+
+    Drawn on the CPU from `generator` and then moved, so one seed gives the same
+    starting weights on every device.
+    """
+    W1 = torch.randn(N_INPUTS, hidden_size, generator=generator, dtype=dtype) * init_scale
+    W2 = torch.randn(hidden_size, N_CLASSES, generator=generator, dtype=dtype) * init_scale
+    return Params(
+        W1=W1.to(device),
+        b1=torch.zeros(hidden_size, dtype=dtype, device=device),
+        W2=W2.to(device),
+        b2=torch.zeros(N_CLASSES, dtype=dtype, device=device),
+    )
+
+
+# --- activation: value and derivative ---------------------------------------------------
+
+
+def relu(z: Tensor) -> Tensor:
+    return z.clamp_min(0)
+
+
+def relu_grad(a: Tensor) -> Tensor:
+    """d relu / dz, read off the activation: 1 where a > 0 (same as z > 0), else 0."""
+    return a > 0
+
+
+# --- output and loss: softmax + cross-entropy, value and delta --------------------------
+
+
+def softmax(z: Tensor) -> Tensor:
+    e = (z - z.amax(dim=1, keepdim=True)).exp()  # (m,10); shifting by the row max keeps exp finite
+    return e / e.sum(dim=1, keepdim=True)  # (m,10)
+
+
+def cross_entropy(z: Tensor, Y: Tensor) -> Tensor:
+    """Mean cross-entropy -(1/m) sum(Y * log softmax(z)), through log-softmax so log(0) never occurs."""
+    shifted = z - z.amax(dim=1, keepdim=True)  # (m,10)
+    log_p = shifted - shifted.exp().sum(dim=1, keepdim=True).log()  # (m,10)
+    return -(Y * log_p).sum() / z.shape[0]
+
+
+def cross_entropy_delta(p: Tensor, Y: Tensor) -> Tensor:
+    """m * dL/dz for softmax followed by cross-entropy: the famous p - Y."""
+    return p - Y
+
+
+# --- the network -------------------------------------------------------------------------
+
+
+def forward(params: Params, X: Tensor) -> Cache:
+    z1 = X @ params.W1 + params.b1  # (m,784) @ (784,H) -> (m,H)
+    a1 = relu(z1)  # (m,H)
+    z2 = a1 @ params.W2 + params.b2  # (m,H) @ (H,10) -> (m,10)
+    p = softmax(z2)  # (m,10)
+    return Cache(X=X, z1=z1, a1=a1, z2=z2, p=p)
+
+
+def backward(params: Params, cache: Cache, Y: Tensor) -> Grads:
+    # Dividing the (m,k) deltas by m, rather than the larger (n,k) products, is the same
+    # equation with less arithmetic: dW2 = a1^T dz2 / m = a1^T (dz2 / m).
+    m = cache.X.shape[0]
+    dz2 = cross_entropy_delta(cache.p, Y)  # (m,10)
+    dW2 = cache.a1.T @ (dz2 / m)  # (H,m) @ (m,10) -> (H,10)
+    db2 = dz2.mean(dim=0)  # (10,)
+    dz1 = (dz2 @ params.W2.T) * relu_grad(cache.a1)  # (m,10) @ (10,H) -> (m,H)
+    dW1 = cache.X.T @ (dz1 / m)  # (784,m) @ (m,H) -> (784,H)
+    db1 = dz1.mean(dim=0)  # (H,)
+    return Grads(dW1=dW1, db1=db1, dW2=dW2, db2=db2)
+
+
+def sgd_step(params: Params, grads: Grads, lr: float) -> None:
+    """W <- W - lr * dW, in place so the parameter tensors keep their storage."""
+    params.W1.sub_(grads.dW1, alpha=lr)
+    params.b1.sub_(grads.db1, alpha=lr)
+    params.W2.sub_(grads.dW2, alpha=lr)
+    params.b2.sub_(grads.db2, alpha=lr)
+
+
+def one_hot(y: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(m,) integer labels -> (m, 10) rows with a single 1."""
+    Y = torch.zeros(y.shape[0], N_CLASSES, dtype=dtype, device=y.device)
+    return Y.scatter_(1, y.long().unsqueeze(1), 1.0)
+
+
+def evaluate(params: Params, X: Tensor, Y: Tensor, chunk: int = 10_000) -> tuple[Tensor, Tensor]:
+    """Summed cross-entropy and number of correct predictions over a whole set.
+
+    Returned as 0-d tensors on the data's device, so a caller on a GPU reads them once.
+    """
+    loss_sum = torch.zeros((), dtype=X.dtype, device=X.device)
+    correct = torch.zeros((), dtype=torch.int64, device=X.device)
+    for start in range(0, X.shape[0], chunk):
+        Xc, Yc = X[start : start + chunk], Y[start : start + chunk]
+        z2 = relu(Xc @ params.W1 + params.b1) @ params.W2 + params.b2  # (c,10)
+        loss_sum += cross_entropy(z2, Yc) * Xc.shape[0]
+        correct += (z2.argmax(dim=1) == Yc.argmax(dim=1)).sum()
+    return loss_sum, correct

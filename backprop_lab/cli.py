@@ -1,0 +1,291 @@
+"""Command line: `backprop-lab [overrides]` trains one run (or a sweep with -m).
+
+The path from the shell to the epoch loop is three hops: `main` (checks the overrides,
+hands over to Hydra) -> `run` (Hydra's task function: typed config, data, files, report)
+-> `train.train` (the loop). Every error the user can cause ends in one line on stderr
+and a non-zero exit status, never a traceback; the full traceback of an unexpected
+failure goes to the run's log file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from . import __version__
+from .config import Config, ConfigError, from_container, known_keys, unknown_key_message
+from .data import DataError, load_mnist
+from .report import COLUMN_KEYS, Reporter
+from .rundir import RunDirError, RunWriter, check_usable
+from .train import Diverged, make_params, train
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+
+log = logging.getLogger("backprop_lab")
+stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def error_line(message: str) -> None:
+    stderr.print(f"[bold red]error:[/bold red] {message}")
+
+
+# --- a fresh run directory per run -------------------------------------------------------
+
+# Hydra names single runs by the second they start, so two runs started together would
+# share one folder. The config's hydra.run.dir goes through this resolver, which claims
+# the folder with an atomic mkdir and takes the next free `_N` suffix if it is taken.
+_claimed: dict[str, str] = {}
+
+
+def fresh_dir(path: str) -> str:
+    if path in _claimed:  # Hydra may resolve the key more than once in one process
+        return _claimed[path]
+    candidate, n = path, 0
+    while True:
+        try:
+            Path(candidate).parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(candidate)
+            break
+        except FileExistsError:
+            n += 1
+            candidate = f"{path}_{n}"
+        except OSError as e:
+            error_line(
+                f"cannot create the run directory {candidate}: {e.strerror or e}; "
+                f"run from a writable folder or set hydra.run.dir=<writable path>"
+            )
+            raise SystemExit(EXIT_BAD_INPUT) from None
+    _claimed[path] = candidate
+    return candidate
+
+
+OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True)
+
+
+# --- hop 1: the entry point --------------------------------------------------------------
+
+
+def config_groups() -> dict[str, list[str]]:
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in CONF_DIR.iterdir()
+        if d.is_dir()
+    }
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Reject unknown keys and group options before Hydra starts, with one line each.
+
+    Hydra would stop on them too, but with several lines of OmegaConf detail. Values are
+    checked later, per job, by config.from_container.
+    """
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args, _ = get_args_parser().parse_known_args(argv)
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except HydraException as e:
+        first = str(e).strip().splitlines()[0]
+        raise ConfigError(f"cannot parse the overrides {' '.join(args.overrides)!r}: {first}") from None
+    groups = config_groups()
+    for o in overrides:
+        key = o.key_or_group
+        if key.split(".")[0].split("/")[0] == "hydra" or o.is_add() or o.is_force_add() or o.is_delete():
+            continue  # Hydra's own settings, and deliberate additions checked later
+        if key in groups:
+            choices = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            for choice in choices:
+                if choice not in groups[key] and choice != "null":
+                    raise ConfigError(f"{key}={choice} is not a known preset; available: {', '.join(groups[key])}")
+        elif key not in known_keys():
+            raise ConfigError(unknown_key_message(key))
+
+
+def main() -> None:
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as e:
+        error_line(str(e))
+        sys.exit(EXIT_BAD_INPUT)
+    hydra_main()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def hydra_main(dcfg: DictConfig) -> float | None:
+    return run(dcfg)
+
+
+# --- hop 2: one run ----------------------------------------------------------------------
+
+
+class Terminated(Exception):
+    """SIGTERM, turned into an exception so the run can record itself before exiting."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= count:
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ConfigError(f"device={name} is not available: this machine has {have}; use device=cpu or device=auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device=mps is not available on this machine; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def discard_if_empty(run_dir: Path) -> None:
+    """Remove a directory this process claimed if it holds nothing but Hydra's own files,
+    so a run refused at the start leaves nothing that looks like a result."""
+    if str(run_dir) not in {str(Path(p).resolve()) for p in _claimed.values()}:
+        return
+    hydra_files = {".hydra", "backprop-lab.log"}
+    if all(p.name in hydra_files for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def run(dcfg: DictConfig) -> float | None:
+    """Train one configured run into Hydra's run directory; return its final test accuracy."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    wall_start = time.perf_counter()
+
+    def refuse(message: str, code: int) -> None:
+        error_line(message)
+        log.error(message)
+        if not in_sweep:
+            sys.exit(code)
+
+    try:
+        cfg = from_container(OmegaConf.to_container(dcfg, resolve=True))
+        device = resolve_device(cfg.device)
+        check_usable(run_dir)
+        data = load_mnist(cfg.data.root, cfg.data.train_subset, device, cfg.data.download)
+        writer = RunWriter(run_dir, COLUMN_KEYS)
+    except (ConfigError, DataError, RunDirError) as e:
+        discard_if_empty(run_dir)
+        return refuse(str(e), EXIT_BAD_INPUT)
+
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    params = make_params(cfg, generator, device)
+    n_train = data.X_train.shape[0]
+    summary: dict[str, Any] = {
+        "status": "running",
+        "epochs_completed": 0,
+        "epochs_planned": cfg.train.epochs,
+        "final_test_acc": None,
+        "best_test_acc": None,
+        "best_epoch": None,
+        "final_test_loss": None,
+        "train_seconds": 0.0,
+        "wall_seconds": 0.0,
+        "device": str(device),
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "overrides": list(hydra_cfg.overrides.task),
+        "data": {"source": str(data.source), "train_size": n_train, "test_size": data.X_test.shape[0], "md5": data.md5},
+        "versions": {
+            "backprop_lab": __version__,
+            "torch": torch.__version__,
+            "hydra": hydra.__version__,
+            "python": platform.python_version(),
+        },
+        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
+        "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "finished_at": None,
+        "run_dir": str(run_dir),
+        "weights": None,
+        "error": None,
+    }
+    writer.write_summary(summary)
+    log.info("config: %s", summary["config"])
+
+    reporter = Reporter()
+    reporter.start(
+        "backprop-lab: 784-%d-10, lr %g, batch %d, %d epochs"
+        % (cfg.model.hidden_size, cfg.optim.lr, cfg.data.batch_size, cfg.train.epochs),
+        [f"device {device}, seed {cfg.seed}, {n_train:,} training images", f"run directory {run_dir}"],
+    )
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    exit_code = 0
+    try:
+        with reporter.progress(cfg.train.epochs) as on_batch:
+            for m in train(cfg, data, params, generator, on_batch):
+                row = m.as_dict()
+                writer.append(row)
+                reporter.epoch(row)
+                log.info("epoch %s", row)
+                best = summary["best_test_acc"]
+                summary.update(
+                    epochs_completed=m.epoch,
+                    final_test_acc=m.test_acc,
+                    final_test_loss=m.test_loss,
+                    train_seconds=summary["train_seconds"] + m.seconds,
+                )
+                if best is None or m.test_acc > best:
+                    summary.update(best_test_acc=m.test_acc, best_epoch=m.epoch)
+                writer.write_summary(summary)
+        summary["status"] = "completed"
+    except Diverged as e:
+        summary.update(status="diverged", error=f"{e}; try a smaller optim.lr")
+        exit_code = EXIT_DIVERGED
+    except (KeyboardInterrupt, Terminated) as e:
+        summary.update(status="interrupted", error="stopped by " + ("SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"))
+        exit_code = EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT
+    except Exception as e:  # noqa: BLE001 - recorded, logged with traceback, reported in one line
+        log.exception("run failed")
+        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+        exit_code = EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+    if summary["status"] == "completed":
+        writer.save_weights(params)
+        summary["weights"] = "weights.pt"
+    summary.update(
+        wall_seconds=time.perf_counter() - wall_start,
+        finished_at=datetime.now().astimezone().isoformat(timespec="seconds"),
+    )
+    writer.write_summary(summary)
+    log.info("summary: %s", summary)
+    reporter.summary(summary, str(run_dir))
+    if exit_code:
+        refuse(summary["error"], exit_code)
+        return None
+    acc = summary["final_test_acc"]
+    return acc if acc is not None and math.isfinite(acc) else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Terminal rendering with rich: a progress bar per epoch, one table row per epoch, a summary.
+
+The reporter only renders records it is given; it computes nothing and writes no files.
+`COLUMNS` is the one list of per-epoch columns: the table, metrics.csv and the log use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+# (key in records and metrics.csv, table heading, format)
+COLUMNS: list[tuple[str, str, str]] = [
+    ("epoch", "epoch", "{:.0f}"),
+    ("train_loss", "train loss", "{:.4f}"),
+    ("train_acc", "train acc", "{:.2%}"),
+    ("test_loss", "test loss", "{:.4f}"),
+    ("test_acc", "test acc", "{:.2%}"),
+    ("seconds", "seconds", "{:.2f}"),
+    ("samples_per_s", "samples/s", "{:,.0f}"),
+]
+COLUMN_KEYS = [key for key, _, _ in COLUMNS]
+WIDTH = 11
+
+
+def format_row(row: dict[str, float]) -> list[str]:
+    return [fmt.format(row[key]) for key, _, fmt in COLUMNS]
+
+
+def epoch_table(rows: Sequence[dict[str, float]], header: bool) -> Table:
+    """Fixed-width columns, so rows printed one at a time line up under one header."""
+    table = Table(show_header=header, box=None, pad_edge=False, header_style="bold")
+    for _, heading, _ in COLUMNS:
+        table.add_column(heading, justify="right", width=WIDTH, no_wrap=True)
+    for row in rows:
+        table.add_row(*format_row(row))
+    return table
+
+
+class Reporter:
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console()
+        self.rows_printed = 0
+
+    def start(self, title: str, lines: list[str]) -> None:
+        self.console.print(f"[bold]{title}[/bold]")
+        for line in lines:
+            self.console.print(f"  {line}", highlight=False)
+
+    @contextmanager
+    def progress(self, epochs: int) -> Iterator[Any]:
+        """Yield an on_batch(done, total, loss) callback that drives a transient progress bar."""
+        bar = Progress(
+            TextColumn("epoch {task.fields[epoch]}/" + str(epochs)),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        task = bar.add_task("train", total=None, epoch=1, loss=float("nan"))
+
+        def on_batch(done: int, total: int, loss: float) -> None:
+            bar.update(task, completed=done, total=total, epoch=self.rows_printed + 1, loss=loss)
+
+        with bar:
+            yield on_batch
+
+    def epoch(self, row: dict[str, float]) -> None:
+        self.console.print(epoch_table([row], header=self.rows_printed == 0))
+        self.rows_printed += 1
+
+    def table(self, rows: Sequence[dict[str, float]]) -> None:
+        self.console.print(epoch_table(rows, header=True))
+
+    def summary(self, summary: dict[str, Any], run_dir: str) -> None:
+        status = summary["status"]
+        colour = {"completed": "green", "interrupted": "yellow"}.get(status, "red")
+        lines = [f"status            [{colour}]{status}[/{colour}]"]
+        if summary.get("final_test_acc") is not None:
+            lines += [
+                f"final test acc    {summary['final_test_acc']:.2%}",
+                f"best test acc     {summary['best_test_acc']:.2%} (epoch {summary['best_epoch']})",
+            ]
+        lines += [
+            f"epochs            {summary['epochs_completed']}/{summary['epochs_planned']}",
+            f"training time     {summary['train_seconds']:.1f} s (wall {summary['wall_seconds']:.1f} s)",
+            f"run directory     {run_dir}",
+        ]
+        if summary.get("error"):
+            lines.append(f"error             {summary['error']}")
+        self.console.print(Panel("\n".join(lines), title="summary", expand=False, highlight=False))
+
+    def error(self, message: str) -> None:
+        self.console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)

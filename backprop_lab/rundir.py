@@ -1,0 +1,105 @@
+"""The run directory's files, written by one writer.
+
+    metrics.csv    one row per completed epoch, appended and flushed as each epoch ends
+    summary.json   status and headline results; rewritten atomically (temp file + rename)
+    weights.pt     the final parameters, a dict of CPU tensors for torch.load
+    .hydra/        Hydra's resolved config and overrides (written by Hydra itself)
+
+A directory that already holds a run is refused, never overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .backprop import Params
+
+METRICS = "metrics.csv"
+SUMMARY = "summary.json"
+WEIGHTS = "weights.pt"
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used; the message is one line meant for the user."""
+
+
+def atomic_write(path: Path, write: Any, mode: str = "w") -> None:
+    """Write through a temporary file in the same folder, then rename over `path`.
+
+    A reader (or a crash) sees either the old file or the new one, never half of one.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_usable(run_dir: Path) -> None:
+    """Refuse a directory that holds an earlier run or cannot be written, before any work."""
+    for name in (SUMMARY, METRICS, WEIGHTS):
+        if (run_dir / name).exists():
+            raise RunDirError(
+                f"{run_dir} already holds a run ({name}); it is kept as it is: "
+                f"choose another hydra.run.dir or leave it unset for a fresh timestamped one"
+            )
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot write to the run directory {run_dir}: permission denied")
+
+
+class RunWriter:
+    def __init__(self, run_dir: Path, columns: list[str]):
+        check_usable(run_dir)
+        self.run_dir = run_dir
+        self.columns = columns
+        try:
+            with open(run_dir / METRICS, "x", newline="") as f:  # "x": never clobber
+                csv.writer(f).writerow(columns)
+        except OSError as e:
+            raise RunDirError(f"cannot write {run_dir / METRICS}: {e.strerror or e}") from e
+
+    def append(self, row: dict[str, Any]) -> None:
+        with open(self.run_dir / METRICS, "a", newline="") as f:
+            csv.writer(f).writerow([_csv_value(row[c]) for c in self.columns])
+            f.flush()
+            os.fsync(f.fileno())
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write(self.run_dir / SUMMARY, lambda f: json.dump(summary, f, indent=2) or f.write("\n"))
+
+    def save_weights(self, params: Params) -> None:
+        cpu = {name: t.detach().to("cpu") for name, t in params.as_dict().items()}
+        atomic_write(self.run_dir / WEIGHTS, lambda f: torch.save(cpu, f), mode="wb")
+
+
+def _csv_value(v: Any) -> Any:
+    return repr(v) if isinstance(v, float) else v  # repr keeps every digit of a float
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    with open(run_dir / METRICS, newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    with open(run_dir / SUMMARY) as f:
+        return json.load(f)

@@ -1,0 +1,107 @@
+"""The epoch loop: shuffle, slice minibatches, forward, backward, step, evaluate.
+
+`train` is a generator of `EpochMetrics`, one per epoch; it prints nothing and writes
+nothing (the reporter renders records, the run writer stores them). Train loss and
+accuracy are over the epoch's minibatches as they were trained (each batch's logits before
+its update), as the chapter's loop reports them, so they cost no second pass over the data; test metrics come from a full pass
+over the test set after each epoch. Running sums stay on the device and are read once per
+epoch, so a GPU is never made to wait on the host inside an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from .backprop import Params, backward, cross_entropy, evaluate, forward, init_params, sgd_step
+from .config import Config
+from .data import MNIST
+
+# Progress callback: (batches done, batches in the epoch, running mean train loss).
+OnBatch = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_acc: float  # fraction in [0, 1]
+    test_loss: float
+    test_acc: float  # fraction in [0, 1]
+    seconds: float  # wall time of the epoch, training and test evaluation
+    samples_per_s: float  # training samples / seconds
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class Diverged(ArithmeticError):
+    def __init__(self, epoch: int, loss: float):
+        super().__init__(f"training diverged in epoch {epoch}: train loss is {loss}")
+        self.epoch = epoch
+        self.loss = loss
+
+
+def make_params(cfg: Config, generator: torch.Generator, device: torch.device) -> Params:
+    return init_params(cfg.model.hidden_size, cfg.model.init_scale, generator, device=device)
+
+
+def train(
+    cfg: Config,
+    data: MNIST,
+    params: Params,
+    generator: torch.Generator,
+    on_batch: OnBatch | None = None,
+    progress_every: int = 50,
+) -> Iterator[EpochMetrics]:
+    """Train `params` in place for cfg.train.epochs epochs, yielding each epoch's metrics.
+
+    `generator` (a CPU generator) draws each epoch's shuffle, so a seeded generator makes
+    the whole run reproducible. `on_batch` is called every `progress_every` batches; it
+    forces a device sync, so keep it rare on a GPU.
+    """
+    X_all, Y_all = data.X_train, data.Y_train
+    n = X_all.shape[0]
+    batch = cfg.data.batch_size
+    n_batches = math.ceil(n / batch)
+    lr = cfg.optim.lr
+    device = X_all.device
+    # Each batch's logits, kept as trained, so the epoch's train loss and accuracy are
+    # computed in one vectorised pass instead of a handful of tiny ops per batch.
+    Z = torch.empty(n, Y_all.shape[1], dtype=X_all.dtype, device=device)  # (n,10)
+
+    for epoch in range(1, cfg.train.epochs + 1):
+        start = time.perf_counter()
+        order = torch.randperm(n, generator=generator).to(device)  # reshuffled every epoch
+        for i in range(n_batches):
+            rows = slice(i * batch, (i + 1) * batch)
+            idx = order[rows]
+            X, Y = X_all.index_select(0, idx), Y_all.index_select(0, idx)  # (m,784), (m,10)
+            cache = forward(params, X)
+            sgd_step(params, backward(params, cache, Y), lr)
+            Z[rows] = cache.z2
+            if on_batch is not None and ((i + 1) % progress_every == 0 or i + 1 == n_batches):
+                seen = min(n, (i + 1) * batch)
+                on_batch(i + 1, n_batches, cross_entropy(Z[:seen], Y_all[order[:seen]]).item())
+
+        Y_epoch = Y_all.index_select(0, order)  # (n,10) targets in the order trained
+        train_loss = cross_entropy(Z, Y_epoch).item()
+        if not math.isfinite(train_loss):
+            raise Diverged(epoch, train_loss)
+        train_acc = (Z.argmax(dim=1) == Y_epoch.argmax(dim=1)).sum().item() / n
+        test_loss_sum, test_correct = evaluate(params, data.X_test, data.Y_test)
+        n_test = data.X_test.shape[0]
+        seconds = time.perf_counter() - start
+        yield EpochMetrics(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_acc=train_acc,
+            test_loss=test_loss_sum.item() / n_test,
+            test_acc=test_correct.item() / n_test,
+            seconds=seconds,
+            samples_per_s=n / seconds,
+        )
