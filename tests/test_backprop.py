@@ -1,0 +1,187 @@
+"""The hand-written gradients against torch.autograd (float64) and finite differences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from backprop_lab import backprop as bp
+
+
+def random_problem(m=32, hidden=20, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(m, 784, generator=g, dtype=dtype)
+    y = torch.randint(0, 10, (m,), generator=g)
+    params = bp.Params(
+        W1=torch.randn(784, hidden, generator=g, dtype=dtype) * 0.05,
+        b1=torch.randn(hidden, generator=g, dtype=dtype) * 0.1,
+        W2=torch.randn(hidden, 10, generator=g, dtype=dtype) * 0.3,
+        b2=torch.randn(10, generator=g, dtype=dtype) * 0.1,
+    )
+    return X, y, bp.one_hot(y, dtype), params
+
+
+def autograd_loss(params: bp.Params, X, y):
+    """The same network written independently with torch's own layers, for autograd."""
+    z2 = F.linear(F.relu(F.linear(X, params.W1.T, params.b1)), params.W2.T, params.b2)
+    return F.cross_entropy(z2, y)
+
+
+def autograd_grads(params: bp.Params, X, y) -> dict[str, torch.Tensor]:
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.as_dict().items()}
+    loss = autograd_loss(bp.Params(**leaves), X, y)
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    return dict(zip(leaves, grads))
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+@pytest.mark.parametrize("seed,m,hidden", [(0, 32, 20), (1, 64, 128), (2, 1, 7), (3, 50, 1)])
+def test_gradients_match_autograd_float64(seed, m, hidden):
+    X, y, Y, params = random_problem(m, hidden, seed)
+    grads = bp.backward(params, bp.forward(params, X), Y)
+    ref = autograd_grads(params, X, y)
+    for name in ("W1", "b1", "W2", "b2"):
+        mine = getattr(grads, "d" + name)
+        assert mine.shape == ref[name].shape
+        assert rel_err(mine, ref[name]) < 1e-10, name
+
+
+def test_gradients_match_central_finite_differences():
+    X, y, Y, params = random_problem(m=16, hidden=12, seed=4)
+    grads = bp.backward(params, bp.forward(params, X), Y)
+    g = torch.Generator().manual_seed(5)
+    eps = 1e-6
+    for name in ("W1", "b1", "W2", "b2"):
+        tensor = getattr(params, name)
+        analytic = getattr(grads, "d" + name)
+        flat = tensor.view(-1)
+        for i in torch.randint(0, flat.numel(), (15,), generator=g).tolist():
+            old = flat[i].item()
+            flat[i] = old + eps
+            up = bp.cross_entropy(bp.forward(params, X).z2, Y).item()
+            flat[i] = old - eps
+            down = bp.cross_entropy(bp.forward(params, X).z2, Y).item()
+            flat[i] = old
+            numeric = (up - down) / (2 * eps)
+            assert abs(numeric - analytic.view(-1)[i].item()) < 1e-7 + 1e-5 * abs(numeric), (name, i)
+
+
+def test_loss_and_softmax_match_torch_and_stay_finite_for_huge_logits():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(8, 10, generator=g, dtype=torch.float64) * 5
+    y = torch.randint(0, 10, (8,), generator=g)
+    Y = bp.one_hot(y, torch.float64)
+    assert torch.allclose(bp.softmax(z), torch.softmax(z, dim=1), rtol=0, atol=1e-15)
+    assert abs(bp.cross_entropy(z, Y).item() - F.cross_entropy(z, y).item()) < 1e-12
+    huge = torch.tensor([[1000.0, -1000.0] + [0.0] * 8, [-1000.0, 1000.0] + [0.0] * 8])
+    Yh = bp.one_hot(torch.tensor([1, 1]))
+    loss = bp.cross_entropy(huge, Yh)
+    assert torch.isfinite(loss) and abs(loss.item() - 1000.0) < 1e-3  # log(0) would give inf
+    assert torch.isfinite(bp.softmax(huge)).all()
+
+
+def test_backward_is_pure_and_returns_fresh_tensors():
+    X, y, Y, params = random_problem(seed=6)
+    before = {k: v.clone() for k, v in params.as_dict().items()}
+    cache = bp.forward(params, X)
+    g1 = bp.backward(params, cache, Y)
+    g2 = bp.backward(params, cache, Y)
+    for name in ("dW1", "db1", "dW2", "db2"):
+        assert torch.equal(getattr(g1, name), getattr(g2, name))  # nothing accumulates
+        assert getattr(g1, name).data_ptr() != getattr(g2, name).data_ptr()
+    for k, v in params.as_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_init_matches_the_chapter():
+    g = torch.Generator().manual_seed(0)
+    p = bp.init_params(128, 0.01, g)
+    assert p.W1.shape == (784, 128) and p.W2.shape == (128, 10)
+    assert torch.count_nonzero(p.b1) == 0 and torch.count_nonzero(p.b2) == 0
+    assert abs(p.W1.std().item() - 0.01) < 0.0005 and abs(p.W1.mean().item()) < 0.0005
+    expected = torch.randn(784, 128, generator=torch.Generator().manual_seed(0)) * 0.01
+    assert torch.equal(p.W1, expected)
+
+
+class AutogradWatch(TorchFunctionMode):
+    """Sees every torch call; records any result that is part of an autograd graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.offenders: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.calls += 1
+        results = out if isinstance(out, (tuple, list)) else [out]
+        for t in results:
+            if isinstance(t, torch.Tensor) and (t.requires_grad or t.grad_fn is not None):
+                self.offenders.append(getattr(func, "__name__", str(func)))
+        return out
+
+
+def test_the_watch_catches_autograd_use():
+    w = torch.ones(3, requires_grad=True)
+    with AutogradWatch() as watch:
+        (w * 2).sum()
+    assert watch.offenders  # so the next test's silence means something
+
+
+def test_training_uses_no_autograd(small_mnist, monkeypatch):
+    from dataclasses import replace
+
+    from backprop_lab.config import Config
+    from backprop_lab.train import make_params, train
+
+    def forbidden(*a, **k):
+        raise AssertionError("autograd called during training")
+
+    monkeypatch.setattr(torch.Tensor, "backward", forbidden)
+    monkeypatch.setattr(torch.autograd, "backward", forbidden)
+    monkeypatch.setattr(torch.autograd, "grad", forbidden)
+    cfg = Config()
+    cfg = replace(cfg, train=replace(cfg.train, epochs=1))
+    g = torch.Generator().manual_seed(0)
+    params = make_params(cfg, g, torch.device("cpu"))
+    assert torch.is_grad_enabled()  # training does not hide behind no_grad
+    with AutogradWatch() as watch:
+        metrics = list(train(cfg, small_mnist, params, g))
+    assert len(metrics) == 1
+    assert watch.calls > 1000  # every op of every batch went through the watch
+    assert watch.offenders == []
+    assert not any(t.requires_grad for t in params.as_dict().values())
+
+
+def test_one_sgd_step_of_the_trainer_equals_an_independent_step(small_mnist):
+    """A one-batch epoch in float64 against W - lr * (autograd gradient), computed here."""
+    from dataclasses import replace
+
+    from backprop_lab.config import Config
+    from backprop_lab.data import MNIST
+    from backprop_lab.train import train
+
+    m, lr = 64, 0.1
+    X = small_mnist.X_train[:m].double()
+    y = small_mnist.y_train[:m]
+    data = MNIST(
+        X_train=X, Y_train=bp.one_hot(y, torch.float64), y_train=y,
+        X_test=small_mnist.X_test[:100].double(), Y_test=small_mnist.Y_test[:100].double(),
+        y_test=small_mnist.y_test[:100], source=small_mnist.source, md5={},
+    )
+    _, _, _, params = random_problem(hidden=16, seed=7)
+    ref = {k: v.clone() for k, v in params.as_dict().items()}
+    expected = {k: ref[k] - lr * g for k, g in autograd_grads(bp.Params(**ref), X, y).items()}
+
+    cfg = Config()
+    cfg = replace(cfg, train=replace(cfg.train, epochs=1), data=replace(cfg.data, batch_size=m),
+                  optim=replace(cfg.optim, lr=lr))
+    list(train(cfg, data, params, torch.Generator().manual_seed(0)))
+    for name, value in params.as_dict().items():
+        assert not torch.equal(value, ref[name])
+        assert torch.allclose(value, expected[name], rtol=0, atol=1e-13), name

@@ -1,0 +1,123 @@
+"""The real config, composed with Hydra, and the typed boundary's validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from backprop_lab.cli import check_overrides, config_groups
+from backprop_lab.config import Config, ConfigError, from_container, known_keys
+
+from .conftest import CONF_DIR, compose
+
+
+def typed(*overrides: str) -> Config:
+    return from_container(OmegaConf.to_container(compose(*overrides), resolve=True))
+
+
+def test_defaults_are_the_chapters_values():
+    cfg = typed()
+    assert cfg.model.hidden_size == 128 and cfg.model.init_scale == 0.01
+    assert cfg.optim.lr == 0.1 and cfg.train.epochs == 20
+    assert cfg.data.batch_size == 64 and cfg.data.train_subset is None and cfg.data.root is None
+    assert cfg.device == "auto" and cfg.seed == 0
+
+
+def test_article_preset_pins_the_chapter_run():
+    cfg = typed("experiment=article", "model.hidden_size=7", "optim.lr=0.5", "train.epochs=3")
+    # Command-line keys win over the preset ...
+    assert (cfg.model.hidden_size, cfg.optim.lr, cfg.train.epochs) == (7, 0.5, 3)
+    # ... and the preset alone is exactly the chapter's run.
+    cfg = typed("experiment=article")
+    assert cfg.model.hidden_size == 128
+    assert cfg.model.init_scale == 0.01
+    assert cfg.optim.lr == 0.1
+    assert cfg.data.batch_size == 64
+    assert cfg.data.train_subset is None
+    assert cfg.data.root is None
+    assert cfg.train.epochs == 20
+
+
+PRESETS = [(group, name) for group, names in sorted(config_groups().items()) for name in names]
+
+
+@pytest.mark.parametrize("group,name", PRESETS, ids=[f"{g}={n}" for g, n in PRESETS])
+def test_every_config_file_composes_to_a_valid_config(group, name):
+    assert isinstance(typed(f"{group}={name}"), Config)
+
+
+def test_every_value_has_a_comment():
+    for path in CONF_DIR.rglob("*.yaml"):
+        for line in path.read_text().splitlines():
+            stripped = line.strip()
+            if ":" in stripped and not stripped.startswith("#") and not stripped.endswith(":") \
+                    and not stripped.startswith("-") and "hydra" not in path.parts:
+                assert "#" in line, f"{path.name}: no comment on '{stripped}'"
+
+
+def test_every_key_in_the_yaml_is_a_typed_key():
+    flat = OmegaConf.to_container(compose(), resolve=True)
+    leaves = [f"{k}.{s}" if isinstance(v, dict) else k for k, v in flat.items()
+              for s in (v if isinstance(v, dict) else [None])]
+    assert sorted(leaves) == sorted(known_keys())
+
+
+BAD = [
+    ("model.hidden_size=0", "model.hidden_size=0"),
+    ("model.hidden_size=abc", "model.hidden_size='abc'"),
+    ("model.hidden_size=1.5", "model.hidden_size=1.5"),
+    ("model.init_scale=0", "model.init_scale=0"),
+    ("optim.lr=-1", "optim.lr=-1"),
+    ("optim.lr=nan", "optim.lr=nan"),
+    ("optim.lr=inf", "optim.lr=inf"),
+    ("optim.lr=fast", "optim.lr='fast'"),
+    ("train.epochs=0", "train.epochs=0"),
+    ("train.epochs=true", "train.epochs=True"),
+    ("data.batch_size=0", "data.batch_size=0"),
+    ("data.train_subset=-5", "data.train_subset=-5"),
+    ("data.train_subset=60001", "data.train_subset=60001"),
+    ("data.download=maybe", "data.download='maybe'"),
+    ("device=tpu", "device='tpu'"),
+    ("device=cuda:x", "device='cuda:x'"),
+    ("seed=-1", "seed=-1"),
+    ("seed=1.5", "seed=1.5"),
+]
+
+
+@pytest.mark.parametrize("override,shown", BAD, ids=[b[0] for b in BAD])
+def test_bad_values_are_refused_in_one_line_naming_key_and_value(override, shown):
+    with pytest.raises(ConfigError) as info:
+        typed(override)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(shown + " is not valid: expected ")
+
+
+def test_good_edge_values_are_accepted():
+    cfg = typed("optim.lr=1", "data.train_subset=60000", "device=cuda:1", "seed=0", "data.root=/x")
+    assert isinstance(cfg.optim.lr, float) and cfg.optim.lr == 1.0
+    assert cfg.data.train_subset == 60000 and cfg.device == "cuda:1" and cfg.data.root == "/x"
+
+
+def test_unknown_keys_are_refused_with_a_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'; did you mean 'optim.lr'\?"):
+        check_overrides(["optim.lrr=0.1"])
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'"):
+        typed("+optim.lrr=0.1")  # an explicit addition still meets the typed boundary
+    with pytest.raises(ConfigError, match="experiment=nope is not a known preset; available: article"):
+        check_overrides(["experiment=nope"])
+    with pytest.raises(ConfigError, match="cannot parse the overrides"):
+        check_overrides(["model.hidden_size=[1,"])
+
+
+def test_known_overrides_pass_the_precheck():
+    check_overrides(["-m", "model.hidden_size=64,128", "experiment=article", "hydra.run.dir=x",
+                     "hydra/launcher=basic", "--cfg", "job", "seed=3"])
+
+
+def test_from_container_rejects_non_mapping():
+    with pytest.raises(ConfigError):
+        from_container([1, 2])  # type: ignore[arg-type]
+    assert math.isclose(from_container({}).optim.lr, 0.1)

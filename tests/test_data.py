@@ -1,0 +1,116 @@
+"""The shipped MNIST: checksums, the published facts, and refusal of bad copies."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from backprop_lab import data as D
+
+from .conftest import SHARED_MNIST
+
+
+@pytest.fixture(scope="module")
+def full():
+    return D.load_mnist()
+
+
+def test_shipped_checksums_are_the_canonical_ones():
+    listed = dict(reversed(line.split()) for line in
+                  (D.SHIPPED_ROOT / "MD5SUMS.uncompressed").read_text().splitlines() if line.strip())
+    assert listed == D.CANONICAL_MD5
+    shared = SHARED_MNIST / "MD5SUMS.uncompressed"
+    if shared.exists():  # the project's copy and the canonical list agree
+        assert dict(reversed(l.split()) for l in shared.read_text().splitlines() if l.strip()) == listed
+
+
+def test_published_facts(full):
+    assert full.X_train.shape == (60000, 784) and full.X_test.shape == (10000, 784)
+    assert torch.bincount(full.y_train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert torch.bincount(full.y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert full.y_train[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    pixels = (full.X_train.double() * 0.5 + 0.5) * 255  # undo the chapter's normalisation
+    assert abs(pixels.mean().item() - 33.318) < 0.001
+    assert abs(pixels.std().item() - 78.567) < 0.001
+
+
+def test_normalisation_is_the_chapters(full):
+    raw = D.read_idx(D.SHIPPED_ROOT / "train-images-idx3-ubyte.gz", "train-images-idx3-ubyte")
+    expected = (raw[:100].reshape(100, -1).float() / 255 - 0.5) / 0.5
+    assert torch.equal(full.X_train[:100], expected)
+    assert full.X_train.min().item() == -1.0 and full.X_train.max().item() == 1.0
+    assert torch.equal(full.Y_train.argmax(dim=1), full.y_train)
+
+
+def test_subset_takes_the_first_n(full):
+    small = D.load_mnist(train_subset=500)
+    assert torch.equal(small.X_train, full.X_train[:500]) and small.X_test.shape[0] == 10000
+
+
+def copy_shipped(dest: Path, plain: bool = False) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in D.CANONICAL_MD5:
+        src = D.SHIPPED_ROOT / f"{name}.gz"
+        if plain:
+            (dest / name).write_bytes(gzip.decompress(src.read_bytes()))
+        else:
+            shutil.copy(src, dest / src.name)
+
+
+def test_user_copy_in_torchvision_layout_uncompressed(tmp_path, full):
+    copy_shipped(tmp_path / "MNIST" / "raw", plain=True)
+    mine = D.load_mnist(tmp_path, train_subset=1000)
+    assert mine.source == tmp_path and torch.equal(mine.X_train, full.X_train[:1000])
+
+
+def test_truncated_file_is_refused_naming_file_and_checksum(tmp_path):
+    copy_shipped(tmp_path, plain=True)
+    labels = tmp_path / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-10])
+    with pytest.raises(D.DataError) as info:
+        D.load_mnist(tmp_path)
+    msg = str(info.value)
+    assert str(labels) in msg and D.CANONICAL_MD5["t10k-labels-idx1-ubyte"] in msg and "\n" not in msg
+
+
+def test_corrupt_gzip_is_refused_naming_the_file(tmp_path):
+    copy_shipped(tmp_path)
+    bad = tmp_path / "train-images-idx3-ubyte.gz"
+    raw = bytearray(bad.read_bytes())
+    raw[5000:5100] = bytes(100)
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(D.DataError, match=str(bad)):
+        D.load_mnist(tmp_path)
+
+
+def test_flipped_byte_is_refused(tmp_path):
+    copy_shipped(tmp_path, plain=True)
+    f = tmp_path / "train-labels-idx1-ubyte"
+    raw = bytearray(f.read_bytes())
+    raw[100] ^= 1
+    f.write_bytes(bytes(raw))
+    with pytest.raises(D.DataError, match="corrupt or truncated"):
+        D.load_mnist(tmp_path)
+
+
+def test_missing_files_without_download(tmp_path):
+    with pytest.raises(D.DataError, match="MNIST files not found in .*missing train-images-idx3-ubyte"):
+        D.load_mnist(tmp_path, download_missing=False)
+
+
+def test_failed_download_is_one_clear_line(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, *a, **k):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried all mirrors")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    with pytest.raises(D.DataError) as info:
+        D.load_mnist(tmp_path, download_missing=True)
+    msg = str(info.value)
+    assert "downloading them failed" in msg and "Tried all mirrors" in msg and "\n" not in msg
