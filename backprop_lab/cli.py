@@ -22,18 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from . import __version__
-from .config import Config, ConfigError, from_container, known_keys, unknown_key_message
-from .data import DataError, load_mnist
-from .report import COLUMN_KEYS, Reporter
-from .rundir import RunDirError, RunWriter, check_usable
-from .train import Diverged, make_params, train
+from .config import ConfigError, from_container, known_keys, unknown_key_message
+from .rundir import RunDirError, refuse_existing_run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
@@ -110,6 +106,9 @@ def check_overrides(argv: list[str]) -> None:
     groups = config_groups()
     for o in overrides:
         key = o.key_or_group
+        if key == "hydra.run.dir" and not o.is_sweep_override() and "${" not in o.get_value_element_as_str():
+            # Hydra would rewrite the folder's .hydra/ files before any check of ours runs.
+            refuse_existing_run(Path(o.get_value_element_as_str()))
         if key.split(".")[0].split("/")[0] == "hydra" or o.is_add() or o.is_force_add() or o.is_delete():
             continue  # Hydra's own settings, and deliberate additions checked later
         if key in groups:
@@ -124,7 +123,7 @@ def check_overrides(argv: list[str]) -> None:
 def main() -> None:
     try:
         check_overrides(sys.argv[1:])
-    except ConfigError as e:
+    except (ConfigError, RunDirError) as e:
         error_line(str(e))
         sys.exit(EXIT_BAD_INPUT)
     hydra_main()
@@ -140,23 +139,6 @@ def hydra_main(dcfg: DictConfig) -> float | None:
 
 class Terminated(Exception):
     """SIGTERM, turned into an exception so the run can record itself before exiting."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    if name.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= count:
-            have = f"{count} CUDA device(s)" if count else "no CUDA device"
-            raise ConfigError(f"device={name} is not available: this machine has {have}; use device=cpu or device=auto")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device=mps is not available on this machine; use device=cpu or device=auto")
-    return torch.device(name)
 
 
 def discard_if_empty(run_dir: Path) -> None:
@@ -184,6 +166,19 @@ def run(dcfg: DictConfig) -> float | None:
 
     try:
         cfg = from_container(OmegaConf.to_container(dcfg, resolve=True))
+    except ConfigError as e:
+        discard_if_empty(run_dir)
+        return refuse(str(e), EXIT_BAD_INPUT)
+
+    # Imported only now, so `--help`, `--cfg` and bad values answer without loading torch.
+    import torch
+
+    from .data import DataError, load_mnist
+    from .report import COLUMN_KEYS, Reporter
+    from .rundir import RunWriter, check_usable
+    from .train import Diverged, make_params, resolve_device, train
+
+    try:
         device = resolve_device(cfg.device)
         check_usable(run_dir)
         data = load_mnist(cfg.data.root, cfg.data.train_subset, device, cfg.data.download)

@@ -17,9 +17,9 @@ from rich.table import Table
 # (key in records and metrics.csv, table heading, format)
 COLUMNS: list[tuple[str, str, str]] = [
     ("epoch", "epoch", "{:.0f}"),
-    ("train_loss", "train loss", "{:.4f}"),
+    ("train_loss", "train loss", "loss"),
     ("train_acc", "train acc", "{:.2%}"),
-    ("test_loss", "test loss", "{:.4f}"),
+    ("test_loss", "test loss", "loss"),
     ("test_acc", "test acc", "{:.2%}"),
     ("seconds", "seconds", "{:.2f}"),
     ("samples_per_s", "samples/s", "{:,.0f}"),
@@ -28,8 +28,12 @@ COLUMN_KEYS = [key for key, _, _ in COLUMNS]
 WIDTH = 11
 
 
+def format_loss(v: float) -> str:
+    return f"{v:.4f}" if abs(v) < 1e5 else f"{v:.3e}"  # a diverging loss still fits its column
+
+
 def format_row(row: dict[str, float]) -> list[str]:
-    return [fmt.format(row[key]) for key, _, fmt in COLUMNS]
+    return [format_loss(row[key]) if fmt == "loss" else fmt.format(row[key]) for key, _, fmt in COLUMNS]
 
 
 def epoch_table(rows: Sequence[dict[str, float]], header: bool) -> Table:

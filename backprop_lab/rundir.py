@@ -15,11 +15,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .backprop import Params
+if TYPE_CHECKING:
+    from .backprop import Params
 
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
@@ -54,14 +53,18 @@ def _umask() -> int:
     return mask
 
 
-def check_usable(run_dir: Path) -> None:
-    """Refuse a directory that holds an earlier run or cannot be written, before any work."""
+def refuse_existing_run(run_dir: Path) -> None:
     for name in (SUMMARY, METRICS, WEIGHTS):
         if (run_dir / name).exists():
             raise RunDirError(
                 f"{run_dir} already holds a run ({name}); it is kept as it is: "
                 f"choose another hydra.run.dir or leave it unset for a fresh timestamped one"
             )
+
+
+def check_usable(run_dir: Path) -> None:
+    """Refuse a directory that holds an earlier run or cannot be written, before any work."""
+    refuse_existing_run(run_dir)
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise RunDirError(f"cannot write to the run directory {run_dir}: permission denied")
 
@@ -87,6 +90,8 @@ class RunWriter:
         atomic_write(self.run_dir / SUMMARY, lambda f: json.dump(summary, f, indent=2) or f.write("\n"))
 
     def save_weights(self, params: Params) -> None:
+        import torch
+
         cpu = {name: t.detach().to("cpu") for name, t in params.as_dict().items()}
         atomic_write(self.run_dir / WEIGHTS, lambda f: torch.save(cpu, f), mode="wb")
 

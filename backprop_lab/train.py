@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import torch
 
 from .backprop import Params, backward, cross_entropy, evaluate, forward, init_params, sgd_step
-from .config import Config
+from .config import Config, ConfigError
 from .data import MNIST
 
 # Progress callback: (batches done, batches in the epoch, running mean train loss).
@@ -44,6 +44,23 @@ class Diverged(ArithmeticError):
         super().__init__(f"training diverged in epoch {epoch}: train loss is {loss}")
         self.epoch = epoch
         self.loss = loss
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= count:
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise ConfigError(f"device={name} is not available: this machine has {have}; use device=cpu or device=auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device=mps is not available on this machine; use device=cpu or device=auto")
+    return torch.device(name)
 
 
 def make_params(cfg: Config, generator: torch.Generator, device: torch.device) -> Params:

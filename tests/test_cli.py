@@ -1,0 +1,210 @@
+"""The command line as a user meets it: real subprocesses, real files in tmp_path."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import ROOT, run_cli
+
+QUICK = ["data.train_subset=2000", "train.epochs=2", "device=cpu"]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quick")
+    run_dir = tmp / "run"
+    proc = run_cli(*QUICK, f"hydra.run.dir={run_dir}", cwd=tmp)
+    return proc, run_dir
+
+
+def test_quick_run_exits_cleanly_and_prints_the_table(quick_run):
+    proc, run_dir = quick_run
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    header = next(line for line in proc.stdout.splitlines() if "train loss" in line)
+    for heading in ("epoch", "train loss", "train acc", "test loss", "test acc", "seconds", "samples/s"):
+        assert heading in header
+    rows = [line.split() for line in proc.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2"]
+    assert "summary" in proc.stdout and str(run_dir) in proc.stdout
+
+
+def test_quick_run_writes_a_self_describing_directory(quick_run):
+    _, run_dir = quick_run
+    rows = read_metrics(run_dir)
+    assert len(rows) == 2
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "samples_per_s"]
+    for row in rows:
+        assert 0 <= float(row["train_acc"]) <= 1 and 0 <= float(row["test_acc"]) <= 1
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["epochs_completed"] == 2 == summary["epochs_planned"]
+    assert summary["final_test_acc"] == float(rows[-1]["test_acc"])
+    assert summary["best_test_acc"] == max(float(r["test_acc"]) for r in rows)
+    assert summary["seed"] == 0 and summary["device"] == "cpu"
+    assert summary["versions"]["torch"] == torch.__version__
+    assert summary["data"]["md5"]["train-images-idx3-ubyte"] == "6bbc9ace898e44ae57da46a324031adb"
+    assert summary["config"]["data"]["train_subset"] == 2000
+    assert summary["train_seconds"] > 0
+    assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / ".hydra" / "overrides.yaml").exists()
+    log = (run_dir / "backprop-lab.log").read_text()
+    assert "epoch" in log and "summary" in log
+
+
+def test_saved_weights_reproduce_the_reported_test_accuracy(quick_run):
+    from backprop_lab.data import load_mnist
+
+    _, run_dir = quick_run
+    weights = torch.load(run_dir / "weights.pt", weights_only=True)
+    assert set(weights) == {"W1", "b1", "W2", "b2"} and weights["W1"].shape == (784, 128)
+    test = load_mnist(train_subset=1)
+    # An independent forward pass, written here with torch's own functions.
+    logits = torch.relu(test.X_test @ weights["W1"] + weights["b1"]) @ weights["W2"] + weights["b2"]
+    acc = (logits.argmax(dim=1) == test.y_test).sum().item() / len(test.y_test)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert abs(acc - summary["final_test_acc"]) < 1e-9
+
+
+def test_same_seed_gives_identical_metrics(tmp_path, quick_run):
+    _, first = quick_run
+    proc = run_cli(*QUICK, f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in rows]
+    assert strip(read_metrics(tmp_path / "again")) == strip(read_metrics(first))
+    other = run_cli(*QUICK, "train.epochs=1", "seed=1", f"hydra.run.dir={tmp_path / 'seed1'}", cwd=tmp_path)
+    assert other.returncode == 0
+    assert read_metrics(tmp_path / "seed1")[0]["train_loss"] != read_metrics(first)[0]["train_loss"]
+
+
+def test_default_run_directory_is_timestamped_under_outputs(tmp_path):
+    proc = run_cli("data.train_subset=200", "train.epochs=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = list((tmp_path / "outputs").glob("*/*"))
+    assert len(run_dir.parent.name) == 10 and len(run_dir.name) == 8  # YYYY-MM-DD/HH-MM-SS
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_four_runs_started_together_get_four_directories(tmp_path):
+    # Every run asks for the very same folder, as runs started in the same second do.
+    same = f"hydra.run.dir=${{fresh_dir:{tmp_path}/same}}"
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "backprop_lab", "data.train_subset=200", "train.epochs=1",
+                          f"seed={i}", same], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for i in range(4)
+    ]
+    for p in procs:
+        assert p.wait(timeout=180) == 0, p.stderr.read()
+    dirs = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert dirs == ["same", "same_1", "same_2", "same_3"]
+    seeds = sorted(json.loads((tmp_path / d / "summary.json").read_text())["seed"] for d in dirs)
+    assert seeds == [0, 1, 2, 3]  # each directory holds exactly one run's record
+
+
+def test_an_existing_run_directory_is_never_overwritten(quick_run, tmp_path):
+    _, run_dir = quick_run
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    proc = run_cli(*QUICK, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "already holds a run" in proc.stderr
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name in before}
+    assert after == before
+
+
+BAD_INPUTS = [
+    ("model.hidden_size=0", "model.hidden_size=0 is not valid"),
+    ("model.hidden_size=abc", "model.hidden_size='abc' is not valid"),
+    ("optim.lr=-1", "optim.lr=-1 is not valid"),
+    ("optim.lr=nan", "optim.lr=nan is not valid"),
+    ("train.epochs=0", "train.epochs=0 is not valid"),
+    ("data.batch_size=0", "data.batch_size=0 is not valid"),
+    ("data.train_subset=-5", "data.train_subset=-5 is not valid"),
+    ("device=tpu", "device='tpu' is not valid"),
+    ("device=cuda:7" if torch.cuda.device_count() < 8 else "device=cuda:99", "is not available"),
+    ("optim.lrr=0.1", "unknown config key 'optim.lrr'; did you mean 'optim.lr'?"),
+    ("experiment=nope", "experiment=nope is not a known preset"),
+    ("data.root=EMPTY", "MNIST files not found in"),
+]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append(("device=cuda", "device=cuda is not available: this machine has no CUDA device"))
+
+
+@pytest.mark.parametrize("override,expected", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_one_line_no_traceback_no_result_directory(tmp_path, override, expected):
+    if override == "data.root=EMPTY":
+        (tmp_path / "empty").mkdir()
+        override = f"data.root={tmp_path / 'empty'}"
+    proc = run_cli(override, "data.download=false", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    outputs = tmp_path / "outputs"
+    assert not outputs.exists() or not any(p.is_dir() for p in outputs.glob("*/*"))
+
+
+def test_unwritable_outputs_folder_is_a_clear_error(tmp_path):
+    if hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0:
+        # root ignores permissions; a file where the folder should be fails for everyone
+        (tmp_path / "outputs").write_text("not a folder")
+    else:
+        (tmp_path / "outputs").mkdir(mode=0o500)
+    proc = run_cli("train.epochs=1", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot create the run directory" in lines[0], proc.stderr
+
+
+def test_hydra_cli_features_still_work(tmp_path):
+    help_ = run_cli("--help", cwd=tmp_path)
+    assert help_.returncode == 0 and "experiment" in help_.stdout
+    cfg = run_cli("--cfg", "job", "model.hidden_size=32", cwd=tmp_path)
+    assert cfg.returncode == 0 and "hidden_size: 32" in cfg.stdout
+    assert not (tmp_path / "outputs").exists()  # neither made a run directory
+
+
+def test_console_script_is_installed(tmp_path):
+    script = Path(sys.executable).parent / "backprop-lab"
+    proc = subprocess.run([str(script), "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "hidden_size: 128" in proc.stdout
+
+
+def test_multirun_sweep_runs_every_job(tmp_path):
+    proc = run_cli("-m", "model.hidden_size=16,32", "data.train_subset=300", "train.epochs=1",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for job in ("0", "1"):
+        summary = json.loads((tmp_path / "sweep" / job / "summary.json").read_text())
+        assert summary["status"] == "completed"
+    sizes = {json.loads((tmp_path / "sweep" / j / "summary.json").read_text())["config"]["model"]["hidden_size"]
+             for j in ("0", "1")}
+    assert sizes == {16, 32}
+
+
+def test_a_bad_job_in_a_sweep_does_not_stop_the_others(tmp_path):
+    proc = run_cli("-m", "model.hidden_size=0,16", "data.train_subset=300", "train.epochs=1",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert "model.hidden_size=0 is not valid" in proc.stderr
+    assert json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())["status"] == "completed"
+    assert not (tmp_path / "sweep" / "0" / "summary.json").exists()
+
+
+def test_divergence_is_recorded_and_reported(tmp_path):
+    proc = run_cli("optim.lr=1e30", "data.train_subset=500", "train.epochs=2",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 3
+    assert "diverged" in proc.stderr and "smaller optim.lr" in proc.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged"
