@@ -94,6 +94,7 @@ def train(
     for epoch in range(1, cfg.train.epochs + 1):
         start = time.perf_counter()
         order = torch.randperm(n, generator=generator).to(device)  # reshuffled every epoch
+        reported, reported_loss = 0, 0.0  # rows already in the progress bar's running loss
         for i in range(n_batches):
             rows = slice(i * batch, (i + 1) * batch)
             idx = order[rows]
@@ -103,7 +104,10 @@ def train(
             Z[rows] = cache.z2
             if on_batch is not None and ((i + 1) % progress_every == 0 or i + 1 == n_batches):
                 seen = min(n, (i + 1) * batch)
-                on_batch(i + 1, n_batches, cross_entropy(Z[:seen], Y_all[order[:seen]]).item())
+                new = slice(reported, seen)
+                reported_loss += cross_entropy(Z[new], Y_all[order[new]]).item() * (seen - reported)
+                reported = seen
+                on_batch(i + 1, n_batches, reported_loss / seen)
 
         Y_epoch = Y_all.index_select(0, order)  # (n,10) targets in the order trained
         train_loss = cross_entropy(Z, Y_epoch).item()
