@@ -33,6 +33,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
+    fused: bool = True
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.init_scale": (lambda v: _is_real(v) and v > 0, "a positive finite number, e.g. 0.01"),
     "optim.lr": (lambda v: _is_real(v) and v > 0, "a positive finite number, e.g. 0.1"),
     "train.epochs": (lambda v: _is_int(v) and v > 0, "a positive integer, e.g. 20"),
+    "train.fused": (lambda v: isinstance(v, bool), "true or false"),
     "data.root": (
         lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
         "null (the MNIST copy shipped with backprop-lab) or a folder path",

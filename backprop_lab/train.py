@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .backprop import Params, backward, cross_entropy, evaluate, forward, init_params, sgd_step
+from .backprop import Params, backward, cross_entropy, evaluate, forward, fused_step, init_params, sgd_step
 from .config import Config, ConfigError
 from .data import MNIST
 
@@ -86,6 +86,7 @@ def train(
     batch = cfg.data.batch_size
     n_batches = math.ceil(n / batch)
     lr = cfg.optim.lr
+    fused = cfg.train.fused
     device = X_all.device
     # Each batch's logits, kept as trained, so the epoch's train loss and accuracy are
     # computed in one vectorised pass instead of a handful of tiny ops per batch.
@@ -99,9 +100,12 @@ def train(
             rows = slice(i * batch, (i + 1) * batch)
             idx = order[rows]
             X, Y = X_all.index_select(0, idx), Y_all.index_select(0, idx)  # (m,784), (m,10)
-            cache = forward(params, X)
-            sgd_step(params, backward(params, cache, Y), lr)
-            Z[rows] = cache.z2
+            if fused:
+                fused_step(params, X, Y, lr, z2_out=Z[rows])
+            else:
+                cache = forward(params, X)
+                sgd_step(params, backward(params, cache, Y), lr)
+                Z[rows] = cache.z2
             if on_batch is not None and ((i + 1) % progress_every == 0 or i + 1 == n_batches):
                 seen = min(n, (i + 1) * batch)
                 new = slice(reported, seen)

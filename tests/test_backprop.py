@@ -133,7 +133,8 @@ def test_the_watch_catches_autograd_use():
     assert watch.offenders  # so the next test's silence means something
 
 
-def test_training_uses_no_autograd(small_mnist, monkeypatch):
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_uses_no_autograd(small_mnist, monkeypatch, fused):
     from dataclasses import replace
 
     from backprop_lab.config import Config
@@ -146,14 +147,15 @@ def test_training_uses_no_autograd(small_mnist, monkeypatch):
     monkeypatch.setattr(torch.autograd, "backward", forbidden)
     monkeypatch.setattr(torch.autograd, "grad", forbidden)
     cfg = Config()
-    cfg = replace(cfg, train=replace(cfg.train, epochs=1))
+    cfg = replace(cfg, train=replace(cfg.train, epochs=1, fused=fused))
     g = torch.Generator().manual_seed(0)
     params = make_params(cfg, g, torch.device("cpu"))
     assert torch.is_grad_enabled()  # training does not hide behind no_grad
     with AutogradWatch() as watch:
         metrics = list(train(cfg, small_mnist, params, g))
     assert len(metrics) == 1
-    assert watch.calls > 1000  # every op of every batch went through the watch
+    batches = small_mnist.X_train.shape[0] // cfg.data.batch_size
+    assert watch.calls > 10 * batches  # every op of every batch went through the watch
     assert watch.offenders == []
     assert not any(t.requires_grad for t in params.as_dict().values())
 
@@ -185,3 +187,34 @@ def test_one_sgd_step_of_the_trainer_equals_an_independent_step(small_mnist):
     for name, value in params.as_dict().items():
         assert not torch.equal(value, ref[name])
         assert torch.allclose(value, expected[name], rtol=0, atol=1e-13), name
+
+
+def test_fused_step_equals_forward_backward_step_float64():
+    X, y, Y, params = random_problem(m=48, hidden=24, seed=8)
+    plain = bp.Params(**{k: v.clone() for k, v in params.as_dict().items()})
+    fused = bp.Params(**{k: v.clone() for k, v in params.as_dict().items()})
+    for _ in range(5):
+        cache = bp.forward(plain, X)
+        bp.sgd_step(plain, bp.backward(plain, cache, Y), 0.3)
+        z2 = bp.fused_step(fused, X, Y, 0.3)
+        assert torch.allclose(z2, cache.z2, rtol=0, atol=1e-12)
+    for name in ("W1", "b1", "W2", "b2"):
+        assert rel_err(getattr(fused, name), getattr(plain, name)) < 1e-13, name
+
+
+def test_fused_and_plain_training_agree_float32(small_mnist):
+    from dataclasses import replace
+
+    from backprop_lab.config import Config
+    from backprop_lab.train import make_params, train
+
+    results = {}
+    for fused in (True, False):
+        cfg = Config()
+        cfg = replace(cfg, train=replace(cfg.train, epochs=1, fused=fused))
+        g = torch.Generator().manual_seed(0)
+        params = make_params(cfg, g, torch.device("cpu"))
+        results[fused] = (list(train(cfg, small_mnist, params, g))[0], params)
+    (m1, p1), (m2, p2) = results[True], results[False]
+    assert abs(m1.train_loss - m2.train_loss) < 1e-4 and abs(m1.test_acc - m2.test_acc) < 0.005
+    assert rel_err(p1.W1, p2.W1) < 1e-4
