@@ -120,7 +120,21 @@ def check_overrides(argv: list[str]) -> None:
             raise ConfigError(unknown_key_message(key))
 
 
+# Subcommands other than training: name -> (module, function taking argv, returning an exit code).
+SUBCOMMANDS = {
+    "show": ("backprop_lab.compare", "show_main"),
+    "compare": ("backprop_lab.compare", "compare_main"),
+    "bench": ("backprop_lab.bench", "main"),
+    "resume": ("backprop_lab.resume", "main"),
+}
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        import importlib
+
+        module, function = SUBCOMMANDS[sys.argv[1]]
+        sys.exit(getattr(importlib.import_module(module), function)(sys.argv[2:]))
     try:
         check_overrides(sys.argv[1:])
     except (ConfigError, RunDirError) as e:
@@ -216,6 +230,8 @@ def run(dcfg: DictConfig) -> float | None:
         "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
         "finished_at": None,
         "run_dir": str(run_dir),
+        "pid": os.getpid(),  # with host: lets a reader tell a live run from a killed one
+        "host": platform.node(),
         "weights": None,
         "error": None,
     }
@@ -223,11 +239,7 @@ def run(dcfg: DictConfig) -> float | None:
     log.info("config: %s", summary["config"])
 
     reporter = Reporter()
-    reporter.start(
-        "backprop-lab: 784-%d-10, lr %g, batch %d, %d epochs"
-        % (cfg.model.hidden_size, cfg.optim.lr, cfg.data.batch_size, cfg.train.epochs),
-        [f"device {device}, seed {cfg.seed}, {n_train:,} training images", f"run directory {run_dir}"],
-    )
+    reporter.start(summary)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise Terminated()
@@ -274,7 +286,7 @@ def run(dcfg: DictConfig) -> float | None:
     )
     writer.write_summary(summary)
     log.info("summary: %s", summary)
-    reporter.summary(summary, str(run_dir))
+    reporter.summary(summary)
     if exit_code:
         refuse(summary["error"], exit_code)
         return None

@@ -51,10 +51,19 @@ class Reporter:
         self.console = console or Console()
         self.rows_printed = 0
 
-    def start(self, title: str, lines: list[str]) -> None:
-        self.console.print(f"[bold]{title}[/bold]")
-        for line in lines:
-            self.console.print(f"  {line}", highlight=False)
+    def start(self, summary: dict[str, Any]) -> None:
+        """The run's header, from its summary record (so `show` can print it again)."""
+        cfg = summary["config"]
+        self.console.print(
+            f"[bold]backprop-lab: 784-{cfg['model']['hidden_size']}-10, lr {cfg['optim']['lr']:g}, "
+            f"batch {cfg['data']['batch_size']}, {cfg['train']['epochs']} epoch{'s' * (cfg['train']['epochs'] != 1)}[/bold]"
+        )
+        self.console.print(
+            f"  device {summary['device']}, seed {summary['seed']}, "
+            f"{summary['data']['train_size']:,} training images",
+            highlight=False,
+        )
+        self.console.print(f"  run directory {summary['run_dir']}", highlight=False)
 
     @contextmanager
     def progress(self, epochs: int) -> Iterator[Any]:
@@ -83,8 +92,8 @@ class Reporter:
     def table(self, rows: Sequence[dict[str, float]]) -> None:
         self.console.print(epoch_table(rows, header=True))
 
-    def summary(self, summary: dict[str, Any], run_dir: str) -> None:
-        status = summary["status"]
+    def summary(self, summary: dict[str, Any], status: str | None = None) -> None:
+        status = status or summary["status"]
         colour = {"completed": "green", "interrupted": "yellow"}.get(status, "red")
         lines = [f"status            [{colour}]{status}[/{colour}]"]
         if summary.get("final_test_acc") is not None:
@@ -95,7 +104,7 @@ class Reporter:
         lines += [
             f"epochs            {summary['epochs_completed']}/{summary['epochs_planned']}",
             f"training time     {summary['train_seconds']:.1f} s (wall {summary['wall_seconds']:.1f} s)",
-            f"run directory     {run_dir}",
+            f"run directory     {summary['run_dir']}",
         ]
         if summary.get("error"):
             lines.append(f"error             {summary['error']}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import platform
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,3 +109,20 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
 def read_summary(run_dir: Path) -> dict[str, Any]:
     with open(run_dir / SUMMARY) as f:
         return json.load(f)
+
+
+def effective_status(summary: dict[str, Any]) -> str:
+    """The status a reader should show: a run still marked `running` whose process is gone
+    (killed, machine lost) is `incomplete`; its completed epochs are still in metrics.csv."""
+    status = summary.get("status", "incomplete")
+    if status != "running":
+        return status
+    if summary.get("host") != platform.node():
+        return "running"  # another machine's run: we cannot look at its process
+    try:
+        os.kill(int(summary["pid"]), 0)
+    except (KeyError, ValueError, TypeError, ProcessLookupError):
+        return "incomplete"
+    except PermissionError:
+        pass  # the process exists but belongs to someone else
+    return "running"
