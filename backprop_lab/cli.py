@@ -29,7 +29,7 @@ from rich.console import Console
 
 from . import __version__
 from .config import ConfigError, from_container, known_keys, unknown_key_message
-from .rundir import RunDirError, refuse_existing_run
+from .rundir import LOG, RunDirError, refuse_existing_run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
@@ -145,14 +145,28 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(dcfg: DictConfig) -> float | None:
-    return run(dcfg)
+    """Hydra's task function: the typed config at the boundary, then one run."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        cfg = from_container(OmegaConf.to_container(dcfg, resolve=True))
+    except ConfigError as e:
+        discard_if_empty(run_dir)
+        return refuse(str(e), EXIT_BAD_INPUT, in_sweep)
+    return run(cfg, run_dir, list(hydra_cfg.overrides.task), in_sweep)
 
 
 # --- hop 2: one run ----------------------------------------------------------------------
 
 
-class Terminated(Exception):
-    """SIGTERM, turned into an exception so the run can record itself before exiting."""
+def refuse(message: str, code: int, in_sweep: bool) -> None:
+    """Report a run's end in one line; outside a sweep, exit with `code`. In a sweep the
+    other jobs must go on, so the job just returns."""
+    error_line(message)
+    log.error(message)
+    if not in_sweep:
+        sys.exit(code)
 
 
 def discard_if_empty(run_dir: Path) -> None:
@@ -160,135 +174,189 @@ def discard_if_empty(run_dir: Path) -> None:
     so a run refused at the start leaves nothing that looks like a result."""
     if str(run_dir) not in {str(Path(p).resolve()) for p in _claimed.values()}:
         return
-    hydra_files = {".hydra", "backprop-lab.log"}
+    hydra_files = {".hydra", LOG}
     if all(p.name in hydra_files for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def run(dcfg: DictConfig) -> float | None:
-    """Train one configured run into Hydra's run directory; return its final test accuracy."""
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+class StopRequest:
+    """Signal handler for SIGINT and SIGTERM: the first asks training to stop after the
+    current batch; a second one stops at once (the files stay consistent either way,
+    since every file is appended or replaced whole)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        stderr.print(f"\n{signal.Signals(signum).name}: stopping after this batch (again to stop at once)")
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+
+def now() -> str:
+    return datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, resume: bool = False) -> float | None:
+    """Train one run into `run_dir` (or, with `resume`, continue the one there); return
+    its final test accuracy. Every outcome is recorded in summary.json."""
     wall_start = time.perf_counter()
-
-    def refuse(message: str, code: int) -> None:
-        error_line(message)
-        log.error(message)
-        if not in_sweep:
-            sys.exit(code)
-
-    try:
-        cfg = from_container(OmegaConf.to_container(dcfg, resolve=True))
-    except ConfigError as e:
-        discard_if_empty(run_dir)
-        return refuse(str(e), EXIT_BAD_INPUT)
-
     # Imported only now, so `--help`, `--cfg` and bad values answer without loading torch.
     import torch
 
     from .data import DataError, load_mnist
     from .report import COLUMN_KEYS, Reporter
-    from .rundir import RunWriter, check_usable
-    from .train import Diverged, make_params, resolve_device, train
+    from .rundir import RunWriter, check_usable, config_hash, load_checkpoint, read_summary
+    from .train import Diverged, Stopped, make_params, resolve_device, train
 
     try:
         device = resolve_device(cfg.device)
-        check_usable(run_dir)
+        checkpoint = load_checkpoint(run_dir) if resume else None
+        if checkpoint is not None and checkpoint["config_hash"] != config_hash(cfg.to_dict()):
+            raise RunDirError(f"{run_dir}/checkpoint.pt was written for another config; it cannot be resumed")
+        if not resume:
+            check_usable(run_dir)
         data = load_mnist(cfg.data.root, cfg.data.train_subset, device, cfg.data.download)
-        writer = RunWriter(run_dir, COLUMN_KEYS)
+        writer = RunWriter(run_dir, COLUMN_KEYS, resume=resume)
     except (ConfigError, DataError, RunDirError) as e:
-        discard_if_empty(run_dir)
-        return refuse(str(e), EXIT_BAD_INPUT)
+        if not resume:
+            discard_if_empty(run_dir)
+        return refuse(str(e), EXIT_BAD_INPUT, in_sweep)
 
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    params = make_params(cfg, generator, device)
-    n_train = data.X_train.shape[0]
-    summary: dict[str, Any] = {
-        "status": "running",
-        "epochs_completed": 0,
-        "epochs_planned": cfg.train.epochs,
-        "final_test_acc": None,
-        "best_test_acc": None,
-        "best_epoch": None,
-        "final_test_loss": None,
-        "train_seconds": 0.0,
-        "wall_seconds": 0.0,
-        "device": str(device),
-        "seed": cfg.seed,
-        "config": cfg.to_dict(),
-        "overrides": list(hydra_cfg.overrides.task),
-        "data": {"source": str(data.source), "train_size": n_train, "test_size": data.X_test.shape[0], "md5": data.md5},
-        "versions": {
-            "backprop_lab": __version__,
-            "torch": torch.__version__,
-            "hydra": hydra.__version__,
-            "python": platform.python_version(),
-        },
-        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
-        "started_at": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "finished_at": None,
-        "run_dir": str(run_dir),
-        "pid": os.getpid(),  # with host: lets a reader tell a live run from a killed one
-        "host": platform.node(),
-        "weights": None,
-        "error": None,
-    }
-    writer.write_summary(summary)
-    log.info("config: %s", summary["config"])
+    generator = torch.Generator()
+    if checkpoint is None:
+        generator.manual_seed(cfg.seed)
+        params = make_params(cfg, generator, device)
+        summary: dict[str, Any] = {
+            "status": "running",
+            "epochs_completed": 0,
+            "epochs_planned": cfg.train.epochs,
+            "final_test_acc": None,
+            "best_test_acc": None,
+            "best_epoch": None,
+            "final_test_loss": None,
+            "train_seconds": 0.0,
+            "wall_seconds": 0.0,
+            "device": str(device),
+            "seed": cfg.seed,
+            "config": cfg.to_dict(),
+            "config_hash": config_hash(cfg.to_dict()),
+            "overrides": overrides,
+            "data": {
+                "source": str(data.source),
+                "train_size": data.X_train.shape[0],
+                "test_size": data.X_test.shape[0],
+                "md5": data.md5,
+            },
+            "versions": {
+                "backprop_lab": __version__,
+                "torch": torch.__version__,
+                "hydra": hydra.__version__,
+                "python": platform.python_version(),
+            },
+            "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, "
+            f"torch threads {torch.get_num_threads()}",
+            "started_at": now(),
+            "finished_at": None,
+            "run_dir": str(run_dir),
+            "weights": None,
+            "error": None,
+        }
+    else:
+        params = make_params(cfg, torch.Generator(), device)  # shapes only; the values come next
+        for name, value in checkpoint["params"].items():
+            getattr(params, name).copy_(value)
+        generator.set_state(checkpoint["generator"])
+        summary = read_summary(run_dir)
+        summary.setdefault("resumed_at", []).append(now())
+        summary.update(status="running", error=None, finished_at=None)
+        if checkpoint["row"] is not None and summary["epochs_completed"] < checkpoint["epoch"]:
+            writer.append(checkpoint["row"])  # killed between the checkpoint and the row
+    summary.update(pid=os.getpid(), host=platform.node())  # lets a reader tell a live run from a killed one
+    start_epoch = summary["epochs_completed"] + 1 if checkpoint is None else checkpoint["epoch"] + 1
+
+    def save_checkpoint(epoch: int, row: dict[str, float] | None) -> None:
+        writer.save_checkpoint({
+            "epoch": epoch,
+            "params": {k: v.detach().to("cpu") for k, v in params.as_dict().items()},
+            "generator": generator.get_state(),
+            "config_hash": summary["config_hash"],
+            "row": row,
+        })
+
+    try:
+        if checkpoint is None:
+            save_checkpoint(0, None)
+        writer.write_summary(summary)
+    except OSError as e:
+        return refuse(f"cannot write to the run directory {run_dir}: {e.strerror or e}", EXIT_BAD_INPUT, in_sweep)
+    log.info("%s: %s", "resumed" if resume else "config", summary["config"])
 
     reporter = Reporter()
     reporter.start(summary)
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    stop = StopRequest()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     exit_code = 0
     try:
+        reporter.next_epoch = start_epoch
         with reporter.progress(cfg.train.epochs) as on_batch:
-            for m in train(cfg, data, params, generator, on_batch):
+            for m in train(cfg, data, params, generator, on_batch, start_epoch=start_epoch, should_stop=stop.requested):
                 row = m.as_dict()
+                save_checkpoint(m.epoch, row)  # first, so a kill between the two loses nothing
                 writer.append(row)
                 reporter.epoch(row)
                 log.info("epoch %s", row)
-                best = summary["best_test_acc"]
                 summary.update(
                     epochs_completed=m.epoch,
                     final_test_acc=m.test_acc,
                     final_test_loss=m.test_loss,
                     train_seconds=summary["train_seconds"] + m.seconds,
                 )
-                if best is None or m.test_acc > best:
+                if summary["best_test_acc"] is None or m.test_acc > summary["best_test_acc"]:
                     summary.update(best_test_acc=m.test_acc, best_epoch=m.epoch)
                 writer.write_summary(summary)
         summary["status"] = "completed"
     except Diverged as e:
-        summary.update(status="diverged", error=f"{e}; try a smaller optim.lr")
+        summary.update(status="diverged", error=f"{e}; try a smaller optim.lr",
+                       diverged_at={"epoch": e.epoch, "batch": e.batch})
         exit_code = EXIT_DIVERGED
-    except (KeyboardInterrupt, Terminated) as e:
-        summary.update(status="interrupted", error="stopped by " + ("SIGTERM" if isinstance(e, Terminated) else "Ctrl-C"))
-        exit_code = EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT
+    except (Stopped, KeyboardInterrupt) as e:
+        signum = stop.signum or signal.SIGINT
+        where = f" at epoch {e.epoch}, batch {e.batch}" if isinstance(e, Stopped) else ""
+        summary.update(
+            status="interrupted",
+            error=f"stopped by {signal.Signals(signum).name}{where}; the {summary['epochs_completed']} completed "
+            f"epoch(s) are saved; continue with: backprop-lab resume {run_dir}",
+        )
+        exit_code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+    except OSError as e:
+        summary.update(status="failed", error=f"cannot write to the run directory {run_dir}: {e.strerror or e}")
+        exit_code = EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - recorded, logged with traceback, reported in one line
         log.exception("run failed")
         summary.update(status="failed", error=f"{type(e).__name__}: {e}")
         exit_code = EXIT_FAILED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
-    if summary["status"] == "completed":
-        writer.save_weights(params)
-        summary["weights"] = "weights.pt"
-    summary.update(
-        wall_seconds=time.perf_counter() - wall_start,
-        finished_at=datetime.now().astimezone().isoformat(timespec="seconds"),
-    )
-    writer.write_summary(summary)
+    try:
+        if summary["status"] == "completed":
+            writer.save_weights(params)
+            summary["weights"] = "weights.pt"
+        summary.update(wall_seconds=summary["wall_seconds"] + time.perf_counter() - wall_start, finished_at=now())
+        writer.write_summary(summary)
+    except OSError as e:
+        summary.update(status="failed", error=f"cannot write to the run directory {run_dir}: {e.strerror or e}")
+        exit_code = EXIT_FAILED
     log.info("summary: %s", summary)
     reporter.summary(summary)
     if exit_code:
-        refuse(summary["error"], exit_code)
+        refuse(summary["error"], exit_code, in_sweep)
         return None
     acc = summary["final_test_acc"]
     return acc if acc is not None and math.isfinite(acc) else None

@@ -49,7 +49,8 @@ def epoch_table(rows: Sequence[dict[str, float]], header: bool) -> Table:
 class Reporter:
     def __init__(self, console: Console | None = None):
         self.console = console or Console()
-        self.rows_printed = 0
+        self.header_printed = False
+        self.next_epoch = 1  # for the progress bar's label
 
     def start(self, summary: dict[str, Any]) -> None:
         """The run's header, from its summary record (so `show` can print it again)."""
@@ -80,14 +81,15 @@ class Reporter:
         task = bar.add_task("train", total=None, epoch=1, loss=float("nan"))
 
         def on_batch(done: int, total: int, loss: float) -> None:
-            bar.update(task, completed=done, total=total, epoch=self.rows_printed + 1, loss=loss)
+            bar.update(task, completed=done, total=total, epoch=self.next_epoch, loss=loss)
 
         with bar:
             yield on_batch
 
     def epoch(self, row: dict[str, float]) -> None:
-        self.console.print(epoch_table([row], header=self.rows_printed == 0))
-        self.rows_printed += 1
+        self.console.print(epoch_table([row], header=not self.header_printed))
+        self.header_printed = True
+        self.next_epoch = int(row["epoch"]) + 1
 
     def table(self, rows: Sequence[dict[str, float]]) -> None:
         self.console.print(epoch_table(rows, header=True))

@@ -3,6 +3,8 @@
     metrics.csv    one row per completed epoch, appended and flushed as each epoch ends
     summary.json   status and headline results; rewritten atomically (temp file + rename)
     weights.pt     the final parameters, a dict of CPU tensors for torch.load
+    checkpoint.pt  the state after the last completed epoch (parameters, shuffle RNG,
+                   config hash, that epoch's metrics row), rewritten atomically each epoch
     .hydra/        Hydra's resolved config and overrides (written by Hydra itself)
 
 A directory that already holds a run is refused, never overwritten.
@@ -11,6 +13,7 @@ A directory that already holds a run is refused, never overwritten.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import platform
@@ -24,6 +27,8 @@ if TYPE_CHECKING:
 METRICS = "metrics.csv"
 SUMMARY = "summary.json"
 WEIGHTS = "weights.pt"
+CHECKPOINT = "checkpoint.pt"
+LOG = "backprop-lab.log"  # named by hydra.job.name in conf/config.yaml
 
 
 class RunDirError(RuntimeError):
@@ -71,10 +76,14 @@ def check_usable(run_dir: Path) -> None:
 
 
 class RunWriter:
-    def __init__(self, run_dir: Path, columns: list[str]):
-        check_usable(run_dir)
+    def __init__(self, run_dir: Path, columns: list[str], resume: bool = False):
+        """A writer for a new run (the folder must not hold one) or, with `resume`, for
+        continuing the run already there, appending to its metrics."""
         self.run_dir = run_dir
         self.columns = columns
+        if resume:
+            return
+        check_usable(run_dir)
         try:
             with open(run_dir / METRICS, "x", newline="") as f:  # "x": never clobber
                 csv.writer(f).writerow(columns)
@@ -97,8 +106,30 @@ class RunWriter:
         atomic_write(self.run_dir / WEIGHTS, lambda f: torch.save(cpu, f), mode="wb")
 
 
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        import torch
+
+        atomic_write(self.run_dir / CHECKPOINT, lambda f: torch.save(state, f), mode="wb")
+
+
+def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+    import torch
+
+    path = run_dir / CHECKPOINT
+    try:
+        return torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise RunDirError(f"{run_dir} has no {CHECKPOINT}: it was not started by this version of backprop-lab") from None
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means the same to the user
+        raise RunDirError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
+
+
 def _csv_value(v: Any) -> Any:
     return repr(v) if isinstance(v, float) else v  # repr keeps every digit of a float
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
