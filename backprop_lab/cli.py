@@ -25,10 +25,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from . import __version__
-from .config import ConfigError, from_container, known_keys, unknown_key_message
+from .config import ConfigError, from_dictconfig, known_keys, unknown_key_message
 from .rundir import LOG, RunDirError, refuse_existing_run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -106,15 +107,21 @@ def check_overrides(argv: list[str]) -> None:
     groups = config_groups()
     for o in overrides:
         key = o.key_or_group
+        values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
+        for value in values:
+            if isinstance(value, str) and "${" in value:  # Hydra would fail on a malformed interpolation with a multi-line error
+                try:
+                    OmegaConf.create({"value": value})
+                except OmegaConfBaseException as e:
+                    raise ConfigError(f"{key}={value} is not valid: {str(e).splitlines()[0]}") from None
         if key == "hydra.run.dir" and not o.is_sweep_override() and "${" not in o.get_value_element_as_str():
             # Hydra would rewrite the folder's .hydra/ files before any check of ours runs.
             refuse_existing_run(Path(o.get_value_element_as_str()))
         if key.split(".")[0].split("/")[0] == "hydra" or o.is_add() or o.is_force_add() or o.is_delete():
             continue  # Hydra's own settings, and deliberate additions checked later
         if key in groups:
-            choices = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-            for choice in choices:
-                if choice not in groups[key] and choice != "null":
+            for choice in map(str, values):
+                if choice not in groups[key] and choice not in ("null", "None"):
                     raise ConfigError(f"{key}={choice} is not a known preset; available: {', '.join(groups[key])}")
         elif key not in known_keys():
             raise ConfigError(unknown_key_message(key))
@@ -150,7 +157,7 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        cfg = from_container(OmegaConf.to_container(dcfg, resolve=True))
+        cfg = from_dictconfig(dcfg)
     except ConfigError as e:
         discard_if_empty(run_dir)
         return refuse(str(e), EXIT_BAD_INPUT, in_sweep)

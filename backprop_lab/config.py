@@ -119,6 +119,20 @@ def _show(v: Any) -> str:
     return "null" if v is None else repr(v) if isinstance(v, str) else str(v)
 
 
+def from_dictconfig(dcfg: Any) -> Config:
+    """Resolve Hydra's composed DictConfig and build the typed Config, or raise ConfigError."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        raw = OmegaConf.to_container(dcfg, resolve=True)
+    except OmegaConfBaseException as e:  # e.g. an interpolation such as model.hidden_size='${nothing}'
+        key = getattr(e, "full_key", None)
+        where = f"{key}: " if key else ""
+        raise ConfigError(f"cannot resolve the config: {where}{str(e).splitlines()[0]}") from None
+    return from_container(raw)
+
+
 def from_container(raw: dict[str, Any]) -> Config:
     """Build a Config from the composed config, as plain dicts, or raise ConfigError."""
     if not isinstance(raw, dict):
