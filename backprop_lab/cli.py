@@ -120,8 +120,10 @@ def check_overrides(argv: list[str]) -> None:
         if key.split(".")[0].split("/")[0] == "hydra" or o.is_add() or o.is_force_add() or o.is_delete():
             continue  # Hydra's own settings, and deliberate additions checked later
         if key in groups:
-            for choice in map(str, values):
-                if choice not in groups[key] and choice not in ("null", "None"):
+            for choice in values:
+                if choice is None:
+                    raise ConfigError(f"{key}=null is not valid: to run without a {key} choice, leave {key}=... out")
+                if choice not in groups[key]:
                     raise ConfigError(f"{key}={choice} is not a known preset; available: {', '.join(groups[key])}")
         elif key not in known_keys():
             raise ConfigError(unknown_key_message(key))

@@ -107,6 +107,10 @@ def test_unknown_keys_are_refused_with_a_suggestion():
         typed("+optim.lrr=0.1")  # an explicit addition still meets the typed boundary
     with pytest.raises(ConfigError, match="experiment=nope is not a known preset; available: article"):
         check_overrides(["experiment=nope"])
+    with pytest.raises(ConfigError, match="experiment=null is not valid"):
+        check_overrides(["experiment=null"])
+    with pytest.raises(ConfigError, match="is not valid: token recognition error"):
+        check_overrides(["model.hidden_size=${)}"])
     with pytest.raises(ConfigError, match="cannot parse the overrides"):
         check_overrides(["model.hidden_size=[1,"])
 
