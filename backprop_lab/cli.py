@@ -1,8 +1,9 @@
 """Command line: `backprop-lab [overrides]` trains one run (or a sweep with -m).
 
-The path from the shell to the epoch loop is three hops: `main` (checks the overrides,
-hands over to Hydra) -> `run` (Hydra's task function: typed config, data, files, report)
--> `train.train` (the loop). Every error the user can cause ends in one line on stderr
+The path from the shell to the epoch loop is three hops: the entry point (`main` checks
+the overrides and hands over to Hydra, whose task function `hydra_main` builds the typed
+config) -> `run` (data, files, report) -> `train.train` (the loop). Subcommands (resume,
+show, compare, bench) live in their own modules and are imported only when named. Every error the user can cause ends in one line on stderr
 and a non-zero exit status, never a traceback; the full traceback of an unexpected
 failure goes to the run's log file.
 """
@@ -109,14 +110,14 @@ def check_overrides(argv: list[str]) -> None:
         key = o.key_or_group
         values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
         for value in values:
-            if isinstance(value, str) and "${" in value:  # Hydra would fail on a malformed interpolation with a multi-line error
+            if isinstance(value, str) and "${" in value:  # Hydra fails on a malformed one in many lines
                 try:
                     OmegaConf.create({"value": value})
                 except OmegaConfBaseException as e:
                     raise ConfigError(f"{key}={value} is not valid: {str(e).splitlines()[0]}") from None
-        if key == "hydra.run.dir" and not o.is_sweep_override() and "${" not in o.get_value_element_as_str():
+        if key == "hydra.run.dir" and isinstance(o.value(), str) and "${" not in o.value():
             # Hydra would rewrite the folder's .hydra/ files before any check of ours runs.
-            refuse_existing_run(Path(o.get_value_element_as_str()))
+            refuse_existing_run(Path(o.value()))
         if key.split(".")[0].split("/")[0] == "hydra" or o.is_add() or o.is_force_add() or o.is_delete():
             continue  # Hydra's own settings, and deliberate additions checked later
         if key in groups:
