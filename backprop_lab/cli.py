@@ -31,6 +31,7 @@ from rich.console import Console
 
 from . import __version__
 from .config import ConfigError, from_dictconfig, known_keys, unknown_key_message
+from .report import error_line
 from .rundir import LOG, RunDirError, refuse_existing_run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -39,10 +40,6 @@ EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 log = logging.getLogger("backprop_lab")
 stderr = Console(stderr=True, soft_wrap=True, highlight=False)
-
-
-def error_line(message: str) -> None:
-    stderr.print(f"[bold red]error:[/bold red] {message}")
 
 
 # --- a fresh run directory per run -------------------------------------------------------

@@ -112,5 +112,8 @@ class Reporter:
             lines.append(f"error             {summary['error']}")
         self.console.print(Panel("\n".join(lines), title="summary", expand=False, highlight=False))
 
-    def error(self, message: str) -> None:
-        self.console.print(f"[bold red]error:[/bold red] {message}", highlight=False, soft_wrap=True)
+
+
+def error_line(message: str) -> None:
+    """One line on stderr, never wrapped: how every user-facing error ends."""
+    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[bold red]error:[/bold red] {message}")

@@ -1,0 +1,651 @@
+"""`backprop-lab show RUN_DIR` and `backprop-lab compare [PATH ...]`: read saved runs, never retrain.
+
+Both read only what a run wrote (summary.json, metrics.csv, and .hydra/config.yaml or the log
+when those are all a run left), and never import torch, so they answer in a fraction of a second.
+
+    show     one run's header, per-epoch table and summary panel, printed by the same Reporter
+             calls as during training
+    compare  every run directory under the given paths in one table: the config keys that differ
+             between the listed runs (and only those), final and best test accuracy, final test
+             loss, epochs, training time and status; sorted, filtered, exported, plotted
+
+Broken runs never stop a comparison: each is listed with status `incomplete` (killed: a
+`running` summary whose process is gone, or metrics.csv without a summary), `refused` (a sweep
+job whose config was rejected: only Hydra's files and the log's error line), or `corrupt`
+(unparseable or incomplete files), with a one-line warning on stderr saying what is wrong.
+The sweep callback (sweep.py) uses `collect`, `print_table`, `write_csv` and `write_json` for
+its end-of-sweep table and files, so there is one implementation of each.
+
+Left out: metric-threshold filters (`test_acc>0.9`), regex filters, HTML output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence, TextIO
+
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+from .report import COLUMN_KEYS, Reporter, error_line
+from .rundir import LOG, METRICS, SUMMARY, effective_status, read_metrics, read_summary
+
+EXIT_NO_RUNS = 1  # like grep: "nothing found" is a result, not an error, but a script should notice it
+EXIT_BAD_INPUT = 2  # a path, option or file that cannot be used
+STATUS_COLOURS = {"completed": "green", "running": "cyan", "interrupted": "yellow", "incomplete": "yellow"}
+
+
+class RunError(ValueError):
+    """A run directory, file or option that cannot be used; the message is one line for the user."""
+
+
+def warning_line(message: str) -> None:
+    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[yellow]warning:[/yellow] {message}")
+
+
+# --- reading one run ---------------------------------------------------------------------
+
+# Fields the header and the summary panel print: (dotted path in summary.json, allowed types).
+NUMBER, INT, TEXT, OPTIONAL_NUMBER, OPTIONAL_INT = (int, float), (int,), (str,), (int, float, type(None)), (int, type(None))
+SHOW_FIELDS: list[tuple[str, tuple[type, ...]]] = [
+    ("status", TEXT),
+    ("config.model.hidden_size", INT),
+    ("config.optim.lr", NUMBER),
+    ("config.data.batch_size", INT),
+    ("config.train.epochs", INT),
+    ("device", TEXT),
+    ("seed", INT),
+    ("data.train_size", INT),
+    ("run_dir", TEXT),
+    ("final_test_acc", OPTIONAL_NUMBER),
+    ("best_test_acc", OPTIONAL_NUMBER),
+    ("best_epoch", OPTIONAL_INT),
+    ("epochs_completed", INT),
+    ("epochs_planned", INT),
+    ("train_seconds", NUMBER),
+    ("wall_seconds", NUMBER),
+]
+
+
+def _lookup(d: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            raise KeyError(dotted)
+        d = d[part]
+    return d
+
+
+def load_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json, checked to hold every field show and compare print, or RunError."""
+    try:
+        summary = read_summary(run_dir)
+    except json.JSONDecodeError as e:
+        raise RunError(f"{SUMMARY} is not valid JSON (half-written or corrupt: {e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunError(f"cannot read {SUMMARY}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(summary, dict):
+        raise RunError(f"{SUMMARY} holds a {type(summary).__name__}, not a run's summary")
+    missing, wrong = [], []
+    for path, types in SHOW_FIELDS:
+        try:
+            value = _lookup(summary, path)
+        except KeyError:
+            missing.append(path)
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            wrong.append(path)
+    if missing:
+        raise RunError(f"{SUMMARY} lacks {', '.join(missing)} (an older format or a hand-edited file)")
+    if wrong:
+        raise RunError(f"{SUMMARY} has a value of the wrong type in {', '.join(wrong)}")
+    return summary
+
+
+def load_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """metrics.csv, checked to have every column and only numbers, or RunError."""
+    try:
+        with open(run_dir / METRICS, newline="") as f:
+            header = next(csv.reader(f), None)
+        if header is None:
+            raise RunError(f"{METRICS} is empty (not even its header)")
+        missing = [c for c in COLUMN_KEYS if c not in header]
+        if missing:
+            raise RunError(f"{METRICS} lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)}")
+        return read_metrics(run_dir)
+    except (ValueError, TypeError) as e:  # float('') or float(None): a short, long or garbled row
+        raise RunError(f"{METRICS} has a row that is not all numbers ({e})") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise RunError(f"cannot read {METRICS}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{'model': {'hidden_size': 128}} -> {'model.hidden_size': 128}."""
+    if not isinstance(config, dict):
+        return {}
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _hydra_config(run_dir: Path) -> dict[str, Any]:
+    """The config Hydra saved, for a run that left no summary.json; {} if there is none."""
+    try:
+        import yaml  # Hydra's dependency; only needed for these leftovers
+
+        return flatten(yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()))
+    except Exception:  # noqa: BLE001 - a missing or odd file just means no config columns
+        return {}
+
+
+def _log_error(run_dir: Path) -> str | None:
+    """The last ERROR line of the run's log, e.g. why a sweep job's config was refused."""
+    try:
+        lines = (run_dir / LOG).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line.split("[ERROR] - ", 1)[1] for line in lines if "[ERROR] - " in line]
+    return errors[-1].strip() if errors else None
+
+
+@dataclass
+class Run:
+    """One run directory as compare lists it; every field has a value even for a broken run."""
+
+    path: Path
+    label: str  # relative to the root it was found under: date/time, or sweep/job
+    group: Path  # the sweep root for a sweep job, else the run directory itself (for --best)
+    status: str
+    config: dict[str, Any] = field(default_factory=dict)  # flat: {'model.hidden_size': 128, ...}
+    final_test_acc: float | None = None
+    best_test_acc: float | None = None
+    best_epoch: int | None = None
+    final_test_loss: float | None = None
+    epochs_completed: int | None = None
+    epochs_planned: int | None = None
+    train_seconds: float | None = None
+    note: str | None = None  # what is wrong with it, or the run's own error
+    problem: bool = False  # the note describes broken files (warned about on stderr)
+    metrics: list[dict[str, float]] | None = None
+
+    def value(self, column: str) -> Any:
+        """A sortable/filterable value: a COLUMNS name or a config key."""
+        if column in COLUMN_GETTERS:
+            return COLUMN_GETTERS[column](self)
+        return self.config.get(column)
+
+
+def load_run(run_dir: Path, label: str, group: Path | None = None) -> Run:
+    run = Run(path=run_dir, label=label, group=group or run_dir, status="corrupt")
+    metrics_error = None
+    if (run_dir / METRICS).exists():
+        try:
+            run.metrics = load_metrics(run_dir)
+        except RunError as e:
+            metrics_error = str(e)
+
+    if not (run_dir / SUMMARY).exists():
+        run.config = _hydra_config(run_dir)
+        if run.metrics is not None or metrics_error:
+            run.status, run.problem = "incomplete", True
+            run.note = f"no {SUMMARY}: stopped before writing it" + (f"; {metrics_error}" if metrics_error else "")
+            if run.metrics:
+                _fill_from_metrics(run)
+        else:
+            error = _log_error(run_dir)
+            run.status = "refused" if error else "incomplete"
+            run.note = error or "nothing recorded yet (just started, or killed at once)"
+            run.problem = error is None
+        return run
+
+    try:
+        summary = load_summary(run_dir)
+    except RunError as e:
+        run.config, run.note, run.problem = _hydra_config(run_dir), str(e), True
+        if run.metrics:
+            _fill_from_metrics(run)
+        return run
+    run.status = effective_status(summary)
+    run.config = flatten(summary["config"])
+    for name in ("final_test_acc", "best_test_acc", "best_epoch", "final_test_loss",
+                 "epochs_completed", "epochs_planned", "train_seconds"):
+        setattr(run, name, summary.get(name))
+    run.note = summary.get("error")
+    if metrics_error:
+        run.status, run.note, run.problem = "corrupt", metrics_error, True
+    elif run.metrics is None and summary["epochs_completed"]:
+        run.status, run.note, run.problem = "corrupt", f"{METRICS} is missing", True
+    elif run.status == "incomplete":
+        done = len(run.metrics or [])
+        run.note = f"still marked running, but its process is gone (killed?); {done} completed epoch{'s' * (done != 1)} in {METRICS}"
+    return run
+
+
+def _fill_from_metrics(run: Run) -> None:
+    rows = run.metrics or []
+    best = max(rows, key=lambda r: r["test_acc"])
+    run.final_test_acc, run.final_test_loss = rows[-1]["test_acc"], rows[-1]["test_loss"]
+    run.best_test_acc, run.best_epoch = best["test_acc"], int(best["epoch"])
+    run.epochs_completed = len(rows)
+    run.epochs_planned = run.config.get("train.epochs") if isinstance(run.config.get("train.epochs"), int) else None
+    run.train_seconds = sum(r["seconds"] for r in rows)
+
+
+# --- finding runs --------------------------------------------------------------------------
+
+
+def is_run_dir(path: Path) -> bool:
+    """summary.json or metrics.csv; or, for a sweep job refused before it wrote either,
+    Hydra's .hydra/ folder with the log (a sweep root has multirun.yaml instead)."""
+    return (path / SUMMARY).is_file() or (path / METRICS).is_file() or (
+        (path / ".hydra").is_dir() and (path / LOG).is_file()
+    )
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    if is_run_dir(root):
+        return [root]
+    found = []
+    for here, dirs, _ in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skips .hydra and hidden folders
+        if is_run_dir(Path(here)) and Path(here) != root:
+            found.append(Path(here))
+            dirs[:] = []  # runs do not nest
+    return found
+
+
+def collect(roots: Sequence[Path]) -> list[Run]:
+    """Every run under the roots, labelled relative to its root (prefixed by the root when
+    several are given, so that two sweeps' job `0`s stay apart). RunError for a bad root."""
+    runs: list[Run] = []
+    seen: set[Path] = set()
+    for root in roots:
+        if not root.exists():
+            raise RunError(f"{root} does not exist")
+        if not root.is_dir():
+            raise RunError(f"{root} is not a directory")
+        for run_dir in find_run_dirs(root):
+            resolved = run_dir.resolve()
+            if resolved in seen:
+                continue
+            seen.add(resolved)
+            rel = run_dir.relative_to(root).as_posix()
+            if rel == ".":
+                label = str(root)
+            else:
+                label = f"{root.as_posix().rstrip('/')}/{rel}" if len(roots) > 1 else rel
+            group = run_dir.parent if (run_dir.parent / "multirun.yaml").is_file() else run_dir
+            runs.append(load_run(run_dir, label, group))
+    return runs
+
+
+# --- choosing, ordering, describing ----------------------------------------------------------
+
+COLUMN_GETTERS: dict[str, Callable[[Run], Any]] = {
+    "run": lambda r: r.label,
+    "test_acc": lambda r: r.final_test_acc,
+    "best_test_acc": lambda r: r.best_test_acc,
+    "test_loss": lambda r: r.final_test_loss,
+    "epochs": lambda r: r.epochs_completed,
+    "time": lambda r: r.train_seconds,
+    "status": lambda r: r.status,
+}
+DESCENDING = {"test_acc", "best_test_acc"}  # higher is better; every other column ascends
+
+
+def config_keys(runs: Sequence[Run]) -> list[str]:
+    """Every config key of the runs, in the order the config lists them."""
+    keys: dict[str, None] = {}
+    for run in runs:
+        keys.update(dict.fromkeys(run.config))
+    return list(keys)
+
+
+def differing_keys(runs: Sequence[Run]) -> list[str]:
+    """The config keys whose value is not the same in every listed run that has a config."""
+    with_config = [r for r in runs if r.config]
+    return [
+        key for key in config_keys(with_config)
+        if len({json.dumps(r.config.get(key, "<missing>"), sort_keys=True) for r in with_config}) > 1
+    ]
+
+
+def _order(value: Any) -> tuple:
+    if isinstance(value, bool) or isinstance(value, (int, float)):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def sort_runs(runs: list[Run], column: str) -> list[Run]:
+    """Sorted by `column`, best first for accuracies; runs without a value always last, and so
+    are corrupt runs (their numbers, recovered from metrics.csv, should not top a ranking)."""
+    def last(r: Run) -> bool:
+        v = r.value(column)
+        return v is None or (isinstance(v, float) and math.isnan(v)) or (r.status == "corrupt" and column != "run")
+
+    runs = sorted(runs, key=lambda r: r.label)  # ties keep chronological order
+    present = [r for r in runs if not last(r)]
+    present.sort(key=lambda r: _order(r.value(column)), reverse=column in DESCENDING)
+    return present + [r for r in runs if last(r)]
+
+
+def sort_choices(runs: Sequence[Run]) -> list[str]:
+    return list(COLUMN_GETTERS) + config_keys(runs)
+
+
+def parse_filter(text: str, runs: Sequence[Run]) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise RunError(f"--filter expects KEY=VALUE, e.g. model.hidden_size=128 or status=completed; got {text!r}")
+    valid = ["status"] + config_keys(runs)
+    if key not in valid:
+        raise RunError(f"unknown --filter key {key!r}; choose from: {', '.join(valid)}")
+    return key, value.strip()
+
+
+def matches(run: Run, key: str, wanted: str) -> bool:
+    """`wanted` as typed on the command line against the run's value: numbers compare as
+    numbers (lr=0.1 matches 0.1 and 1e-1), true/false and null as YAML spells them."""
+    if key != "status" and not run.config:
+        return False
+    value = run.value(key)
+    if value is None:
+        return wanted.lower() in ("null", "none", "")
+    if isinstance(value, bool):
+        return wanted.lower() == str(value).lower()
+    if isinstance(value, (int, float)):
+        try:
+            return float(wanted) == float(value)
+        except ValueError:
+            return False
+    return str(value) == wanted
+
+
+def best_per_sweep(runs: Sequence[Run]) -> list[Run]:
+    """The run with the highest final test accuracy (ties: best test accuracy) of each sweep;
+    a single run is its own group. Corrupt runs and runs without an accuracy are never the best."""
+    best: dict[Path, Run] = {}
+    for run in runs:
+        if run.status == "corrupt" or run.final_test_acc is None or math.isnan(run.final_test_acc):
+            continue
+        rank = (run.final_test_acc, run.best_test_acc or 0.0)
+        held = best.get(run.group)
+        if held is None or rank > (held.final_test_acc, held.best_test_acc or 0.0):
+            best[run.group] = run
+    return [r for r in runs if best.get(r.group) is r]
+
+
+def describe(run: Run, keys: Sequence[str]) -> str:
+    """A run's differing keys as `key=value, ...`, its plot label; the run name if none differ."""
+    if not keys or not run.config:
+        return run.label
+    return ", ".join(f"{k}={_cell(run.config.get(k))}" for k in keys)
+
+
+# --- rendering and files ---------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def _epochs(run: Run) -> str:
+    if run.epochs_completed is None:
+        return "-"
+    return f"{run.epochs_completed}/{'?' if run.epochs_planned is None else run.epochs_planned}"
+
+
+def print_table(console: Console, runs: Sequence[Run], keys: Sequence[str], title: str | None = None) -> None:
+    """The comparison table, then one line per run with a note (its error, or what is broken)."""
+    rows = [
+        [
+            run.label,
+            *(_cell(run.config.get(k)) if run.config else "?" for k in keys),
+            _pct(run.final_test_acc),
+            "-" if run.best_test_acc is None else f"{run.best_test_acc:.2%} ({run.best_epoch})",
+            "-" if run.final_test_loss is None else f"{run.final_test_loss:.4f}",
+            _epochs(run),
+            "-" if run.train_seconds is None else f"{run.train_seconds:.1f} s",
+            run.status,
+        ]
+        for run in runs
+    ]
+    headings = ["run", *keys, "test acc", "best acc", "test loss", "epochs", "time", "status"]
+    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
+    for i, heading in enumerate(headings):
+        widest = max(len(row[i]) for row in rows)
+        # On a narrow terminal only the run names and the config headings get shortened.
+        min_width = None if i == 0 else widest if i <= len(keys) else max(widest, len(heading))
+        table.add_column(heading, justify="left" if heading in ("run", "status") else "right",
+                         no_wrap=True, min_width=min_width)
+    for run, row in zip(runs, rows):
+        colour = STATUS_COLOURS.get(run.status, "red")
+        table.add_row(*row[:-1], f"[{colour}]{row[-1]}[/{colour}]")
+    width = console.width
+    if not console.is_terminal:  # a pipe or a file gets every cell in full, whatever COLUMNS says
+        console.width = max(width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
+    try:
+        console.print(table, highlight=False)
+    finally:
+        console.width = width
+    for run in runs:
+        if run.note:
+            console.print(f"  {run.label}: {run.status}: {run.note}", highlight=False, soft_wrap=True, markup=False)
+
+
+RESULT_FIELDS = ["final_test_acc", "best_test_acc", "best_epoch", "final_test_loss",
+                 "epochs_completed", "epochs_planned", "train_seconds", "status", "note"]
+
+
+def _finite(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v  # strict JSON has no NaN
+
+
+def records(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    return [
+        {"run": r.label, **{name: _finite(getattr(r, name)) for name in RESULT_FIELDS},
+         "run_dir": str(r.path.resolve()), "config": {k: _finite(v) for k, v in r.config.items()}}
+        for r in runs
+    ]
+
+
+def _open(dest: str) -> tuple[TextIO, bool]:
+    return (sys.stdout, False) if dest == "-" else (open(dest, "w", newline=""), True)
+
+
+def write_csv(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> None:
+    """One row per run: its name, the differing config keys, the results (accuracies as fractions,
+    as in metrics.csv), status, note, and the run directory's absolute path."""
+    f, close = _open(dest)
+    try:
+        writer = csv.writer(f)
+        writer.writerow(["run", *keys, *RESULT_FIELDS, "run_dir"])
+        for rec, run in zip(records(runs), runs):
+            config = [rec["config"].get(k) for k in keys]
+            writer.writerow(["" if v is None else v for v in
+                             [rec["run"], *config, *(rec[n] for n in RESULT_FIELDS), rec["run_dir"]]])
+    finally:
+        if close:
+            f.close()
+
+
+def write_json(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> None:
+    """{"differing_keys": [...], "runs": [{run, results..., run_dir, config: {every key}}]}."""
+    f, close = _open(dest)
+    try:
+        json.dump({"differing_keys": list(keys), "runs": records(runs)}, f, indent=2)
+        f.write("\n")
+    finally:
+        if close:
+            f.close()
+
+
+PLOT_SIZE = (10.0, 4.0)  # inches; at PLOT_DPI the PNG is 1000 x 400 pixels
+PLOT_DPI = 100
+
+
+def write_plot(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> int:
+    """Test accuracy and test loss per epoch, one line per run; returns how many runs it drew."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend (Agg)
+
+    fig = Figure(figsize=PLOT_SIZE, dpi=PLOT_DPI, layout="constrained")
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    plotted = [run for run in runs if run.metrics]
+    names = [describe(run, keys) for run in plotted]
+    for run, name in zip(plotted, names):
+        label = f"{name} ({run.label})" if names.count(name) > 1 else name  # same keys, different runs
+        epochs = [r["epoch"] for r in run.metrics]
+        (line,) = acc_ax.plot(epochs, [100 * r["test_acc"] for r in run.metrics], marker=".", label=label)
+        loss_ax.plot(epochs, [r["test_loss"] for r in run.metrics], marker=".", color=line.get_color())
+    acc_ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    loss_ax.set(xlabel="epoch", ylabel="test loss", title="test loss")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if plotted:  # below both plots, so no curve is hidden behind it
+        fig.legend(loc="outside lower center", ncols=min(2, len(plotted)), fontsize="small")
+    fig.savefig(dest, dpi=PLOT_DPI)
+    return len(plotted)
+
+
+# --- the commands ----------------------------------------------------------------------------
+
+
+def compare_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="backprop-lab compare",
+        description="Compare saved runs: every run directory under PATH, in one table. Reads files only.",
+        epilog="Columns for --sort: run, test_acc, best_test_acc, test_loss, epochs, time, status, "
+               "or any config key such as optim.lr. Example: backprop-lab compare outputs/ --sort test_acc --top 3",
+    )
+    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="folders to search (default: outputs)")
+    parser.add_argument("--sort", metavar="COLUMN", default="run",
+                        help="accuracies sort best first, everything else ascending (default: run, i.e. by date)")
+    parser.add_argument("--top", metavar="N", type=_positive_int, help="keep the first N after sorting")
+    parser.add_argument("--filter", metavar="KEY=VALUE", action="append", default=[],
+                        help="keep runs whose config key (or status) has this value; repeatable, all must match")
+    parser.add_argument("--best", action="store_true", help="only the best run (final test acc) of each sweep")
+    parser.add_argument("--csv", metavar="FILE", help="also write the table as CSV ('-' for stdout)")
+    parser.add_argument("--json", metavar="FILE", help="also write the runs as JSON ('-' for stdout)")
+    parser.add_argument("--plot", metavar="FILE.png", help="test accuracy and loss per epoch of the listed runs")
+    args = parser.parse_args(argv)
+    roots = args.paths or [Path("outputs")]
+
+    try:
+        runs = collect(roots)
+        if not runs:
+            error_line(f"no runs found under {', '.join(map(str, roots))} (a run directory holds {SUMMARY})")
+            return EXIT_NO_RUNS
+        choices = sort_choices(runs)
+        if args.sort not in choices:
+            raise RunError(f"unknown --sort column {args.sort!r}; choose from: {', '.join(choices)}")
+        filters = [parse_filter(f, runs) for f in args.filter]
+    except RunError as e:
+        error_line(str(e))
+        return EXIT_BAD_INPUT
+
+    found = len(runs)
+    for run in runs:
+        if run.problem:
+            warning_line(f"{run.path}: {run.note}; listed as {run.status}")
+    runs = [r for r in runs if all(matches(r, key, value) for key, value in filters)]
+    if args.best:
+        runs = best_per_sweep(runs)
+    runs = sort_runs(runs, args.sort)[: args.top]
+    if not runs:
+        error_line(f"no runs match {' '.join(args.filter) or '--best'} ({found} runs found)")
+        return EXIT_NO_RUNS
+
+    keys = differing_keys(runs)
+    to_stdout = "-" in (args.csv, args.json)
+    if not to_stdout:  # the table would break a CSV or JSON stream on stdout
+        title = f"{len(runs)} run{'s' * (len(runs) != 1)} under {', '.join(map(str, roots))}"
+        print_table(Console(), runs, keys, title=title + (f", sorted by {args.sort}" if args.sort != "run" else ""))
+    try:
+        if args.csv:
+            write_csv(args.csv, runs, keys)
+        if args.json:
+            write_json(args.json, runs, keys)
+        if args.plot:
+            if not write_plot(args.plot, runs, keys):
+                warning_line(f"no listed run has per-epoch metrics; {args.plot} has empty axes")
+    except OSError as e:
+        error_line(f"cannot write {e.filename}: {e.strerror or e}")
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def show_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="backprop-lab show",
+        description="Print a saved run's header, per-epoch table and summary, as training printed them.",
+    )
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    args = parser.parse_args(argv)
+    try:
+        summary, rows = load_for_show(args.run_dir)
+    except RunError as e:
+        error_line(str(e))
+        return EXIT_BAD_INPUT
+    reporter = Reporter(Console())
+    reporter.start(summary)
+    if rows:
+        reporter.table(rows)
+        reporter.console.print()  # training's progress bar leaves this line between table and panel
+    reporter.summary(summary, status=effective_status(summary))
+    return 0
+
+
+def load_for_show(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    if not run_dir.exists():
+        raise RunError(f"{run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a directory")
+    if not (run_dir / SUMMARY).is_file():
+        if (run_dir / METRICS).is_file():
+            raise RunError(f"{run_dir} has {METRICS} but no {SUMMARY} (the run stopped before writing it); "
+                           f"`backprop-lab compare {run_dir}` lists what it has")
+        inside = find_run_dirs(run_dir)
+        hint = f"; it holds {len(inside)} runs: try `backprop-lab compare {run_dir}`" if inside else ""
+        raise RunError(f"{run_dir} is not a run directory (no {SUMMARY}){hint}")
+    try:
+        summary = load_summary(run_dir)
+        rows = load_metrics(run_dir) if (run_dir / METRICS).exists() else []
+    except RunError as e:
+        raise RunError(f"{run_dir}: {e}") from None
+    if not rows and summary["epochs_completed"]:
+        raise RunError(f"{run_dir}: {METRICS} is missing, but {SUMMARY} records {summary['epochs_completed']} epochs")
+    return summary, rows

@@ -1,0 +1,313 @@
+"""`backprop-lab compare` and `show` on hand-written run directories, and on real ones:
+a training run whose printout `show` must reproduce, and a 2-job sweep with its report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backprop_lab.compare import compare_main, show_main
+from backprop_lab.report import COLUMN_KEYS
+
+from .conftest import ROOT, run_cli
+
+# --- fabricated run directories ------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def config(hidden: int = 128, lr: float = 0.1, epochs: int = 2) -> dict:
+    return {
+        "model": {"hidden_size": hidden, "init_scale": 0.01},
+        "optim": {"lr": lr},
+        "train": {"epochs": epochs, "fused": True},
+        "data": {"root": None, "batch_size": 64, "train_subset": 1000, "download": True},
+        "device": "cpu",
+        "seed": 0,
+    }
+
+
+def make_run(run_dir: Path, accs: list[float], status: str = "completed", planned: int = 2, **cfg) -> Path:
+    """A run directory as the trainer writes it: metrics.csv rows and a matching summary.json."""
+    run_dir.mkdir(parents=True)
+    rows = [
+        {"epoch": i + 1, "train_loss": 1.0 - acc / 2, "train_acc": acc, "test_loss": 1.0 - acc,
+         "test_acc": acc, "seconds": 0.5, "samples_per_s": 2000.0}
+        for i, acc in enumerate(accs)
+    ]
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMN_KEYS)
+        writer.writeheader()
+        writer.writerows(rows)
+    best = max(rows, key=lambda r: r["test_acc"]) if rows else None
+    summary = {
+        "status": status, "epochs_completed": len(rows), "epochs_planned": planned,
+        "final_test_acc": accs[-1] if accs else None, "best_test_acc": best and best["test_acc"],
+        "best_epoch": best and best["epoch"], "final_test_loss": rows[-1]["test_loss"] if rows else None,
+        "train_seconds": 0.5 * len(rows), "wall_seconds": 0.5 * len(rows) + 2, "device": "cpu", "seed": 0,
+        "config": config(epochs=planned, **cfg), "overrides": [],
+        "data": {"source": "x", "train_size": 1000, "test_size": 10000, "md5": {}},
+        "versions": {}, "started_at": "2026-11-30T01:00:00+00:00", "finished_at": None,
+        "run_dir": str(run_dir), "pid": dead_pid(), "host": platform.node(), "weights": None, "error": None,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return run_dir
+
+
+@pytest.fixture
+def outputs(tmp_path, monkeypatch):
+    """Two single runs, a 3-job sweep, a killed run and one with a corrupt summary.json."""
+    out = tmp_path / "outputs"
+    make_run(out / "2026-11-30/01-00-00", [0.90, 0.95], hidden=128)
+    make_run(out / "2026-11-30/02-00-00", [0.91, 0.93], hidden=64)
+    sweep = out / "multirun/2026-11-30/03-00-00"
+    for job, (lr, accs) in enumerate([(0.05, [0.80, 0.85]), (0.1, [0.86, 0.97]), (0.2, [0.96, 0.94])]):
+        make_run(sweep / str(job), accs, hidden=32, lr=lr)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    make_run(out / "2026-11-30/04-00-00", [0.70], status="running", hidden=128)  # its process is gone
+    corrupt = make_run(out / "2026-11-30/05-00-00", [0.5, 0.6], hidden=128)
+    (corrupt / "summary.json").write_text('{"status": "comp')  # cut off mid-write
+    monkeypatch.chdir(tmp_path)
+    return out
+
+
+def table(text: str) -> tuple[list[str], list[list[str]]]:
+    """Headings and cells of the comparison table (columns are 2+ spaces apart)."""
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.strip().startswith("──"))
+    split = lambda line: re.split(r"\s{2,}", line.strip())
+    body = []
+    for line in lines[rule + 1:]:
+        if not line.strip():
+            break
+        body.append(split(line))
+    return split(lines[rule - 1]), body
+
+
+def run_compare(capsys, *args: str) -> tuple[int, str, str]:
+    code = compare_main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def labels(text: str) -> list[str]:
+    return [row[0] for row in table(text)[1]]
+
+
+def test_table_has_only_the_differing_keys_and_every_status(outputs, capsys):
+    code, out, err = run_compare(capsys)  # default PATH: outputs/
+    assert code == 0
+    headings, rows = table(out)
+    assert headings == ["run", "model.hidden_size", "optim.lr", "test acc", "best acc", "test loss",
+                        "epochs", "time", "status"]
+    by_run = {row[0]: row for row in rows}
+    assert by_run["2026-11-30/01-00-00"] == ["2026-11-30/01-00-00", "128", "0.1", "95.00%", "95.00% (2)",
+                                             "0.0500", "2/2", "1.0 s", "completed"]
+    assert by_run["multirun/2026-11-30/03-00-00/2"][1:3] == ["32", "0.2"]
+    assert by_run["2026-11-30/04-00-00"][-3:] == ["1/2", "0.5 s", "incomplete"]
+    assert by_run["2026-11-30/05-00-00"][-1] == "corrupt"
+    assert len(rows) == 7
+    assert "2026-11-30/05-00-00: corrupt: summary.json is not valid JSON" in out
+    assert "summary.json is not valid JSON" in err and "listed as corrupt" in err
+    assert "Traceback" not in out + err
+
+
+def test_sort_is_best_first_for_accuracies_ascending_otherwise(outputs, capsys):
+    _, out, _ = run_compare(capsys, "--sort", "test_acc")
+    assert labels(out)[:3] == ["multirun/2026-11-30/03-00-00/1", "2026-11-30/01-00-00",
+                               "multirun/2026-11-30/03-00-00/2"]
+    assert labels(out)[-1] == "2026-11-30/05-00-00"  # no accuracy: last either way
+    _, out, _ = run_compare(capsys, "--sort", "test_loss")
+    assert labels(out)[0] == "multirun/2026-11-30/03-00-00/1"
+    _, out, _ = run_compare(capsys, "--sort", "optim.lr", "--filter", "model.hidden_size=32")
+    assert labels(out) == [f"multirun/2026-11-30/03-00-00/{j}" for j in (0, 1, 2)]
+    _, out, _ = run_compare(capsys, "--sort", "run")
+    assert labels(out) == sorted(labels(out))
+
+
+def test_unknown_sort_column_is_one_line_listing_the_choices(outputs, capsys):
+    code, out, err = run_compare(capsys, "--sort", "accuracy")
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: unknown --sort column 'accuracy'")
+    for choice in ("test_acc", "best_test_acc", "test_loss", "time", "run", "optim.lr", "model.hidden_size"):
+        assert choice in line
+
+
+def test_filter_top_and_best(outputs, capsys):
+    _, out, _ = run_compare(capsys, "--filter", "model.hidden_size=32", "--filter", "optim.lr=1e-1")
+    assert labels(out) == ["multirun/2026-11-30/03-00-00/1"]
+    _, out, _ = run_compare(capsys, "--filter", "status=incomplete")
+    assert labels(out) == ["2026-11-30/04-00-00"]
+    code, out, _ = run_compare(capsys, "--filter", "status=completed", "--sort", "test_acc", "--top", "2")
+    assert code == 0 and labels(out) == ["multirun/2026-11-30/03-00-00/1", "2026-11-30/01-00-00"]
+    _, out, _ = run_compare(capsys, "--best")  # one per sweep; single runs are their own group
+    assert labels(out) == ["2026-11-30/01-00-00", "2026-11-30/02-00-00", "2026-11-30/04-00-00",
+                           "multirun/2026-11-30/03-00-00/1"]
+    code, _, err = run_compare(capsys, "--filter", "model.hidden_size=7")
+    assert code == 1 and "no runs match" in err
+
+
+@pytest.mark.parametrize("bad", ["hidden", "nope=1", "=3"])
+def test_malformed_or_unknown_filter_is_a_clear_error(outputs, capsys, bad):
+    code, out, err = run_compare(capsys, "--filter", bad)
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and ("KEY=VALUE" in line or "status, model.hidden_size" in line)
+
+
+def test_csv_and_json_files(outputs, capsys, tmp_path):
+    code, out, _ = run_compare(capsys, "--sort", "test_acc", "--top", "3",
+                               "--csv", str(tmp_path / "runs.csv"), "--json", str(tmp_path / "runs.json"))
+    assert code == 0 and "test acc" in out
+    with open(tmp_path / "runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["run", "model.hidden_size", "optim.lr", "final_test_acc", "best_test_acc", "best_epoch",
+                             "final_test_loss", "epochs_completed", "epochs_planned", "train_seconds", "status",
+                             "note", "run_dir"]
+    assert [r["run"] for r in rows] == labels(out)
+    assert float(rows[0]["final_test_acc"]) == 0.97 and rows[0]["optim.lr"] == "0.1"
+    assert rows[0]["run_dir"] == str((outputs / "multirun/2026-11-30/03-00-00/1").resolve())
+    data = json.loads((tmp_path / "runs.json").read_text())
+    assert data["differing_keys"] == ["model.hidden_size", "optim.lr"]
+    assert [r["run"] for r in data["runs"]] == labels(out)
+    assert data["runs"][0]["config"]["seed"] == 0 and data["runs"][0]["best_epoch"] == 2
+
+
+def test_csv_and_json_on_stdout_are_clean(outputs, capsys):
+    code, out, _ = run_compare(capsys, "--csv", "-", "--filter", "status=corrupt")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["run"], r["status"]) for r in rows] == [("2026-11-30/05-00-00", "corrupt")]
+    assert "not valid JSON" in rows[0]["note"]
+    code, out, _ = run_compare(capsys, "--json", "-", "--filter", "model.hidden_size=64")
+    assert [r["status"] for r in json.loads(out)["runs"]] == ["completed"]
+
+
+def test_plot_is_a_png_of_the_expected_size(outputs, capsys, tmp_path):
+    from matplotlib.image import imread
+
+    code, _, _ = run_compare(capsys, "--filter", "model.hidden_size=32", "--plot", str(tmp_path / "curves.png"))
+    assert code == 0
+    assert imread(tmp_path / "curves.png").shape[:2] == (400, 1000)
+
+
+def test_partial_refused_and_missing(tmp_path, capsys):
+    partial = tmp_path / "runs" / "a"
+    partial.mkdir(parents=True)
+    (partial / "metrics.csv").write_text(",".join(COLUMN_KEYS) + "\n1,2.0,0.2,1.9,0.3,0.1,100\n")
+    refused = tmp_path / "runs" / "b"
+    (refused / ".hydra").mkdir(parents=True)
+    (refused / "backprop-lab.log").write_text("[t][backprop_lab][ERROR] - optim.lr=-1 is not valid\n")
+    code, out, err = run_compare(capsys, str(tmp_path / "runs"))
+    assert code == 0
+    assert {row[0]: row[-1] for row in table(out)[1]} == {"a": "incomplete", "b": "refused"}
+    assert "b: refused: optim.lr=-1 is not valid" in out and "no summary.json" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_compare(capsys, str(tmp_path / "empty"))
+    assert code == 1 and err.startswith("error: no runs found under")
+    code, _, err = run_compare(capsys, str(tmp_path / "missing"))
+    assert code == 2 and err.strip().endswith("does not exist")
+
+
+# --- show --------------------------------------------------------------------------------
+
+
+def test_show_of_a_killed_run_shows_its_epochs_as_incomplete(outputs, capsys):
+    assert show_main([str(outputs / "2026-11-30/04-00-00")]) == 0
+    out = capsys.readouterr().out
+    assert "784-128-10, lr 0.1, batch 64, 2 epochs" in out
+    assert re.search(r"^\s+1\s+0\.6500\s+70\.00%", out, re.M)
+    assert "status            incomplete" in out and "epochs            1/2" in out
+
+
+def broken(tmp_path: Path, what: str) -> Path:
+    run = make_run(tmp_path / what, [0.5, 0.6])
+    if what == "bad-json":
+        (run / "summary.json").write_text("{")
+    elif what == "old-format":
+        (run / "summary.json").write_text(json.dumps({"status": "completed", "acc": 0.9}))
+    elif what == "bad-metrics":
+        (run / "metrics.csv").write_text(",".join(COLUMN_KEYS) + "\n1,2.0,oops,1.9,0.3,0.1,100\n")
+    elif what == "missing-column":
+        (run / "metrics.csv").write_text("epoch,test_acc\n1,0.3\n")
+    return run
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("missing", "does not exist"),
+    ("sweep-root", "is not a run directory (no summary.json); it holds 3 runs"),
+    ("bad-json", "summary.json is not valid JSON"),
+    ("old-format", "summary.json lacks config.model.hidden_size"),
+    ("bad-metrics", "metrics.csv has a row that is not all numbers"),
+    ("missing-column", "metrics.csv lacks the columns train_loss"),
+])
+def test_show_refuses_what_it_cannot_read_in_one_line(outputs, tmp_path, capsys, case, expected):
+    path = {"missing": tmp_path / "nope", "sweep-root": outputs / "multirun/2026-11-30/03-00-00"}.get(case)
+    code = show_main([str(path or broken(tmp_path, case))])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and expected in line
+
+
+def test_show_and_compare_do_not_import_torch(outputs):
+    code = ("import sys; from backprop_lab import cli, compare; "
+            "compare.compare_main(['outputs', '--plot', 'p.png']); compare.show_main(['outputs/2026-11-30/01-00-00']); "
+            "print('torch' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=outputs.parent, timeout=60)
+    assert proc.stderr.strip().splitlines()[-1] == "False", proc.stderr
+    assert "95.00%" in proc.stdout
+
+
+# --- real runs -------------------------------------------------------------------------------
+
+
+def printed(text: str) -> list[str]:
+    return [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith("[")]
+
+
+def test_show_prints_what_training_printed(tmp_path):
+    train = run_cli("data.train_subset=300", "train.epochs=2", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}",
+                    cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    show = run_cli("show", str(tmp_path / "run"), cwd=tmp_path)
+    assert show.returncode == 0 and show.stderr == ""
+    assert printed(show.stdout) == printed(train.stdout)
+    assert sum("train loss" in line for line in printed(show.stdout)) == 1
+    assert any("╰" in line for line in printed(show.stdout))
+
+
+def test_sweep_reports_each_job_and_writes_its_summary(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "model.hidden_size=16,32", "data.train_subset=300", "train.epochs=1", "device=cpu",
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "Callback" not in proc.stderr
+    for job, size in (("0", 16), ("1", 32)):
+        assert json.loads((sweep / job / "summary.json").read_text())["status"] == "completed"
+        line = next(line for line in proc.stdout.splitlines() if line.startswith(f"job {job} "))
+        assert f"model.hidden_size={size}" in line and re.search(r"test acc \d+\.\d\d%, completed, [\d.]+ s", line)
+    # each job's line comes right after its own summary panel, before the next job starts
+    assert proc.stdout.index("job 0 ") < proc.stdout.index("784-32-10")
+    with open(sweep / "sweep_summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    accs = [float(r["final_test_acc"]) for r in rows]
+    assert accs == sorted(accs, reverse=True) and {r["model.hidden_size"] for r in rows} == {"16", "32"}
+    data = json.loads((sweep / "sweep_summary.json").read_text())
+    assert data["differing_keys"] == ["model.hidden_size"] and len(data["runs"]) == 2
+    headings, cells = table(proc.stdout[proc.stdout.index("best test acc first"):])
+    assert headings[:3] == ["run", "model.hidden_size", "test acc"]
+    assert [c[0] for c in cells] == [r["run"] for r in rows] and all(c[-1] == "completed" for c in cells)
