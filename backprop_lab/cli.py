@@ -156,6 +156,10 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir).resolve()
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    if in_sweep:  # resume, fail-fast, threads per launcher; returns a float for every job
+        from .sweep import sweep_job
+
+        return sweep_job(dcfg, run_dir, hydra_cfg)
     try:
         cfg = from_dictconfig(dcfg)
     except ConfigError as e:
@@ -214,6 +218,9 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     wall_start = time.perf_counter()
     # Imported only now, so `--help`, `--cfg` and bad values answer without loading torch.
     import torch
+
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
 
     from .data import DataError, load_mnist
     from .report import COLUMN_KEYS, Reporter

@@ -52,6 +52,7 @@ class Config:
     data: DataConfig = DataConfig()
     device: str = "auto"
     seed: int = 0
+    threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,6 +60,7 @@ class Config:
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 MAX_SEED = 2**63 - 1
+MAX_THREADS = 1024  # torch.set_num_threads accepts more, but no CPU run here gains from it
 
 
 def _is_int(v: Any) -> bool:
@@ -91,6 +93,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "auto, cpu, cuda, cuda:N or mps",
     ),
     "seed": (lambda v: _is_int(v) and 0 <= v <= MAX_SEED, "an integer from 0 to 2**63-1"),
+    "threads": (
+        lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_THREADS),
+        f"null (torch's default) or an integer from 1 to {MAX_THREADS}, e.g. 1",
+    ),
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .cli import EXIT_BAD_INPUT, error_line, run
-from .config import ConfigError, from_container, known_keys
+from .config import Config, ConfigError, from_container, known_keys
 from .rundir import LOG, RunDirError, effective_status, read_summary
 
 
@@ -59,7 +59,8 @@ def resume(run_dir: Path, overrides: list[str]) -> int:
         raise RunDirError(f"{run_dir} diverged; resuming would diverge again from the same state: "
                           f"start a new run with a smaller optim.lr")
 
-    saved = summary["config"]
+    # Keys added to backprop-lab after the run started take their defaults.
+    saved = OmegaConf.to_container(OmegaConf.merge(Config().to_dict(), summary["config"]))
     try:
         asked = OmegaConf.to_container(OmegaConf.merge(saved, OmegaConf.from_dotlist(overrides)))
     except Exception as e:  # noqa: BLE001 - OmegaConf's errors for bad KEY=VALUE strings vary

@@ -6,6 +6,19 @@
     on_multirun_end   a table of every job, best test accuracy first, and sweep_summary.csv and
                       sweep_summary.json in the sweep's root folder
 
+It also carries the sweep's own options, set under hydra.callbacks.sweep_report (they are
+about the sweep, not a run, so they stay out of each run's config, its hash and `compare`):
+
+    resume     re-running a sweep into the same hydra.sweep.dir skips every job whose folder
+               holds a completed (or diverged) run of the same config, continues interrupted
+               or killed ones from their checkpoint.pt, and runs the rest
+    fail_fast  after the first job that fails, diverges or is refused, no new job starts (jobs
+               already running finish); the sweep still writes its summary, then exits 1
+
+`sweep_job` is what the task function runs for each job of a sweep: it applies those options
+and the per-launcher torch thread count, and always returns a float for the sweeper (the final
+test accuracy; 0.0 for a job that did not complete: Optuna cannot take None or NaN).
+
 Everything is read back from the run directories, as `backprop-lab compare` reads them (and
 with its code), so the lines and files describe exactly what is on disk, and a launcher that
 runs jobs in other processes or on other machines changes nothing here. Single runs (no -m)
@@ -15,6 +28,8 @@ never stops a sweep.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +40,155 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from . import compare
+from .config import ConfigError, from_dictconfig
+from .report import error_line
 
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_JSON = "sweep_summary.json"
+STOP_FILE = ".fail_fast_stop"  # in the sweep root: the first failure, once fail_fast is on
+OPTIONS = ("resume", "fail_fast")
+FAILED_SCORE = 0.0  # what a job that did not complete returns to the sweeper
+
+
+def options(hydra_cfg: Any) -> dict[str, Any]:
+    """The sweep options as set under hydra.callbacks.sweep_report (false if it is absent)."""
+    node = (hydra_cfg.get("callbacks") or {}).get("sweep_report") or {}
+    return {name: node.get(name, False) for name in OPTIONS}
+
+
+def check_options(hydra_cfg: Any) -> None:
+    for name, value in options(hydra_cfg).items():
+        if not isinstance(value, bool):
+            shown = repr(value) if isinstance(value, str) else value
+            raise ConfigError(f"hydra.callbacks.sweep_report.{name}={shown} is not valid: expected true or false")
+
+
+def stop_reason(sweep_dir: Path) -> str | None:
+    try:
+        return (sweep_dir / STOP_FILE).read_text().strip() or "an earlier job failed"
+    except OSError:
+        return None
+
+
+def request_stop(sweep_dir: Path, reason: str) -> None:
+    """Record the first failure; "x" mode, so with parallel jobs the first one to fail wins."""
+    try:
+        with open(sweep_dir / STOP_FILE, "x") as f:
+            f.write(reason + "\n")
+    except OSError:
+        pass
+
+
+def cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def launcher_threads(launcher: Any, cores: int) -> int | None:
+    """torch threads for a job whose config says threads=null, from the launcher running it.
+
+    joblib runs n_jobs jobs side by side on this machine: cores // n_jobs each (n_jobs=-1, its
+    default, is one job per core, so 1 thread each); submitit: the cpus_per_task it asked the
+    scheduler for, if set. Otherwise None: torch's own default.
+    """
+    target = str(launcher.get("_target_", ""))
+    if target.endswith("JoblibLauncher"):
+        n_jobs = launcher.get("n_jobs") or -1
+        at_once = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 all cores, -2 all but one
+        return max(1, cores // at_once)
+    if "hydra_submitit_launcher" in target and launcher.get("cpus_per_task"):
+        return int(launcher.get("cpus_per_task"))
+    return None
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def _remove_if_only_hydra(run_dir: Path) -> None:
+    from .rundir import LOG
+
+    if run_dir.is_dir() and all(p.name in {".hydra", LOG} for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
+    """One job of a sweep (called by cli.hydra_main): the sweep options, then cli.run."""
+    from .cli import EXIT_BAD_INPUT, refuse, run
+    from .rundir import CHECKPOINT, METRICS, SUMMARY, WEIGHTS, effective_status, read_summary
+
+    sweep_dir = Path(str(hydra_cfg.sweep.dir)).resolve()
+    num = hydra_cfg.job.num
+    overrides = list(hydra_cfg.overrides.task)
+    opts = options(hydra_cfg)
+    what = f"job {num} ({' '.join(overrides) or 'no overrides'})"
+
+    def failed(reason: str) -> float:
+        if opts["fail_fast"] is True:
+            request_stop(sweep_dir, f"{what} {reason}")
+        return FAILED_SCORE
+
+    if opts["fail_fast"] is True and (reason := stop_reason(sweep_dir)):
+        _remove_if_only_hydra(run_dir)
+        return FAILED_SCORE  # on_job_end reports it as not run
+    try:
+        check_options(hydra_cfg)
+        cfg = from_dictconfig(dcfg)
+    except ConfigError as e:
+        refuse(str(e), EXIT_BAD_INPUT, in_sweep=True)
+        return failed("was refused")
+
+    resume = False
+    if (run_dir / SUMMARY).exists():
+        if not opts["resume"]:
+            refuse(f"{run_dir} already holds a run; it is kept as it is: to continue this sweep add "
+                   f"hydra.callbacks.sweep_report.resume=true, or choose another hydra.sweep.dir",
+                   EXIT_BAD_INPUT, in_sweep=True)
+            return failed("was refused")
+        try:
+            summary = read_summary(run_dir)
+        except (OSError, ValueError) as e:
+            refuse(f"cannot resume {run_dir}: summary.json is unreadable ({e})", EXIT_BAD_INPUT, in_sweep=True)
+            return failed("was refused")
+        theirs, ours = _flat(summary.get("config") or {}), _flat(cfg.to_dict())
+        changed = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k, "<missing>") != ours.get(k, "<missing>")]
+        if changed:
+            diff = ", ".join(f"{k} ({theirs.get(k, '<missing>')!r} there, {ours.get(k, '<missing>')!r} now)" for k in changed)
+            refuse(f"cannot resume {run_dir}: it holds a run of another config: {diff}; "
+                   f"the sweep command must be the one that made this sweep", EXIT_BAD_INPUT, in_sweep=True)
+            return failed("was refused")
+        status = effective_status(summary)
+        if status in ("completed", "diverged"):  # final: the same config and seed give the same outcome
+            acc = summary.get("final_test_acc")
+            print(f"{what}: already {status} in {run_dir}; skipped", flush=True)
+            return float(acc) if status == "completed" and acc is not None else FAILED_SCORE
+        if status == "running":
+            refuse(f"{run_dir} is still running (pid {summary.get('pid')} on {summary.get('host')})",
+                   EXIT_BAD_INPUT, in_sweep=True)
+            return failed("was refused")
+        print(f"{what}: {status} in {run_dir} after {summary.get('epochs_completed')} epoch(s); resuming", flush=True)
+        resume = True
+    elif opts["resume"] and (run_dir / METRICS).exists() and not (run_dir / WEIGHTS).exists():
+        # killed before its first summary.json: no epoch was completed, so start it afresh
+        if len((run_dir / METRICS).read_text().splitlines()) <= 1:
+            (run_dir / METRICS).unlink()
+            (run_dir / CHECKPOINT).unlink(missing_ok=True)
+
+    threads = None if cfg.threads is not None else launcher_threads(hydra_cfg.launcher, cpu_cores())
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    acc = run(cfg, run_dir, overrides, in_sweep=True, resume=resume)
+    if acc is None:
+        try:
+            status = effective_status(read_summary(run_dir))
+        except (OSError, ValueError):
+            status = "was refused"
+        return failed(status)
+    return acc
 
 
 def job_line(num: Any, overrides: list[str], run: compare.Run, job_return: JobReturn | None = None) -> str:
@@ -47,17 +208,40 @@ def job_line(num: Any, overrides: list[str], run: compare.Run, job_return: JobRe
 
 
 class SweepReport(Callback):
-    def __init__(self, console: Console | None = None):
-        self.console = console
+    def __init__(self, console: Console | None = None, resume: Any = False, fail_fast: Any = False):
+        self.console = console  # resume and fail_fast are read by each job from the Hydra config
 
     def _console(self) -> Console:
         return self.console or Console(highlight=False, soft_wrap=True)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check the options before any job starts; clear an earlier pass's fail-fast stop."""
+        try:
+            check_options(config.hydra)
+        except ConfigError as e:
+            error_line(str(e))
+            raise SystemExit(2) from None  # not an Exception, so Hydra does not turn it into a warning
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        (sweep_dir / STOP_FILE).unlink(missing_ok=True)
+        if options(config.hydra)["resume"]:
+            earlier = compare.collect([sweep_dir]) if sweep_dir.is_dir() else []
+            done = sum(r.status == "completed" for r in earlier)
+            self._console().print(
+                f"resume: {sweep_dir} holds {len(earlier)} earlier job(s), {done} completed: completed ones "
+                f"are skipped, interrupted ones continue from their checkpoint" if earlier else
+                f"resume: nothing to resume in {sweep_dir} (no earlier jobs there); running every job",
+                markup=False)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         hydra_cfg = job_return.hydra_cfg.hydra
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return
         run_dir = Path(hydra_cfg.runtime.output_dir)
+        reason = stop_reason(Path(str(hydra_cfg.sweep.dir)))
+        if reason and not run_dir.exists() and not reason.startswith(f"job {hydra_cfg.job.num} "):
+            head = f"job {hydra_cfg.job.num}  {' '.join(job_return.overrides or []) or '(no overrides)'}  ->  "
+            self._console().print(head + f"not run: fail-fast, {reason}", markup=False)
+            return
         run = compare.load_run(run_dir, label=str(hydra_cfg.job.num))
         if not run_dir.exists() or (run.status == "incomplete" and run.epochs_completed is None):
             run.status, run.note = "refused", run.note if run_dir.exists() else "no run directory"
@@ -66,6 +250,13 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        self._report(sweep_dir)
+        reason = stop_reason(sweep_dir)
+        if reason:
+            error_line(f"fail-fast: {reason}; no job was started after it")
+            raise SystemExit(1)  # not an Exception, so Hydra does not turn it into a warning
+
+    def _report(self, sweep_dir: Path) -> None:
         console = self._console()
         if not sweep_dir.is_dir():
             return  # nothing ran (e.g. every job was rejected before Hydra made a folder)

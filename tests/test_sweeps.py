@@ -1,0 +1,109 @@
+"""Sweeps through real launchers and sweepers, as a user runs them: joblib, submitit_local, an
+Optuna search, resuming a sweep, fail-fast, and the `threads` key. Each is a subprocess on 300
+training images for one epoch, so the whole file takes about a minute on 2 cores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import run_cli
+
+TINY = ("data.train_subset=300", "train.epochs=1", "device=cpu")
+
+
+def summary(job_dir: Path) -> dict:
+    return json.loads((job_dir / "summary.json").read_text())
+
+
+def clean(proc) -> None:
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert "Callback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_two_job_sweep_through_a_real_launcher(tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "model.hidden_size=16,32", *TINY, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    clean(proc)
+    sizes = set()
+    for job in ("0", "1"):
+        s = summary(sweep / job)
+        assert s["status"] == "completed"
+        sizes.add(s["config"]["model"]["hidden_size"])
+        if launcher == "joblib":  # threads=null under joblib: cores // n_jobs, and n_jobs=-1 is one job per core
+            assert s["machine"].endswith("torch threads 1")
+    assert sizes == {16, 32}
+    assert len(json.loads((sweep / "sweep_summary.json").read_text())["runs"]) == 2
+    assert "best test acc first" in proc.stdout
+    if launcher == "submitit_local":
+        assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit
+
+
+def test_optuna_search_names_the_best_parameters(tmp_path):
+    sweep = tmp_path / "search"
+    proc = run_cli("-m", "hparams_search=mlp", "hydra.sweeper.n_trials=3", *TINY, f"hydra.sweep.dir={sweep}",
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    clean(proc)
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(result["best_params"]) == {"optim.lr", "model.hidden_size", "model.init_scale", "data.batch_size"}
+    accs = {job: summary(sweep / job)["final_test_acc"] for job in ("0", "1", "2")}
+    assert result["best_value"] == pytest.approx(max(accs.values()))
+    best = summary(sweep / max(accs, key=accs.get))["config"]
+    assert best["model"]["hidden_size"] == result["best_params"]["model.hidden_size"]
+    assert best["optim"]["lr"] == pytest.approx(result["best_params"]["optim.lr"])
+
+
+def test_resume_skips_completed_jobs_and_runs_only_the_others(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = run_cli("-m", "model.hidden_size=16", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (sweep / "0" / "summary.json").read_text()
+
+    # without the option, the job folder that holds a run is refused, and kept as it is
+    again = run_cli("-m", "model.hidden_size=16", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert "already holds a run" in again.stderr and "sweep_report.resume=true" in again.stderr
+    assert (sweep / "0" / "summary.json").read_text() == before
+
+    proc = run_cli("-m", "model.hidden_size=16,32", *TINY, f"hydra.sweep.dir={sweep}",
+                   "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    clean(proc)
+    assert "job 0 (model.hidden_size=16" in proc.stdout and "already completed" in proc.stdout
+    assert (sweep / "0" / "summary.json").read_text() == before  # skipped, not retrained
+    assert "784-16-10" not in proc.stdout and "784-32-10" in proc.stdout
+    assert summary(sweep / "1")["status"] == "completed"
+    assert len(json.loads((sweep / "sweep_summary.json").read_text())["runs"]) == 2
+
+
+def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "optim.lr=1e30,0.1", "data.train_subset=500", "train.epochs=1", "device=cpu",
+                   f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep_report.fail_fast=true", cwd=tmp_path)
+    assert proc.returncode == 1
+    clean(proc)
+    assert summary(sweep / "0")["status"] == "diverged"
+    assert not (sweep / "1").exists()
+    assert "job 1  optim.lr=0.1" in proc.stdout and "not run: fail-fast" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: fail-fast: job 0 (optim.lr=1e+30")
+    assert (sweep / "sweep_summary.json").exists()
+
+
+@pytest.mark.parametrize("override,shown", [
+    ("threads=0", "threads=0"),
+    ("threads=abc", "threads='abc'"),
+    ("hydra.callbacks.sweep_report.fail_fast=maybe", "fail_fast='maybe'"),
+])
+def test_bad_threads_or_sweep_option_is_one_line(tmp_path, override, shown):
+    args = ("-m", "optim.lr=0.1", override) if override.startswith("hydra.") else (override,)
+    proc = run_cli(*args, *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and shown in proc.stderr
+    assert "is not valid" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("summary.json")) and not (tmp_path / "sweep").exists()
