@@ -1,0 +1,500 @@
+"""`backprop-lab bench`: how fast the trainer is on this machine, and against what.
+
+Per-epoch training time over the training set, each figure the median of --epochs epochs
+after one warm-up epoch. The variants run interleaved, one epoch of each per round, so the
+drift of a shared machine hits them all alike:
+
+  (a) chapter   the chapter's pipeline: torchvision DataLoader (batch 64, shuffle, no worker
+                processes) over PIL images with ToTensor + Normalize per sample, feeding
+                backprop.forward / backward / sgd_step;
+  (b) autograd  nn.Linear-ReLU-nn.Linear, nn.CrossEntropyLoss, torch.optim.SGD on the
+                preloaded tensors of load_mnist, reshuffled every epoch;
+  (c) trainer   train.train() as the CLI runs it (fused step, train and test metrics every
+                epoch), and its plain forward / backward / sgd_step path (train.fused=False);
+  (d) limit     the epoch's five matrix products alone (see `matmul_flops`), back to back at
+                the training shapes into preallocated outputs: the machine's matmul
+                throughput at those shapes, expressed as seconds per epoch.
+
+Also measured: what (c)'s per-epoch metrics cost; start-up of the CLI (`--help`, and a
+one-batch run as an upper bound of the time to the first batch); peak resident memory of the
+full article run (--memory); (c) over hidden and batch sizes (--plot draws it).
+
+Left out: (a) and (b) compute no metrics, only training, which flatters them against (c);
+(d) counts no bias add, softmax, ReLU or indexing, and no test pass; loading the data is in
+no epoch; every figure comes from this one run on this one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from .backprop import N_CLASSES, N_INPUTS, Params, backward, cross_entropy, evaluate, forward, one_hot, sgd_step
+from .config import DEVICE_PATTERN, Config, ConfigError
+from .data import MNIST, SHIPPED_ROOT, DataError, load_mnist, read_idx
+from .train import make_params, resolve_device, train
+
+Epoch = Callable[[], object]  # runs one epoch of one variant
+QUICK_SUBSET = 2048  # --quick: training and test images, enough for every batch size of the scaling table
+SCALING = [(128, 64), (512, 64), (2048, 64), (128, 256), (128, 1024)]  # (hidden, batch)
+SCALING_EPOCHS = 2  # timed per scaling point after its warm-up; (c) at hidden 2048 takes seconds
+STARTUP_REPEATS = 3
+GB = 1e9
+# name -> (what, comparison, limit), issue 5's targets on the 2-core CPU
+TARGETS = {
+    "a_over_c": ("(a) / (c): trainer vs the chapter's loop", ">=", 8.0),
+    "b_over_c": ("(b) / (c): trainer vs autograd", ">=", 2.0),
+    "c_over_d": ("(c) / (d): trainer vs the compute limit", "<=", 1.5),
+    "eval_added_pct": ("per-epoch metrics, % added to training", "<=", 10.0),
+    "help_s": ("`backprop-lab --help`, s", "<=", 1.5),
+    "first_batch_s": ("one-batch run (bounds time to first batch), s", "<=", 3.0),
+    "peak_rss_gb": ("peak RSS of experiment=article, GB", "<=", 1.5),
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously; a timer must wait for them
+        torch.cuda.synchronize(device)
+
+
+# --- the variants, each built once and returning a function that runs one epoch ----------
+
+
+class PILDigits(torch.utils.data.Dataset):
+    """The chapter's per-sample source: a PIL image per index, transformed on every access."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform: Callable):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[i].numpy())), int(self.labels[i])
+
+
+def chapter_epoch(cfg: Config, n: int, device: torch.device) -> Epoch:
+    from torchvision import transforms  # only (a) needs torchvision
+
+    def shipped(name: str) -> torch.Tensor:
+        return read_idx(SHIPPED_ROOT / f"{name}.gz", name)[:n]
+
+    to_input = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    dataset = PILDigits(shipped("train-images-idx3-ubyte"), shipped("train-labels-idx1-ubyte"), to_input)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, generator=generator)
+    params = make_params(cfg, generator, device)
+
+    def epoch() -> None:
+        for x, y in loader:  # x: (m,1,28,28) in [-1,1], y: (m,)
+            X = x.reshape(x.shape[0], -1).to(device)  # (m,784); the chapter copies each batch over
+            cache = forward(params, X)
+            sgd_step(params, backward(params, cache, one_hot(y.to(device))), cfg.optim.lr)
+
+    return epoch
+
+
+def autograd_model(params: Params) -> torch.nn.Sequential:
+    """nn.Linear-ReLU-nn.Linear holding a copy of `params` (nn.Linear stores W transposed)."""
+    hidden = params.W1.shape[1]
+    model = torch.nn.Sequential(
+        torch.nn.Linear(N_INPUTS, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, N_CLASSES)
+    ).to(params.W1.device)
+    with torch.no_grad():
+        for layer, W, b in ((model[0], params.W1, params.b1), (model[2], params.W2, params.b2)):
+            layer.weight.copy_(W.T)
+            layer.bias.copy_(b)
+    return model
+
+
+def model_params(model: torch.nn.Sequential) -> Params:
+    """The inverse of `autograd_model`, so the hand-written `evaluate` can score a model."""
+    with torch.no_grad():
+        return Params(model[0].weight.T.clone(), model[0].bias.clone(), model[2].weight.T.clone(), model[2].bias.clone())
+
+
+def autograd_train_epoch(model, optimizer, X: torch.Tensor, y: torch.Tensor, batch: int, generator) -> None:
+    """One epoch the usual PyTorch way; the shuffle is drawn exactly as train.train draws it."""
+    loss_fn = torch.nn.CrossEntropyLoss()
+    order = torch.randperm(X.shape[0], generator=generator).to(X.device)
+    for start in range(0, X.shape[0], batch):
+        idx = order[start : start + batch]
+        loss = loss_fn(model(X.index_select(0, idx)), y.index_select(0, idx))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def autograd_epoch(cfg: Config, data: MNIST, device: torch.device) -> Epoch:
+    generator = torch.Generator().manual_seed(cfg.seed)
+    model = autograd_model(make_params(cfg, generator, device))
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+    return lambda: autograd_train_epoch(model, optimizer, data.X_train, data.y_train, cfg.data.batch_size, generator)
+
+
+def trainer_epoch(cfg: Config, data: MNIST, device: torch.device, epochs: int, fused: bool = True) -> Epoch:
+    """train.train() itself, advanced one epoch per call (a generator, so nothing is copied)."""
+    cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, fused=fused))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    records = train(cfg, data, make_params(cfg, generator, device), generator)
+    return lambda: next(records)
+
+
+def metrics_epoch(cfg: Config, data: MNIST, device: torch.device) -> Epoch:
+    """What train.train adds after an epoch's batches (mirrored from it): train metrics from the
+    kept logits, then one pass over the test set, each read back once."""
+    params = make_params(cfg, torch.Generator().manual_seed(cfg.seed), device)
+    n = data.X_train.shape[0]
+    Z = torch.randn(n, N_CLASSES, device=device)  # (n,10) stands in for the kept logits
+    order = torch.randperm(n).to(device)
+
+    def epoch() -> None:
+        Y_epoch = data.Y_train.index_select(0, order)
+        cross_entropy(Z, Y_epoch).item()
+        (Z.argmax(dim=1) == Y_epoch.argmax(dim=1)).sum().item()
+        loss_sum, correct = evaluate(params, data.X_test, data.Y_test)
+        loss_sum.item(), correct.item()
+
+    return epoch
+
+
+COUNTED = (
+    "2 FLOPs per multiply-add of the five matrix products per example: forward X W1 (784xH) and "
+    "a1 W2 (Hx10), backward dz2 W2^T (10xH), weight gradients a1^T dz2 (Hx10) and X^T dz1 (784xH); "
+    "no bias add, softmax, ReLU, update or test pass"
+)
+
+
+def matmul_flops(n: int, hidden: int) -> int:
+    """See COUNTED; 24.5 GFLOP for 60,000 images at H=128."""
+    return 2 * n * (2 * N_INPUTS * hidden + 3 * hidden * N_CLASSES)
+
+
+def matmul_epoch(n: int, batch: int, hidden: int, device: torch.device) -> Epoch:
+    """Exactly ceil(n/batch) steps of the five products at full batch size, with the operand
+    layouts of backprop.fused_step (transposes as views); values are random, which costs the same."""
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device)
+
+    X, W1, W2 = rand(batch, N_INPUTS), rand(N_INPUTS, hidden), rand(hidden, N_CLASSES)
+    a1, dz1, dz2 = rand(batch, hidden), rand(batch, hidden), rand(batch, N_CLASSES)
+    z1, z2, back, dW2, dW1 = (torch.empty_like(t) for t in (a1, dz2, dz1, W2, W1))
+
+    def epoch() -> None:
+        for _ in range(math.ceil(n / batch)):
+            torch.mm(X, W1, out=z1)  # (m,784) @ (784,H) -> (m,H)
+            torch.mm(a1, W2, out=z2)  # (m,H) @ (H,10) -> (m,10)
+            torch.mm(dz2, W2.T, out=back)  # (m,10) @ (10,H) -> (m,H)
+            torch.mm(a1.T, dz2, out=dW2)  # (H,m) @ (m,10) -> (H,10)
+            torch.mm(X.T, dz1, out=dW1)  # (784,m) @ (m,H) -> (784,H)
+
+    return epoch
+
+
+def interleave(epochs: dict[str, Epoch], timed: int, device: torch.device, say: Callable) -> dict[str, list[float]]:
+    """Round 0 warms every variant up and is dropped; each later round times one epoch of each.
+    The order rotates per round, so no variant always runs right after the same neighbour."""
+    names, times = list(epochs), {name: [] for name in epochs}
+    for r in range(timed + 1):
+        say(f"round {r}/{timed}" + (" (warm-up)" if r == 0 else ""))
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            sync(device)
+            start = time.perf_counter()
+            epochs[name]()
+            sync(device)
+            if r:
+                times[name].append(time.perf_counter() - start)
+    return times
+
+
+# --- the measurements --------------------------------------------------------------------
+
+
+def measure_epochs(cfg: Config, data: MNIST, device: torch.device, timed: int, say: Callable) -> dict[str, Any]:
+    n, hidden, batch = data.X_train.shape[0], cfg.model.hidden_size, cfg.data.batch_size
+    if device.type != "cpu":
+        say("note: (a) decodes and transforms every image on the CPU and copies each batch to the device, as the chapter does")
+    epochs = {
+        "a_chapter": chapter_epoch(cfg, n, device),
+        "b_autograd": autograd_epoch(cfg, data, device),
+        "c_trainer": trainer_epoch(cfg, data, device, timed + 1),
+        "c_plain": trainer_epoch(cfg, data, device, timed + 1, fused=False),
+        "d_matmul": matmul_epoch(n, batch, hidden, device),
+        "metrics": metrics_epoch(cfg, data, device),
+    }
+    times = interleave(epochs, timed, device, say)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    run_flops = matmul_flops(math.ceil(n / batch) * batch, hidden)  # what d_matmul ran
+    gflops = run_flops / med["d_matmul"] / GB
+    d = matmul_flops(n, hidden) / (gflops * GB)
+    c = med["c_trainer"]
+    seconds = {"a_chapter": med["a_chapter"], "b_autograd": med["b_autograd"], "c_trainer": c, "c_plain": med["c_plain"], "d_limit": d}
+    return {
+        "epoch_seconds": seconds,
+        "epoch_seconds_all": times,
+        "ratios": {
+            "c_over_a": c / seconds["a_chapter"], "c_over_b": c / seconds["b_autograd"], "c_over_d": c / d,
+            "a_over_c": seconds["a_chapter"] / c, "b_over_c": seconds["b_autograd"] / c, "c_plain_over_c": med["c_plain"] / c,
+        },
+        "metrics_cost": {
+            "seconds": med["metrics"],
+            "share_of_epoch_pct": 100 * med["metrics"] / c,
+            # None where noise makes the metrics look costlier than the whole epoch
+            "added_to_training_pct": 100 * med["metrics"] / (c - med["metrics"]) if c > med["metrics"] else None,
+        },
+        "compute": {
+            "flops_per_epoch": matmul_flops(n, hidden),
+            "counted": COUNTED,
+            "gflops_at_training_shapes": gflops,
+        },
+    }
+
+
+def cli_command() -> list[str]:
+    """The installed console script beside this interpreter, else `python -m backprop_lab`."""
+    script = Path(sys.executable).with_name("backprop-lab")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "backprop_lab"]
+
+
+def wall(cmd: list[str], cwd: str) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return seconds
+
+
+def measure_startup(device: torch.device, tmp: str, say: Callable) -> dict[str, Any]:
+    """Interleaved repeats of both commands; the one-batch run also tests 10,000 images and
+    writes its run directory, so it bounds the time to the first batch from above."""
+    say("start-up: --help and a one-batch run")
+    help_cmd = cli_command() + ["--help"]
+    one_batch = [sys.executable, "-m", "backprop_lab", "data.train_subset=64", "train.epochs=1", f"device={device}"]
+    helps, firsts = [], []
+    for i in range(STARTUP_REPEATS):
+        helps.append(wall(help_cmd, tmp))
+        firsts.append(wall(one_batch + [f"hydra.run.dir={tmp}/first{i}"], tmp))
+    return {
+        "help_s": statistics.median(helps), "first_batch_s": statistics.median(firsts),
+        "help_cmd": " ".join(help_cmd), "one_batch_cmd": " ".join(one_batch), "repeats": STARTUP_REPEATS,
+    }
+
+
+def measure_memory(device: torch.device, tmp: str, say: Callable) -> dict[str, Any]:
+    """Peak RSS of one full article run in a child process. os.wait4 returns that child's own
+    rusage (RUSAGE_CHILDREN would fold in every earlier child of this process)."""
+    say("memory: a full experiment=article run (about 20 s)")
+    cmd = [sys.executable, "-m", "backprop_lab", "experiment=article", f"device={device}", f"hydra.run.dir={tmp}/article"]
+    start = time.perf_counter()
+    with open(Path(tmp) / "article.err", "w+") as err:
+        child = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f"the article run exited {child.returncode}: {err.read().strip()[-300:]}")
+    kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return {"peak_rss_gb": usage.ru_maxrss * kib / GB, "wall_s": time.perf_counter() - start, "cmd": " ".join(cmd)}
+
+
+def measure_scaling(cfg: Config, data: MNIST, device: torch.device, say: Callable) -> list[dict[str, Any]]:
+    say(f"scaling: {len(SCALING)} settings, {SCALING_EPOCHS} timed epochs each")
+    epochs = {}
+    for hidden, batch in SCALING:
+        point = replace(cfg, model=replace(cfg.model, hidden_size=hidden), data=replace(cfg.data, batch_size=batch))
+        epochs[f"{hidden}x{batch}"] = trainer_epoch(point, data, device, SCALING_EPOCHS + 1)
+    times = interleave(epochs, SCALING_EPOCHS, device, say)
+    n = data.X_train.shape[0]
+    rows = []
+    for hidden, batch in SCALING:
+        seconds = statistics.median(times[f"{hidden}x{batch}"])
+        rows.append({"hidden": hidden, "batch": batch, "train_size": n, "seconds": seconds,
+                     "gflops": matmul_flops(n, hidden) / seconds / GB})
+    return rows
+
+
+def check_targets(results: dict[str, Any]) -> dict[str, Any]:
+    values = {**results["ratios"], "eval_added_pct": results["metrics_cost"]["added_to_training_pct"],
+              **(results["startup"] or {}), **(results["memory"] or {})}
+    checked = {}
+    for key, (what, op, limit) in TARGETS.items():
+        if values.get(key) is not None:
+            v = values[key]
+            checked[key] = {"what": what, "value": v, "target": f"{op} {limit:g}", "met": v >= limit if op == ">=" else v <= limit}
+    return checked
+
+
+# --- output ------------------------------------------------------------------------------
+
+VARIANTS = [
+    ("a_chapter", "(a) chapter", "DataLoader, PIL + ToTensor + Normalize per sample, hand-written math"),
+    ("b_autograd", "(b) autograd", "nn.Linear + CrossEntropyLoss + optim.SGD, preloaded tensors"),
+    ("c_trainer", "(c) trainer", "train.train(), fused step, train + test metrics each epoch"),
+    ("c_plain", "(c) plain", "train.train() with train.fused=false"),
+    ("d_limit", "(d) limit", "the epoch's matrix products alone, at the training shapes"),
+]
+
+
+def render(console: Console, r: dict[str, Any]) -> None:
+    s = r["settings"]
+    t = Table(title=f"seconds per training epoch: {s['train_size']:,} images, 784-{s['hidden']}-10, batch {s['batch']}, "
+              f"{s['device']}, median of {s['epochs']} after 1 warm-up", title_justify="left")
+    for col in ("variant", "what", "s / epoch", "samples/s", "c / this"):
+        t.add_column(col, justify="left" if col in ("variant", "what") else "right")
+    c = r["epoch_seconds"]["c_trainer"]
+    for key, name, what in VARIANTS:
+        v = r["epoch_seconds"][key]
+        t.add_row(name, what, f"{v:.3f}", f"{s['train_size'] / v:,.0f}", f"{c / v:.2f}")
+    console.print(t)
+    m = r["metrics_cost"]
+    added = "n/a" if m["added_to_training_pct"] is None else f"{m['added_to_training_pct']:.1f}%"
+    console.print(f"per-epoch metrics: {m['seconds']:.3f} s = {m['share_of_epoch_pct']:.1f}% of (c)'s epoch, "
+                  f"{added} added to its training; matmul at training shapes: "
+                  f"{r['compute']['gflops_at_training_shapes']:.1f} GFLOP/s, {r['compute']['flops_per_epoch'] / GB:.2f} GFLOP per epoch")
+    if r["machine"].get("load_average_1min"):  # includes this benchmark's own threads
+        console.print("machine load (1-min average, this run included): {start:.2f} at start, {end:.2f} at end".format(**r["machine"]["load_average_1min"]))
+    t = Table(title="targets (issue 5)", title_justify="left")
+    for col in ("measure", "value", "target", "met"):
+        t.add_column(col, justify="left" if col == "measure" else "right")
+    for row in r["targets"].values():
+        t.add_row(row["what"], f"{row['value']:.2f}", row["target"], "[green]yes[/green]" if row["met"] else "[red]no[/red]")
+    console.print(t)
+    if r["scaling"]:
+        t = Table(title=f"(c) seconds per epoch, {r['scaling'][0]['train_size']:,} images", title_justify="left")
+        for col in ("hidden", "batch", "s / epoch", "GFLOP/s"):
+            t.add_column(col, justify="right")
+        for row in r["scaling"]:
+            t.add_row(str(row["hidden"]), str(row["batch"]), f"{row['seconds']:.3f}", f"{row['gflops']:.1f}")
+        console.print(t)
+
+
+def plot_scaling(rows: list[dict[str, Any]], path: str) -> None:
+    """Two panels, seconds per epoch against hidden size (batch 64) and batch size (hidden 128); 900x350 px."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=100)
+    for ax, key, fixed, value in ((axes[0], "hidden", "batch", 64), (axes[1], "batch", "hidden", 128)):
+        points = sorted((row[key], row["seconds"]) for row in rows if row[fixed] == value)
+        ax.plot(*zip(*points), marker="o")
+        ax.set(xscale="log", yscale="log", xlabel=f"{key} size ({fixed} {value})", ylabel="seconds per epoch")
+        ax.set_xticks([x for x, _ in points], [str(x) for x, _ in points])
+        ax.set_xticks([], minor=True)  # log axes label minor ticks too; only the measured sizes matter
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"backprop-lab trainer, {rows[0]['train_size']:,} images per epoch")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="backprop-lab bench", usage="%(prog)s [options]", description=__doc__.splitlines()[0])
+
+    def positive(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        return int(text)
+
+    p.add_argument("--epochs", type=positive, default=5, help="timed epochs per variant after the warm-up (default 5)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--threads", type=positive, help="torch CPU threads (default: torch's own, one per core)")
+    p.add_argument("--json", default="bench.json", help="where the figures go; '-' for stdout (default bench.json)")
+    p.add_argument("--plot", help="PNG of the scaling table (matplotlib)")
+    p.add_argument("--memory", action="store_true", help="also a full experiment=article run for peak RSS (~20 s)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"{QUICK_SUBSET} training and test images, 1 epoch, no memory/start-up/scaling (scaling runs if --plot asks)")
+    p.add_argument("--no-scaling", action="store_true", help="skip the hidden/batch-size table")
+    p.add_argument("--no-startup", action="store_true", help="skip the start-up timings")
+    args = p.parse_args(argv)
+    if not DEVICE_PATTERN.match(args.device) or args.device == "auto":
+        p.error(f"--device {args.device!r}: expected cpu, cuda, cuda:N or mps")
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path not in (None, "-") and not Path(path).expanduser().resolve().parent.is_dir():
+            p.error(f"{flag} {path}: its folder does not exist")
+    if args.quick:
+        args.epochs, args.memory, args.no_startup = 1, False, True
+        args.no_scaling = args.no_scaling or not args.plot
+    if args.plot and args.no_scaling:
+        p.error("--plot draws the scaling table; drop --no-scaling")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    console = Console(stderr=args.json == "-")  # keep stdout pure JSON when it carries the figures
+    say = lambda text: Console(stderr=True, soft_wrap=True).print(f"[dim]bench: {text}[/dim]")  # noqa: E731
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None  # how busy the machine was: read with the figures
+    try:
+        device = resolve_device(args.device)
+        if args.threads:  # on a shared machine, fewer threads than cores can avoid waiting on busy ones
+            torch.set_num_threads(args.threads)
+        cfg = replace(Config(), device=args.device)
+        data = load_mnist(train_subset=QUICK_SUBSET if args.quick else None, device=device)
+        if args.quick:  # the test pass would otherwise outweigh the tiny epoch
+            data = replace(data, X_test=data.X_test[:QUICK_SUBSET], Y_test=data.Y_test[:QUICK_SUBSET], y_test=data.y_test[:QUICK_SUBSET])
+        n = data.X_train.shape[0]
+        results: dict[str, Any] = {
+            "machine": machine(device),
+            "settings": {"train_size": n, "hidden": cfg.model.hidden_size, "batch": cfg.data.batch_size,
+                         "epochs": args.epochs, "warmup_epochs": 1, "quick": args.quick, "device": str(device)},
+        }
+        results.update(measure_epochs(cfg, data, device, args.epochs, say))
+        with tempfile.TemporaryDirectory(prefix="backprop-lab-bench-") as tmp:
+            results["startup"] = None if args.no_startup else measure_startup(device, tmp, say)
+            results["memory"] = measure_memory(device, tmp, say) if args.memory else None
+        results["scaling"] = None if args.no_scaling else measure_scaling(cfg, data, device, say)
+    except (ConfigError, DataError, RuntimeError) as e:
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {' '.join(str(e).split())}")
+        return 2 if isinstance(e, (ConfigError, DataError)) else 1
+    except KeyboardInterrupt:
+        return 130
+    results["machine"]["load_average_1min"] = {"start": load[0], "end": os.getloadavg()[0]} if load else None
+    results["targets"] = check_targets(results)
+    render(console, results)
+    text = json.dumps(results, indent=2)
+    if args.json == "-":
+        print(text)
+    else:
+        Path(args.json).expanduser().write_text(text + "\n")
+        console.print(f"figures written to {args.json}")
+    if args.plot:
+        plot_scaling(results["scaling"], args.plot)
+        console.print(f"scaling plot written to {args.plot}")
+    return 0

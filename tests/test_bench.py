@@ -1,0 +1,90 @@
+"""`backprop-lab bench`: runs end to end on a tiny setting, and its autograd baseline is right.
+
+No timing is asserted: these tests run on shared machines. They check that the benchmark
+works and that baseline (b) trains the same network as the hand-written path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from backprop_lab.backprop import evaluate
+from backprop_lab.bench import autograd_model, autograd_train_epoch, main, model_params
+from backprop_lab.config import Config
+from backprop_lab.train import make_params, train
+
+from .conftest import run_cli
+
+QUICK = ["bench", "--quick", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    proc = run_cli(*QUICK, "--json", str(tmp / "b.json"), "--no-scaling", "--no-startup", cwd=tmp)
+    return proc, tmp / "b.json"
+
+
+def test_quick_bench_prints_the_table_and_writes_the_figures(quick_bench):
+    proc, json_path = quick_bench
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    for name in ("(a) chapter", "(b) autograd", "(c) trainer", "(c) plain", "(d) limit", "targets"):
+        assert name in proc.stdout
+    figures = json.loads(json_path.read_text())
+    assert figures["settings"]["train_size"] == 2048
+    seconds = figures["epoch_seconds"]
+    assert set(seconds) == {"a_chapter", "b_autograd", "c_trainer", "c_plain", "d_limit"}
+    assert all(v > 0 for v in seconds.values())
+    assert {"c_over_a", "c_over_b", "c_over_d"} <= set(figures["ratios"])
+    assert figures["compute"]["flops_per_epoch"] == 2 * 2048 * (2 * 784 * 128 + 3 * 128 * 10)
+    assert figures["compute"]["gflops_at_training_shapes"] > 0
+    assert figures["metrics_cost"]["seconds"] > 0
+    assert {"a_over_c", "b_over_c", "c_over_d"} <= set(figures["targets"])
+    assert figures["startup"] is None and figures["memory"] is None and figures["scaling"] is None
+
+
+def test_plot_writes_a_png_of_the_scaling_table(tmp_path, capsys):
+    from matplotlib.image import imread
+
+    png = tmp_path / "scaling.png"
+    assert main(["--quick", "--device", "cpu", "--json", "-", "--plot", str(png)]) == 0  # in-process: saves a start-up
+    figures = json.loads(capsys.readouterr().out)  # with --json -, stdout carries nothing but the JSON
+    assert [(r["hidden"], r["batch"]) for r in figures["scaling"]] == [
+        (128, 64), (512, 64), (2048, 64), (128, 256), (128, 1024)
+    ]
+    assert all(r["seconds"] > 0 for r in figures["scaling"])
+    assert imread(png).shape == (350, 900, 4)
+
+
+@pytest.mark.parametrize("args", [["--epochs", "0"], ["--device", "gpu"], ["--frobnicate"], ["--quick", "--no-scaling", "--plot", "x.png"]])
+def test_bad_arguments_give_a_usage_error_without_a_traceback(capsys, args):
+    with pytest.raises(SystemExit) as exit:
+        main(args)  # in-process: argparse answers before anything is measured
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("backprop-lab bench: error:")
+
+
+def test_autograd_baseline_trains_like_the_hand_written_path(small_mnist):
+    """One epoch from the same weights over the same shuffle: (b) and train.train agree."""
+    cfg = replace(Config(), train=replace(Config().train, epochs=1, fused=False))
+    g = torch.Generator().manual_seed(0)
+    hand = make_params(cfg, g, "cpu")
+    model = autograd_model(hand)  # a copy: each path trains its own weights
+    (record,) = train(cfg, small_mnist, hand, g)
+
+    g = torch.Generator().manual_seed(0)
+    make_params(cfg, g, "cpu")  # advance the generator as above, so the shuffle is the same
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
+    autograd_train_epoch(model, optimizer, small_mnist.X_train, small_mnist.y_train, cfg.data.batch_size, g)
+
+    loss_sum, correct = evaluate(model_params(model), small_mnist.X_test, small_mnist.Y_test)
+    n_test = small_mnist.X_test.shape[0]
+    assert loss_sum.item() / n_test == pytest.approx(record.test_loss, rel=1e-4)
+    assert abs(correct.item() / n_test - record.test_acc) <= 2 / n_test  # a borderline digit may flip
+    trained = model_params(model)
+    assert torch.allclose(trained.W1, hand.W1, atol=1e-5) and torch.allclose(trained.W2, hand.W2, atol=1e-5)
