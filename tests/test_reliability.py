@@ -89,6 +89,7 @@ def test_second_ctrl_c_stops_at_once_and_leaves_consistent_files(tmp_path):
     assert s["status"] == "interrupted" and len(metrics(run_dir)) == s["epochs_completed"]
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_never_leaves_half_written_files(tmp_path):
     rng = random.Random(1234)
     for i in range(3):
