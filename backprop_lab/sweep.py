@@ -100,13 +100,6 @@ def launcher_threads(launcher: Any, cores: int) -> int | None:
     return None
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-
-
 def _remove_if_only_hydra(run_dir: Path) -> None:
     from .rundir import LOG
 
@@ -152,7 +145,7 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
         except (OSError, ValueError) as e:
             refuse(f"cannot resume {run_dir}: summary.json is unreadable ({e})", EXIT_BAD_INPUT, in_sweep=True)
             return failed("was refused")
-        theirs, ours = _flat(summary.get("config") or {}), _flat(cfg.to_dict())
+        theirs, ours = compare.flatten(summary.get("config") or {}), compare.flatten(cfg.to_dict())
         changed = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k, "<missing>") != ours.get(k, "<missing>")]
         if changed:
             diff = ", ".join(f"{k} ({theirs.get(k, '<missing>')!r} there, {ours.get(k, '<missing>')!r} now)" for k in changed)
