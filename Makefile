@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-fast clean-venv
+.PHONY: setup run test test-slow test-all clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,16 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/backprop-lab experiment=article $(ARGS)
 
+# The suite without the tests marked slow (about 5 minutes on 2 cores).
 test: setup
-	$(BIN)/python -m pytest $(ARGS)
-
-test-fast: setup
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+# The slow ones: the full 20-epoch run, repeated kills, an Optuna search, a sweep resume.
+test-slow: setup
+	$(BIN)/python -m pytest -m slow $(ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

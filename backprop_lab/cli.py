@@ -3,9 +3,9 @@
 The path from the shell to the epoch loop is three hops: the entry point (`main` checks
 the overrides and hands over to Hydra, whose task function `hydra_main` builds the typed
 config) -> `run` (data, files, report) -> `train.train` (the loop). Subcommands (resume,
-show, compare, bench) live in their own modules and are imported only when named. Every error the user can cause ends in one line on stderr
-and a non-zero exit status, never a traceback; the full traceback of an unexpected
-failure goes to the run's log file.
+show, compare, bench, predict) live in their own modules and are imported only when named.
+Every error the user can cause ends in one line on stderr and a non-zero exit status, never
+a traceback; the full traceback of an unexpected failure goes to the run's log file.
 """
 
 from __future__ import annotations
@@ -133,6 +133,7 @@ SUBCOMMANDS = {
     "compare": ("backprop_lab.compare", "compare_main"),
     "bench": ("backprop_lab.bench", "main"),
     "resume": ("backprop_lab.resume", "main"),
+    "predict": ("backprop_lab.analysis", "predict_main"),
 }
 
 
@@ -362,6 +363,13 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         if summary["status"] == "completed":
             writer.save_weights(params)
             summary["weights"] = "weights.pt"
+            try:  # confusion.csv/.png, errors.png, curves.png: nice to have, never a reason to fail a run
+                from .analysis import write_reports
+
+                write_reports(run_dir, params, data)
+            except Exception as e:  # noqa: BLE001 - logged with traceback, reported in one line
+                log.warning("analysis plots failed", exc_info=True)
+                stderr.print(f"[yellow]warning:[/yellow] could not write the analysis plots: {type(e).__name__}: {e}")
         summary.update(wall_seconds=summary["wall_seconds"] + time.perf_counter() - wall_start, finished_at=now())
         writer.write_summary(summary)
     except OSError as e:

@@ -614,11 +614,19 @@ def show_main(argv: list[str]) -> int:
         description="Print a saved run's header, per-epoch table and summary, as training printed them.",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    parser.add_argument("--plot", action="store_true", help="redraw RUN_DIR/curves.png from metrics.csv")
     args = parser.parse_args(argv)
     try:
         summary, rows = load_for_show(args.run_dir)
+        if args.plot:
+            from .analysis import CURVES_PNG, plot_curves
+
+            plot_curves(args.run_dir / CURVES_PNG, rows)
     except RunError as e:
         error_line(str(e))
+        return EXIT_BAD_INPUT
+    except OSError as e:
+        error_line(f"cannot write {args.run_dir / 'curves.png'}: {e.strerror or e}")
         return EXIT_BAD_INPUT
     reporter = Reporter(Console())
     reporter.start(summary)
@@ -626,6 +634,8 @@ def show_main(argv: list[str]) -> int:
         reporter.table(rows)
         reporter.console.print()  # training's progress bar leaves this line between table and panel
     reporter.summary(summary, status=effective_status(summary))
+    if args.plot:
+        reporter.console.print(f"learning curves: {args.run_dir / 'curves.png'}")
     return 0
 
 

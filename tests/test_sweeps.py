@@ -45,6 +45,7 @@ def test_two_job_sweep_through_a_real_launcher(tmp_path, launcher):
         assert (sweep / ".submitit").is_dir()  # the jobs really went through submitit
 
 
+@pytest.mark.slow
 def test_optuna_search_names_the_best_parameters(tmp_path):
     sweep = tmp_path / "search"
     proc = run_cli("-m", "hparams_search=mlp", "hydra.sweeper.n_trials=3", *TINY, f"hydra.sweep.dir={sweep}",
@@ -60,6 +61,7 @@ def test_optuna_search_names_the_best_parameters(tmp_path):
     assert best["optim"]["lr"] == pytest.approx(result["best_params"]["optim.lr"])
 
 
+@pytest.mark.slow
 def test_resume_skips_completed_jobs_and_runs_only_the_others(tmp_path):
     sweep = tmp_path / "sweep"
     first = run_cli("-m", "model.hidden_size=16", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)

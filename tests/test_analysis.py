@@ -1,0 +1,182 @@
+"""Confusion matrix, report PNGs, `show --plot` and `predict`: the numbers against hand-computed
+ones, the files of a real (small) training run, and digit images written from the test set."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backprop_lab import analysis
+from backprop_lab.backprop import Params, forward
+
+from .conftest import run_cli
+
+
+def test_precision_recall_accuracy_by_hand():
+    # 3 classes, 10 examples; rows true, columns predicted
+    y_true = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    y_pred = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 0])
+    conf = analysis.confusion(y_true, y_pred, n=3)
+    assert conf.counts == [[3, 1, 0], [0, 2, 1], [1, 0, 2]]
+    assert conf.precision == pytest.approx([3 / 4, 2 / 3, 2 / 3])  # column sums 4, 3, 3
+    assert conf.recall == pytest.approx([3 / 4, 2 / 3, 2 / 3])  # row sums 4, 3, 3
+    # class 0: TP 3, TN = the 4 examples neither true nor predicted 0 (rows/cols 1-2: 2+1+0+2 = 5)
+    assert conf.accuracy == pytest.approx([8 / 10, 8 / 10, 8 / 10])
+    assert conf.overall_accuracy == pytest.approx(7 / 10)
+    assert [(t, p) for t, p, _ in conf.most_confused] == [(0, 1), (1, 2), (2, 0)]
+
+
+def test_never_predicted_class_has_nan_precision():
+    conf = analysis.confusion(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 0]), n=2)
+    assert conf.precision[0] == pytest.approx(1 / 3) and math.isnan(conf.precision[1])
+    assert conf.recall == [1.0, 0.0]
+    assert conf.most_confused == [(1, 0, 2)]
+
+
+# --- a real run --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A small completed run (5,000 images, 2 epochs: about 73 % test accuracy, a few seconds)."""
+    tmp = tmp_path_factory.mktemp("analysis")
+    proc = subprocess.run(
+        [sys.executable, "-m", "backprop_lab", "data.train_subset=5000", "train.epochs=2", f"hydra.run.dir={tmp}/run"],
+        cwd=tmp, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    from backprop_lab.data import load_mnist
+
+    return load_mnist(train_subset=1)
+
+
+def test_confusion_of_a_run_matches_its_accuracy(trained, mnist):
+    params = Params(**torch.load(trained / "weights.pt", weights_only=True))
+    correct = (forward(params, mnist.X_test).z2.argmax(dim=1) == mnist.y_test).sum().item()
+    rows = (trained / "confusion.csv").read_text().splitlines()
+    assert rows[0].startswith("true,pred_0,") and len(rows) == 11
+    counts = [[int(v) for v in row.split(",")[1:11]] for row in rows[1:]]
+    total = sum(map(sum, counts))
+    assert total == len(mnist.y_test) == 10_000
+    trace = sum(counts[i][i] for i in range(10))
+    assert trace / total == correct / total
+    import json
+
+    assert trace / total == pytest.approx(json.loads((trained / "summary.json").read_text())["final_test_acc"], abs=1e-6)
+
+
+def test_pngs_exist_open_and_have_their_sizes(trained):
+    from matplotlib.image import imread
+
+    for name, (w, h) in [("confusion.png", analysis.CONFUSION_SIZE), ("errors.png", analysis.ERRORS_SIZE),
+                         ("curves.png", analysis.CURVES_SIZE)]:
+        image = imread(trained / name)
+        assert image.shape[:2] == (round(h * analysis.DPI), round(w * analysis.DPI)), name
+        assert image.std() > 0.01, f"{name} is blank"
+
+
+def test_show_plot_redraws_curves(trained):
+    (trained / "curves.png").unlink()
+    proc = run_cli("show", str(trained), "--plot", cwd=trained)
+    assert proc.returncode == 0, proc.stderr
+    assert (trained / "curves.png").stat().st_size > 1000
+
+
+# --- predict ---------------------------------------------------------------------------------
+
+
+def test_predict_digits_written_as_images(trained, mnist, tmp_path):
+    from PIL import Image, ImageOps
+
+    params = Params(**torch.load(trained / "weights.pt", weights_only=True))
+    predicted = forward(params, mnist.X_test[:200]).z2.argmax(dim=1)
+    # two confidently right images of different digits, chosen from the raw 28x28 tensors
+    probs = forward(params, mnist.X_test[:200]).p.max(dim=1).values
+    picks: dict[int, int] = {}
+    for i in (probs * (predicted == mnist.y_test[:200])).argsort(descending=True).tolist():
+        picks.setdefault(int(mnist.y_test[i]), i)
+        if len(picks) == 2:
+            break
+    files, labels = [], []
+    for digit, i in picks.items():
+        pixels = ((mnist.X_test[i] * 0.5 + 0.5) * 255).round().to(torch.uint8).reshape(28, 28).numpy()
+        image = Image.fromarray(pixels)
+        image.save(tmp_path / f"{i}.png")
+        ImageOps.invert(image).save(tmp_path / f"{i}_inverted.png")  # dark ink on white
+        ImageOps.invert(image).resize((100, 100), Image.BILINEAR).save(tmp_path / f"{i}_100.png")
+        files += [tmp_path / f"{i}.png", tmp_path / f"{i}_inverted.png", tmp_path / f"{i}_100.png"]
+        labels += [digit] * 3
+    X = torch.from_numpy(np.stack([analysis.to_mnist(analysis.load_image(f)) for f in files]))
+    assert forward(params, X).z2.argmax(dim=1).tolist() == labels
+
+    proc = run_cli("predict", str(trained), *map(str, files), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for f, digit in zip(files, labels):
+        line = next(row for row in proc.stdout.splitlines() if f.name in row)
+        assert line.split("│")[2].split()[0] == str(digit), line  # the 1st column
+
+
+def test_predict_from_test(trained, tmp_path):
+    proc = run_cli("predict", str(trained), "--from-test", "0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "test image 0 (true label 7)" in proc.stdout
+
+
+@pytest.mark.parametrize("case", ["missing", "not an image", "truncated", "no weights", "out of range"])
+def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypatch):
+    from PIL import Image
+
+    Image.effect_noise((200, 200), 64).save(tmp_path / "noise.png")  # noise: a PNG too big to survive a cut
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "noise.png").read_bytes()[:2000])
+    (tmp_path / "text.png").write_text("not a picture\n")
+    args, expected = {
+        "missing": ([str(trained), "nope.png"], "nope.png: no such file"),
+        "not an image": ([str(trained), "text.png"], "is not an image"),
+        "truncated": ([str(trained), "truncated.png"], "cannot decode truncated.png"),
+        "no weights": ([str(tmp_path), "noise.png"], "has no weights.pt"),
+        "out of range": ([str(trained), "--from-test", "10000"], "out of range"),
+    }[case]
+    monkeypatch.chdir(tmp_path)
+    if case == "missing":  # once through the real command line: exit status, no traceback
+        proc = run_cli("predict", *args, cwd=tmp_path)
+        code, err = proc.returncode, proc.stderr
+    else:  # the rest in-process, to save a second of torch import each
+        code, err = analysis.predict_main(args), capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and expected in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_blank_image_is_refused(tmp_path):
+    from PIL import Image
+
+    Image.new("L", (50, 50), 255).save(tmp_path / "white.png")
+    with pytest.raises(analysis.PredictError, match="blank"):
+        analysis.to_mnist(analysis.load_image(tmp_path / "white.png"))
+
+
+def test_a_failing_plot_does_not_fail_the_run(tmp_path, monkeypatch):
+    """The hook in cli.run: a broken matplotlib gives one warning, the run still completes."""
+    sitecustom = tmp_path / "site"
+    sitecustom.mkdir()
+    (sitecustom / "matplotlib.py").write_text("raise ImportError('matplotlib broken for this test')\n")
+    import os
+
+    env = {"PYTHONPATH": f"{sitecustom}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = run_cli("data.train_subset=500", "train.epochs=1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: could not write the analysis plots" in proc.stderr
+    assert (tmp_path / "run" / "weights.pt").exists()
+    assert '"status": "completed"' in (tmp_path / "run" / "summary.json").read_text()
