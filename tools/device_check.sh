@@ -1,0 +1,32 @@
+#!/bin/bash
+# GPU checks for issue 5, for a session that is lent a device machine (its image has torch, rich and
+# matplotlib but not Hydra). Prepare once, here:
+#   SP=.venv/lib/python3.11/site-packages; mkdir -p .devsite && cp -r $SP/hydra $SP/omegaconf $SP/antlr4 .devsite/
+#   echo /.devsite/ >> .git/info/exclude
+# then run `bash tools/device_check.sh` on the device with carry [".devsite"]; results land in $OUT.
+
+export PYTHONPATH=$PWD:$PWD/.devsite PYTHONUNBUFFERED=1 COLUMNS=120
+W=/tmp/w; mkdir -p $W
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, hydra, omegaconf, rich; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'hydra', hydra.__version__)"
+lscpu | grep -E "Model name|^CPU\(s\)"
+echo "== article run on cuda"
+/usr/bin/time -f "wall %e s, max RSS %M KB" python3 -m backprop_lab experiment=article device=cuda hydra.run.dir=$W/article > $OUT/article_cuda.txt 2>&1
+tail -25 $OUT/article_cuda.txt
+cp $W/article/summary.json $OUT/article_cuda_summary.json 2>/dev/null
+echo "== fused=false, determinism, resume"
+python3 -m backprop_lab experiment=article device=cuda train.epochs=2 train.fused=false hydra.run.dir=$W/plain 2>&1 | grep -E "^\s+[0-9]|status|error"
+python3 -m backprop_lab experiment=article device=cuda train.epochs=3 hydra.run.dir=$W/d1 > /dev/null 2>&1
+python3 -m backprop_lab experiment=article device=cuda train.epochs=3 hydra.run.dir=$W/d2 > /dev/null 2>&1
+python3 -m backprop_lab experiment=article device=cuda train.epochs=3 hydra.run.dir=$W/r > $W/r.out 2>&1 &
+P=$!; for i in $(seq 600); do grep -qE "^\s+1 " $W/r.out 2>/dev/null && break; sleep 0.2; done; kill -INT $P; wait $P; echo "interrupted rc=$?"
+python3 -m backprop_lab resume $W/r > /dev/null 2>&1; echo "resume rc=$?"
+python3 - <<'PY'
+import csv, torch
+def rows(d): return [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in csv.DictReader(open(f"/tmp/w/{d}/metrics.csv"))]
+def w(d): return torch.load(f"/tmp/w/{d}/weights.pt", weights_only=True)
+print("same seed, same metrics on cuda:", rows("d1") == rows("d2"), "weights:", all(torch.equal(w("d1")[k], w("d2")[k]) for k in w("d1")))
+print("resumed == uninterrupted on cuda:", rows("r") == rows("d1"), "weights:", all(torch.equal(w("r")[k], w("d1")[k]) for k in w("d1")))
+PY
+echo "== bench on cuda"
+timeout 300 python3 -m backprop_lab bench --device cuda --json $OUT/bench_cuda.json --no-startup 2>&1 | tail -40
