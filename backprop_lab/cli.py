@@ -25,7 +25,7 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
@@ -137,14 +137,35 @@ SUBCOMMANDS = {
 }
 
 
+def print_help(argv: list[str]) -> None:
+    """`--help`, as Hydra's default template lays it out, without the listing of Hydra's own
+    ~80 config groups that Hydra computes (and throws away) first: about a second here."""
+    from hydra import compose, initialize_config_dir
+
+    overrides = [a for a in argv if a not in ("--help", "-h") and not a.startswith("-")]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    text = cfg.hydra.help
+    groups = "\n".join(f"{name}: {', '.join(options)}" for name, options in sorted(config_groups().items()))
+    with open_dict(cfg):
+        del cfg["hydra"]
+    print(f"{text.header}\n== Configuration groups ==\nCompose your configuration from those groups "
+          f"(group=option)\n\n{groups}\n\n\n== Config ==\nOverride anything in the config (foo.bar=value)"
+          f"\n\n{OmegaConf.to_yaml(cfg)}\n{text.footer}")
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+    argv = sys.argv[1:]
+    if argv and argv[0] in SUBCOMMANDS:
         import importlib
 
-        module, function = SUBCOMMANDS[sys.argv[1]]
-        sys.exit(getattr(importlib.import_module(module), function)(sys.argv[2:]))
+        module, function = SUBCOMMANDS[argv[0]]
+        sys.exit(getattr(importlib.import_module(module), function)(argv[1:]))
     try:
-        check_overrides(sys.argv[1:])
+        check_overrides(argv)
+        if "--help" in argv or "-h" in argv:
+            print_help(argv)
+            return
     except (ConfigError, RunDirError) as e:
         error_line(str(e))
         sys.exit(EXIT_BAD_INPUT)
