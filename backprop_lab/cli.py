@@ -202,13 +202,13 @@ def refuse(message: str, code: int, in_sweep: bool) -> None:
         sys.exit(code)
 
 
-def discard_if_empty(run_dir: Path) -> None:
-    """Remove a directory this process claimed if it holds nothing but Hydra's own files,
-    so a run refused at the start leaves nothing that looks like a result."""
-    if str(run_dir) not in {str(Path(p).resolve()) for p in _claimed.values()}:
+def discard_if_empty(run_dir: Path, claimed_only: bool = True) -> None:
+    """Remove a run directory that holds nothing but Hydra's own files, so a run refused at
+    the start leaves nothing that looks like a result. Single runs remove only a folder this
+    process claimed (never one the user named); a sweep's job folders are always Hydra's."""
+    if claimed_only and str(run_dir) not in {str(Path(p).resolve()) for p in _claimed.values()}:
         return
-    hydra_files = {".hydra", LOG}
-    if all(p.name in hydra_files for p in run_dir.iterdir()):
+    if run_dir.is_dir() and all(p.name in {".hydra", LOG} for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
 
 

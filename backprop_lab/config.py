@@ -173,6 +173,20 @@ def from_container(raw: dict[str, Any]) -> Config:
     return build(Config, "")
 
 
+def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """'key (old -> new)' for every key where a run's saved config differs from `cfg`;
+    keys the saved config lacks (added to backprop-lab later) count as their defaults."""
+    def lookup(config: Any, key: str) -> Any:
+        for part in key.split("."):
+            if not isinstance(config, dict) or part not in config:
+                return _default(key)
+            config = config[part]
+        return config
+
+    new = cfg.to_dict()
+    return [f"{k} ({lookup(saved, k)!r} -> {lookup(new, k)!r})" for k in known_keys() if lookup(saved, k) != lookup(new, k)]
+
+
 def _default(key: str) -> Any:
     obj: Any = Config()
     for part in key.split("."):

@@ -13,19 +13,12 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 
 from .cli import EXIT_BAD_INPUT, error_line, run
-from .config import Config, ConfigError, from_container, known_keys
+from .config import Config, ConfigError, config_changes, from_container
 from .rundir import LOG, RunDirError, effective_status, read_summary
-
-
-def lookup(config: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        config = config[part]
-    return config
 
 
 def main(argv: list[str]) -> int:
@@ -66,10 +59,9 @@ def resume(run_dir: Path, overrides: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - OmegaConf's errors for bad KEY=VALUE strings vary
         raise ConfigError(f"cannot read the overrides {' '.join(overrides)!r}: {str(e).splitlines()[0]}") from None
     cfg = from_container(asked)
-    differing = [k for k in known_keys() if lookup(saved, k) != lookup(cfg.to_dict(), k)]
-    if differing:
-        changes = ", ".join(f"{k} ({lookup(saved, k)!r} -> {lookup(cfg.to_dict(), k)!r})" for k in differing)
-        raise ConfigError(f"resume refused: the config differs from the run's own in {changes}; "
+    changes = config_changes(saved, cfg)
+    if changes:
+        raise ConfigError(f"resume refused: the config differs from the run's own in {', '.join(changes)}; "
                           f"start a new run for a different config")
 
     handler = logging.FileHandler(run_dir / LOG)  # the run's log continues, as Hydra wrote it

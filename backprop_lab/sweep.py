@@ -29,7 +29,6 @@ never stops a sweep.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from . import compare
-from .config import ConfigError, from_dictconfig
+from .config import ConfigError, config_changes, from_dictconfig
 from .report import error_line
 
 SUMMARY_CSV = "sweep_summary.csv"
@@ -100,16 +99,9 @@ def launcher_threads(launcher: Any, cores: int) -> int | None:
     return None
 
 
-def _remove_if_only_hydra(run_dir: Path) -> None:
-    from .rundir import LOG
-
-    if run_dir.is_dir() and all(p.name in {".hydra", LOG} for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
 def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
     """One job of a sweep (called by cli.hydra_main): the sweep options, then cli.run."""
-    from .cli import EXIT_BAD_INPUT, refuse, run
+    from .cli import EXIT_BAD_INPUT, discard_if_empty, refuse, run
     from .rundir import CHECKPOINT, METRICS, SUMMARY, WEIGHTS, effective_status, read_summary
 
     sweep_dir = Path(str(hydra_cfg.sweep.dir)).resolve()
@@ -123,8 +115,8 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
             request_stop(sweep_dir, f"{what} {reason}")
         return FAILED_SCORE
 
-    if opts["fail_fast"] is True and (reason := stop_reason(sweep_dir)):
-        _remove_if_only_hydra(run_dir)
+    if opts["fail_fast"] is True and stop_reason(sweep_dir):
+        discard_if_empty(run_dir, claimed_only=False)
         return FAILED_SCORE  # on_job_end reports it as not run
     try:
         check_options(hydra_cfg)
@@ -145,10 +137,9 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
         except (OSError, ValueError) as e:
             refuse(f"cannot resume {run_dir}: summary.json is unreadable ({e})", EXIT_BAD_INPUT, in_sweep=True)
             return failed("was refused")
-        theirs, ours = compare.flatten(summary.get("config") or {}), compare.flatten(cfg.to_dict())
-        changed = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k, "<missing>") != ours.get(k, "<missing>")]
-        if changed:
-            diff = ", ".join(f"{k} ({theirs.get(k, '<missing>')!r} there, {ours.get(k, '<missing>')!r} now)" for k in changed)
+        changes = config_changes(summary.get("config") or {}, cfg)
+        if changes:
+            diff = ", ".join(changes)
             refuse(f"cannot resume {run_dir}: it holds a run of another config: {diff}; "
                    f"the sweep command must be the one that made this sweep", EXIT_BAD_INPUT, in_sweep=True)
             return failed("was refused")
