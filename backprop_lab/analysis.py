@@ -28,8 +28,9 @@ if TYPE_CHECKING:
     import numpy as np
     from torch import Tensor
 
-    from .backprop import Params
+    from .config import Config
     from .data import MNIST
+    from .network import Arch, Params
 
 N_CLASSES = 10
 CONFUSION_CSV, CONFUSION_PNG, ERRORS_PNG, CURVES_PNG = "confusion.csv", "confusion.png", "errors.png", "curves.png"
@@ -85,22 +86,25 @@ def from_counts(counts: list[list[int]], top: int = 3) -> Confusion:
     )
 
 
-def predict_probs(params: Params, X: Tensor) -> Tensor:
-    """Softmax probabilities (m, 10) for images X (m, 784), on the parameters' device, as float CPU."""
+def predict_probs(arch: Arch, params: Params, X: Tensor) -> Tensor:
+    """Class probabilities (m, 10) for images X (m, n_inputs), as float CPU tensors: the softmax
+    output, or for a sigmoid output layer its ten outputs scaled to sum to 1."""
     import torch
 
-    from .backprop import forward
+    from .network import forward
 
+    W1 = params["W1"]
     with torch.no_grad():
-        return forward(params, X.to(params.W1.device, params.W1.dtype)).p.float().cpu()
+        out = forward(arch, params, X.to(W1.device, W1.dtype), train=False).out.float().cpu()
+    return out if arch.output == "softmax" else out / out.sum(dim=1, keepdim=True)
 
 
 # --- the files -------------------------------------------------------------------------------
 
 
-def write_reports(run_dir: Path, params: Params, data: MNIST) -> Confusion:
+def write_reports(run_dir: Path, arch: Arch, params: Params, data: MNIST) -> Confusion:
     """All four files of a completed run; returns the confusion for the caller to report."""
-    probs = predict_probs(params, data.X_test)  # (10000, 10): one forward pass
+    probs = predict_probs(arch, params, data.X_test)  # (10000, 10): one forward pass
     y_true = data.y_test.cpu()
     conf = confusion(y_true, probs.argmax(dim=1))
     write_confusion_csv(run_dir / CONFUSION_CSV, conf)
@@ -158,7 +162,8 @@ def plot_errors(path: Path, X: Tensor, y_true: Tensor, probs: Tensor) -> None:
     for ax in axes:
         ax.set_axis_off()
     for ax, i in zip(axes, worst.tolist()):
-        ax.imshow((X[i] * 0.5 + 0.5).reshape(28, 28).numpy(), cmap="gray_r", vmin=0, vmax=1)  # undo Normalize(0.5, 0.5)
+        side = int(X.shape[1] ** 0.5)  # 28, or 14 for a data.image_size=14 run
+        ax.imshow((X[i] * 0.5 + 0.5).reshape(side, side).numpy(), cmap="gray_r", vmin=0, vmax=1)  # undo Normalize(0.5, 0.5)
         ax.set_title(f"{y_true[i]} -> {y_pred[i]} ({confidence[i]:.2f})", fontsize=9)
     fig.suptitle(f"most confident mistakes: {len(worst)} of {len(wrong)} misclassified test images")
     fig.savefig(path, dpi=DPI)
@@ -243,28 +248,35 @@ def to_mnist(gray: np.ndarray) -> np.ndarray:
     return ((out / 255 - 0.5) / 0.5).reshape(-1)  # the chapter's ToTensor + Normalize(0.5, 0.5)
 
 
-def load_run(run_dir: Path) -> tuple[Params, dict[str, Any]]:
-    """The saved weights and summary.json of a completed run."""
+def load_run(run_dir: Path) -> tuple[Arch, Params, Config]:
+    """The saved weights of a completed run and the config it was trained with."""
     import torch
 
-    from .backprop import N_INPUTS, Params
+    from omegaconf import OmegaConf
+
+    from .config import Config, ConfigError, from_container
     from .rundir import WEIGHTS, read_summary
+    from .train import arch_of
 
     if not run_dir.is_dir():
         raise PredictError(f"{run_dir} is not a directory")
     if not (run_dir / WEIGHTS).is_file():
         raise PredictError(f"{run_dir} has no {WEIGHTS}: it is not a completed run (weights are saved when a run completes)")
     try:
-        params = Params(**torch.load(run_dir / WEIGHTS, weights_only=True, map_location="cpu"))
+        params = torch.load(run_dir / WEIGHTS, weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - any unreadable weights file means the same to the user
         raise PredictError(f"cannot read {run_dir / WEIGHTS}: {' '.join(str(e).split())[:150]}") from None
-    if params.W1.shape[0] != N_INPUTS:
-        raise PredictError(f"{run_dir / WEIGHTS} expects {params.W1.shape[0]} inputs, not 28x28 images")
-    try:
-        summary = read_summary(run_dir)
-    except (OSError, ValueError):
-        summary = {}  # only --from-test needs it (for data.root)
-    return params, summary
+    try:  # keys added to backprop-lab after the run take their defaults, as the run had them
+        saved = read_summary(run_dir).get("config") or {}
+        cfg = from_container(OmegaConf.to_container(OmegaConf.merge(Config().to_dict(), saved)))
+    except (OSError, ValueError, ConfigError) as e:
+        raise PredictError(f"cannot read the config of {run_dir} from its summary.json: {e}") from None
+    arch = arch_of(cfg)
+    expected = {f"W{l}": (n_in, n_out) for l, (n_in, n_out) in enumerate(zip(arch.sizes, arch.sizes[1:]), start=1)}
+    found = {k: tuple(v.shape) for k, v in params.items() if k.startswith("W")} if isinstance(params, dict) else {}
+    if found != expected:
+        raise PredictError(f"{run_dir / WEIGHTS} does not match the run's config ({arch.describe()})")
+    return arch, params, cfg
 
 
 def predict_main(argv: list[str]) -> int:
@@ -287,12 +299,12 @@ def predict_main(argv: list[str]) -> int:
     if not args.images and args.from_test is None:
         parser.error("give IMAGE files or --from-test N")
     try:
-        params, summary = load_run(args.run_dir)
+        arch, params, cfg = load_run(args.run_dir)
         if args.from_test is not None:
             from .data import DataError, load_mnist
 
             try:
-                data = load_mnist((summary.get("config") or {}).get("data", {}).get("root"), train_subset=1)
+                data = load_mnist(cfg.data.root, train_subset=1, image_size=cfg.data.image_size)
             except DataError as e:
                 raise PredictError(str(e)) from None
             n = len(data.y_test)
@@ -303,10 +315,14 @@ def predict_main(argv: list[str]) -> int:
         else:
             names = [str(p) for p in args.images]
             X = torch.from_numpy(np.stack([to_mnist_file(p) for p in args.images]))
+            if cfg.data.image_size == 14:
+                from .data import pool2x2
+
+                X = pool2x2(X)
     except PredictError as e:
         error_line(str(e))
         return 2
-    probs = predict_probs(params, X)
+    probs = predict_probs(arch, params, X)
     top_p, top_c = probs.topk(3, dim=1)
     table = Table(title=f"predictions of {args.run_dir}", title_justify="left")
     table.add_column("image")

@@ -45,10 +45,12 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from .backprop import N_CLASSES, N_INPUTS, Params, backward, cross_entropy, evaluate, forward, one_hot, sgd_step
+from .backprop import N_CLASSES, N_INPUTS, Params, backward, cross_entropy, forward, init_params, one_hot, sgd_step
 from .config import DEVICE_PATTERN, Config, ConfigError
 from .data import MNIST, SHIPPED_ROOT, DataError, load_mnist, read_idx
-from .train import make_params, resolve_device, train
+from .network import evaluate as network_evaluate
+from .network import layer_stats
+from .train import PROBE, arch_of, make_state, resolve_device, sgd_of, train
 
 Epoch = Callable[[], object]  # runs one epoch of one variant
 QUICK_SUBSET = 2048  # --quick: training and test images, enough for every batch size of the scaling table
@@ -87,6 +89,11 @@ class PILDigits(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(Image.fromarray(self.images[i].numpy())), int(self.labels[i])
+
+
+def make_params(cfg: Config, generator: torch.Generator, device: torch.device) -> Params:
+    """The chapter's W1, b1, W2, b2, drawn as train.make_state draws them."""
+    return init_params(cfg.model.hidden_size, cfg.model.init_scale, generator, device=device)
 
 
 def chapter_epoch(cfg: Config, n: int, device: torch.device) -> Epoch:
@@ -151,15 +158,15 @@ def autograd_epoch(cfg: Config, data: MNIST, device: torch.device) -> Epoch:
 def trainer_epoch(cfg: Config, data: MNIST, device: torch.device, epochs: int, fused: bool = True) -> Epoch:
     """train.train() itself, advanced one epoch per call (a generator, so nothing is copied)."""
     cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, fused=fused))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    records = train(cfg, data, make_params(cfg, generator, device), generator)
+    records = train(cfg, data, make_state(cfg, device))
     return lambda: next(records)
 
 
 def metrics_epoch(cfg: Config, data: MNIST, device: torch.device) -> Epoch:
     """What train.train adds after an epoch's batches (mirrored from it): train metrics from the
     kept logits, then one pass over the test set, each read back once."""
-    params = make_params(cfg, torch.Generator().manual_seed(cfg.seed), device)
+    state = make_state(cfg, device)
+    arch, opt = arch_of(cfg), sgd_of(cfg)
     n = data.X_train.shape[0]
     Z = torch.randn(n, N_CLASSES, device=device)  # (n,10) stands in for the kept logits
     order = torch.randperm(n).to(device)
@@ -168,8 +175,9 @@ def metrics_epoch(cfg: Config, data: MNIST, device: torch.device) -> Epoch:
         Y_epoch = data.Y_train.index_select(0, order)
         cross_entropy(Z, Y_epoch).item()
         (Z.argmax(dim=1) == Y_epoch.argmax(dim=1)).sum().item()
-        loss_sum, correct = evaluate(params, data.X_test, data.Y_test)
+        loss_sum, correct = network_evaluate(arch, state.params, data.X_test, data.Y_test)
         loss_sum.item(), correct.item()
+        layer_stats(arch, opt, state.params, state.velocity, data.X_train[:PROBE], data.Y_train[:PROBE])
 
     return epoch
 

@@ -3,7 +3,7 @@
 The path from the shell to the epoch loop is three hops: the entry point (`main` checks
 the overrides and hands over to Hydra, whose task function `hydra_main` builds the typed
 config) -> `run` (data, files, report) -> `train.train` (the loop). Subcommands (resume,
-show, compare, bench, predict) live in their own modules and are imported only when named.
+show, compare, bench, predict, gradcheck) live in their own modules and are imported only when named.
 Every error the user can cause ends in one line on stderr and a non-zero exit status, never
 a traceback; the full traceback of an unexpected failure goes to the run's log file.
 """
@@ -96,7 +96,10 @@ def check_overrides(argv: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    args, _ = get_args_parser().parse_known_args(argv)
+    args, unknown = get_args_parser().parse_known_args(argv)
+    unknown += [a for a in argv if a == "--"]  # argparse swallows it; Hydra's parser would not
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}: overrides are KEY=VALUE; see backprop-lab --help")
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException as e:
@@ -134,6 +137,7 @@ SUBCOMMANDS = {
     "bench": ("backprop_lab.bench", "main"),
     "resume": ("backprop_lab.resume", "main"),
     "predict": ("backprop_lab.analysis", "predict_main"),
+    "gradcheck": ("backprop_lab.gradcheck", "main"),
 }
 
 
@@ -247,30 +251,29 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     from .data import DataError, load_mnist
     from .report import COLUMN_KEYS, Reporter
     from .rundir import RunWriter, check_usable, config_hash, load_checkpoint, read_summary
-    from .train import Diverged, Stopped, make_params, resolve_device, train
+    from .train import Diverged, Stopped, arch_of, make_state, planned_epochs, resolve_device, train
 
     try:
         device = resolve_device(cfg.device)
         checkpoint = load_checkpoint(run_dir) if resume else None
-        if checkpoint is not None and checkpoint["config_hash"] != config_hash(cfg.to_dict()):
+        # resume.py has compared the configs; this ties the checkpoint to this run's summary
+        if checkpoint is not None and checkpoint["config_hash"] != read_summary(run_dir).get("config_hash"):
             raise RunDirError(f"{run_dir}/checkpoint.pt was written for another config; it cannot be resumed")
         if not resume:
             check_usable(run_dir)
-        data = load_mnist(cfg.data.root, cfg.data.train_subset, device, cfg.data.download)
+        data = load_mnist(cfg.data.root, cfg.data.train_subset, device, cfg.data.download, image_size=cfg.data.image_size)
         writer = RunWriter(run_dir, COLUMN_KEYS, resume=resume)
     except (ConfigError, DataError, RunDirError) as e:
         if not resume:
             discard_if_empty(run_dir)
         return refuse(str(e), EXIT_BAD_INPUT, in_sweep)
 
-    generator = torch.Generator()
+    state = make_state(cfg, device)
     if checkpoint is None:
-        generator.manual_seed(cfg.seed)
-        params = make_params(cfg, generator, device)
         summary: dict[str, Any] = {
             "status": "running",
             "epochs_completed": 0,
-            "epochs_planned": cfg.train.epochs,
+            "epochs_planned": planned_epochs(cfg, data.X_train.shape[0]),
             "final_test_acc": None,
             "best_test_acc": None,
             "best_epoch": None,
@@ -303,26 +306,19 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             "error": None,
         }
     else:
-        params = make_params(cfg, torch.Generator(), device)  # shapes only; the values come next
-        for name, value in checkpoint["params"].items():
-            getattr(params, name).copy_(value)
-        generator.set_state(checkpoint["generator"])
+        state.load(checkpoint)
         summary = read_summary(run_dir)
         summary.setdefault("resumed_at", []).append(now())
         summary.update(status="running", error=None, finished_at=None)
         if checkpoint["row"] is not None and summary["epochs_completed"] < checkpoint["epoch"]:
             writer.append(checkpoint["row"])  # killed between the checkpoint and the row
+            writer.append_layers(checkpoint["epoch"], checkpoint.get("layers", []))
     summary.update(pid=os.getpid(), host=platform.node())  # lets a reader tell a live run from a killed one
     start_epoch = summary["epochs_completed"] + 1 if checkpoint is None else checkpoint["epoch"] + 1
 
-    def save_checkpoint(epoch: int, row: dict[str, float] | None) -> None:
-        writer.save_checkpoint({
-            "epoch": epoch,
-            "params": {k: v.detach().to("cpu") for k, v in params.as_dict().items()},
-            "generator": generator.get_state(),
-            "config_hash": summary["config_hash"],
-            "row": row,
-        })
+    def save_checkpoint(epoch: int, row: dict[str, float] | None, layers: Any = ()) -> None:
+        writer.save_checkpoint({**state.state_dict(), "epoch": epoch, "config_hash": summary["config_hash"],
+                                "row": row, "layers": list(layers)})
 
     try:
         if checkpoint is None:
@@ -339,11 +335,12 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     exit_code = 0
     try:
         reporter.next_epoch = start_epoch
-        with reporter.progress(cfg.train.epochs) as on_batch:
-            for m in train(cfg, data, params, generator, on_batch, start_epoch=start_epoch, should_stop=stop.requested):
+        with reporter.progress(summary["epochs_planned"]) as on_batch:
+            for m in train(cfg, data, state, on_batch, start_epoch=start_epoch, should_stop=stop.requested):
                 row = m.as_dict()
-                save_checkpoint(m.epoch, row)  # first, so a kill between the two loses nothing
+                save_checkpoint(m.epoch, row, m.layers)  # first, so a kill between the two loses nothing
                 writer.append(row)
+                writer.append_layers(m.epoch, m.layers)
                 reporter.epoch(row)
                 log.info("epoch %s", row)
                 summary.update(
@@ -382,12 +379,12 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
 
     try:
         if summary["status"] == "completed":
-            writer.save_weights(params)
+            writer.save_weights(state.params)
             summary["weights"] = "weights.pt"
             try:  # confusion.csv/.png, errors.png, curves.png: nice to have, never a reason to fail a run
                 from .analysis import write_reports
 
-                write_reports(run_dir, params, data)
+                write_reports(run_dir, arch_of(cfg), state.params, data)
             except Exception as e:  # noqa: BLE001 - logged with traceback, reported in one line
                 log.warning("analysis plots failed", exc_info=True)
                 stderr.print(f"[yellow]warning:[/yellow] could not write the analysis plots: {type(e).__name__}: {e}")

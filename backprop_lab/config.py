@@ -22,17 +22,31 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     hidden_size: int = 128
+    hidden_sizes: tuple[int, ...] | None = None  # when set, the hidden layers (hidden_size is then unused)
+    activation: str = "relu"
+    output: str = "softmax"
+    init: str = "normal"
     init_scale: float = 0.01
+    batch_norm: bool = False
+    dropout: float = 0.0
+
+    @property
+    def hidden(self) -> tuple[int, ...]:
+        return self.hidden_sizes if self.hidden_sizes is not None else (self.hidden_size,)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 0.1
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
+    steps: int | None = None  # when set, the run length in minibatches (epochs is then unused)
     fused: bool = True
 
 
@@ -42,6 +56,7 @@ class DataConfig:
     batch_size: int = 64
     train_subset: int | None = None
     download: bool = True
+    image_size: int = 28
 
 
 @dataclass(frozen=True)
@@ -50,14 +65,21 @@ class Config:
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     data: DataConfig = DataConfig()
+    loss: str = "cross_entropy"
     device: str = "auto"
     seed: int = 0
     threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain dicts and lists, as JSON and OmegaConf hold them."""
+        return asdict(self, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v for k, v in items})
 
 
+ACTIVATIONS = ("relu", "sigmoid", "tanh", "leaky_relu")  # network.ACTIVATIONS implements each
+OUTPUTS = ("softmax", "sigmoid")
+LOSSES = ("cross_entropy", "mse")
+PAIRS = {("softmax", "cross_entropy"), ("sigmoid", "mse")}  # network.HEADS: each output with its loss
+INITS = ("normal", "uniform", "xavier", "he")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 MAX_SEED = 2**63 - 1
 MAX_THREADS = 1024  # torch.set_num_threads accepts more, but no CPU run here gains from it
@@ -74,9 +96,22 @@ def _is_real(v: Any) -> bool:
 # key -> (accepts the value?, what is allowed). One table, so every rule is visible at once.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.hidden_size": (lambda v: _is_int(v) and v > 0, "a positive integer, e.g. 128"),
+    "model.hidden_sizes": (
+        lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_int(h) and h > 0 for h in v)),
+        "null (one hidden layer of hidden_size) or a non-empty list of positive integers, e.g. [256,128,64]",
+    ),
+    "model.activation": (lambda v: v in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}"),
+    "model.output": (lambda v: v in OUTPUTS, f"one of {', '.join(OUTPUTS)}"),
+    "model.init": (lambda v: v in INITS, f"one of {', '.join(INITS)}"),
     "model.init_scale": (lambda v: _is_real(v) and v > 0, "a positive finite number, e.g. 0.01"),
+    "model.batch_norm": (lambda v: isinstance(v, bool), "true or false"),
+    "model.dropout": (lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1), e.g. 0.5 (0 = no dropout)"),
     "optim.lr": (lambda v: _is_real(v) and v > 0, "a positive finite number, e.g. 0.1"),
+    "optim.momentum": (lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1), e.g. 0.9 (0 = plain SGD)"),
+    "optim.nesterov": (lambda v: isinstance(v, bool), "true or false"),
+    "optim.weight_decay": (lambda v: _is_real(v) and v >= 0, "a number >= 0, e.g. 0.0005 (0 = no L2)"),
     "train.epochs": (lambda v: _is_int(v) and v > 0, "a positive integer, e.g. 20"),
+    "train.steps": (lambda v: v is None or (_is_int(v) and v > 0), "null (run for train.epochs) or a positive integer, e.g. 40000"),
     "train.fused": (lambda v: isinstance(v, bool), "true or false"),
     "data.root": (
         lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
@@ -88,6 +123,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "null (all 60,000 images) or an integer from 1 to 60000",
     ),
     "data.download": (lambda v: isinstance(v, bool), "true or false"),
+    "data.image_size": (lambda v: v in (28, 14), "28 (MNIST as it is) or 14 (2x2 mean pooling)"),
+    "loss": (lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}"),
     "device": (
         lambda v: isinstance(v, str) and DEVICE_PATTERN.match(v) is not None,
         "auto, cpu, cuda, cuda:N or mps",
@@ -167,10 +204,28 @@ def from_container(raw: dict[str, Any]) -> Config:
                 kwargs[f.name] = build(type(f.default), prefix + f.name + ".")
             else:
                 v = values[prefix + f.name]
-                kwargs[f.name] = float(v) if f.type == "float" else v
+                kwargs[f.name] = float(v) if f.type == "float" else tuple(v) if isinstance(v, list) else v
         return cls(**kwargs)
 
-    return build(Config, "")
+    cfg = build(Config, "")
+    check_combination(cfg)
+    return cfg
+
+
+def check_combination(cfg: Config) -> None:
+    """Rules between keys, each valid on its own."""
+    m, o = cfg.model, cfg.optim
+    if m.hidden_sizes is not None and m.hidden_size != ModelConfig.hidden_size:
+        raise ConfigError(
+            f"model.hidden_size={m.hidden_size} and model.hidden_sizes={list(m.hidden_sizes)} both given: use one "
+            f"(one hidden layer of {m.hidden_size} is model.hidden_sizes=[{m.hidden_size}])"
+        )
+    if (m.output, cfg.loss) not in PAIRS:
+        fit = next(out for out, loss in PAIRS if loss == cfg.loss)
+        raise ConfigError(f"loss={cfg.loss} does not go with model.output={m.output}: "
+                          f"loss={cfg.loss} needs model.output={fit}")
+    if o.nesterov and o.momentum == 0:
+        raise ConfigError("optim.nesterov=true needs optim.momentum > 0, e.g. optim.momentum=0.9")
 
 
 def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:

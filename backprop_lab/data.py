@@ -54,6 +54,14 @@ def normalise(images: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return x.div_(255).sub_(0.5).div_(0.5)  # in place: each new 188 MB tensor costs page faults
 
 
+def pool2x2(X: Tensor) -> Tensor:
+    """(n, 784) images -> (n, 196): each output pixel the mean of a 2x2 block, as the book's
+    chapter-10 network sees MNIST at 14x14."""
+    n = X.shape[0]
+    blocks = X.reshape(n, 14, 2, 14, 2)  # (n, row, row-in-block, column, column-in-block)
+    return blocks.mean(dim=(2, 4)).reshape(n, 196)
+
+
 def candidate_dirs(root: Path) -> list[Path]:
     """Where files may sit: the folder itself, or torchvision's `<root>/MNIST/raw` layout."""
     return [root, root / "MNIST" / "raw"]
@@ -110,8 +118,10 @@ def load_mnist(
     device: torch.device | str = "cpu",
     download_missing: bool = False,
     dtype: torch.dtype = torch.float32,
+    image_size: int = 28,
 ) -> MNIST:
-    """Load, verify and normalise MNIST; `train_subset` keeps the first N training images."""
+    """Load, verify and normalise MNIST; `train_subset` keeps the first N training images;
+    `image_size=14` mean-pools each 2x2 block (after normalising: the mean is linear, so the same)."""
     folder = SHIPPED_ROOT if root is None else Path(root).expanduser()
     if root is not None and folder.exists() and not folder.is_dir():
         raise DataError(f"data.root={str(root)!r} is a file, not a folder holding the MNIST files")
@@ -131,11 +141,15 @@ def load_mnist(
     train_images = arrays["train-images-idx3-ubyte"][:train_subset].to(device)
     y_train = arrays["train-labels-idx1-ubyte"][:train_subset].to(device).long()
     y_test = arrays["t10k-labels-idx1-ubyte"].to(device).long()
+    X_train = normalise(train_images, dtype)
+    X_test = normalise(arrays["t10k-images-idx3-ubyte"].to(device), dtype)
+    if image_size == 14:
+        X_train, X_test = pool2x2(X_train), pool2x2(X_test)
     return MNIST(
-        X_train=normalise(train_images, dtype),
+        X_train=X_train,
         Y_train=one_hot(y_train, dtype),
         y_train=y_train,
-        X_test=normalise(arrays["t10k-images-idx3-ubyte"].to(device), dtype),
+        X_test=X_test,
         Y_test=one_hot(y_test, dtype),
         y_test=y_test,
         source=folder,

@@ -1,6 +1,7 @@
 """The run directory's files, written by one writer.
 
     metrics.csv    one row per completed epoch, appended and flushed as each epoch ends
+    grads.csv      per epoch and layer: gradient norm, weight norm, update-to-weight ratio
     summary.json   status and headline results; rewritten atomically (temp file + rename)
     weights.pt     the final parameters, a dict of CPU tensors for torch.load
     checkpoint.pt  the state after the last completed epoch (parameters, shuffle RNG,
@@ -22,9 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .backprop import Params
+    from torch import Tensor
 
 METRICS = "metrics.csv"
+GRADS = "grads.csv"
+GRADS_COLUMNS = ["epoch", "layer", "grad_norm", "weight_norm", "update_ratio"]
 SUMMARY = "summary.json"
 WEIGHTS = "weights.pt"
 CHECKPOINT = "checkpoint.pt"
@@ -99,12 +102,24 @@ class RunWriter:
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write(self.run_dir / SUMMARY, lambda f: json.dump(summary, f, indent=2) or f.write("\n"))
 
-    def save_weights(self, params: Params) -> None:
+    def append_layers(self, epoch: int, layers: Any) -> None:
+        """One grads.csv row per layer for this epoch (the header first, if the file is new)."""
+        if not layers:
+            return
+        with open(self.run_dir / GRADS, "a", newline="") as f:
+            out = csv.writer(f)
+            if f.tell() == 0:
+                out.writerow(GRADS_COLUMNS)
+            for stats in layers:
+                out.writerow([_csv_value(v) for v in ({**stats, "epoch": epoch}[c] for c in GRADS_COLUMNS)])
+            f.flush()
+            os.fsync(f.fileno())
+
+    def save_weights(self, params: dict[str, Tensor]) -> None:
         import torch
 
-        cpu = {name: t.detach().to("cpu") for name, t in params.as_dict().items()}
+        cpu = {name: t.detach().to("cpu") for name, t in params.items()}
         atomic_write(self.run_dir / WEIGHTS, lambda f: torch.save(cpu, f), mode="wb")
-
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         import torch
@@ -135,6 +150,15 @@ def config_hash(config: dict[str, Any]) -> str:
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:
     with open(run_dir / METRICS, newline="") as f:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def read_layers(run_dir: Path) -> list[dict[str, float]]:
+    """grads.csv as rows of floats ([] for runs from before it existed)."""
+    try:
+        with open(run_dir / GRADS, newline="") as f:
+            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except FileNotFoundError:
+        return []
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

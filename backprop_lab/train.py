@@ -8,6 +8,12 @@ data; test metrics come from a full pass over the test set after each epoch. The
 stay on the device and are read in chunks (divergence checks, progress) and once per
 epoch, so a GPU is not made to wait on the host at every batch.
 
+The chapter's network with plain SGD trains through backprop.fused_step (unless
+train.fused=false); every other model (network.py: any depth, activation, batch norm,
+dropout, momentum, L2) through network.forward / backward / sgd_update. After each epoch,
+`layer_stats` measures every layer's gradient norm and update-to-weight ratio on a fixed
+probe batch (the first 1,000 training images), a few milliseconds.
+
 It stops early for two reasons only, both as exceptions that name the epoch and batch:
 `Diverged` (a logit became NaN or infinite) and `Stopped` (the caller asked, e.g. Ctrl-C);
 in both cases the parameters are left as they were after the last full batch.
@@ -17,17 +23,20 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
 
 import torch
 
-from .backprop import Params, backward, cross_entropy, evaluate, forward, fused_step, init_params, sgd_step
+from . import network
+from .backprop import Params as ChapterParams
+from .backprop import fused_step
 from .config import Config, ConfigError
 from .data import MNIST
 
 # Progress callback: (batches done, batches in the epoch, running mean train loss).
 OnBatch = Callable[[int, int, float], None]
+PROBE = 1000  # training images in the fixed batch that layer_stats measures each epoch
 
 
 @dataclass(frozen=True)
@@ -39,9 +48,13 @@ class EpochMetrics:
     test_acc: float  # fraction in [0, 1]
     seconds: float  # wall time of the epoch, training and test evaluation
     samples_per_s: float  # training samples / seconds
+    layers: tuple[dict[str, float], ...] = field(default=(), compare=False)  # network.layer_stats, per layer
 
     def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+        """The metrics.csv row: everything but the per-layer statistics."""
+        row = asdict(self)
+        del row["layers"]
+        return row
 
 
 class Diverged(ArithmeticError):
@@ -79,76 +92,140 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_params(cfg: Config, generator: torch.Generator, device: torch.device) -> Params:
-    return init_params(cfg.model.hidden_size, cfg.model.init_scale, generator, device=device)
+def arch_of(cfg: Config) -> network.Arch:
+    n_inputs = cfg.data.image_size ** 2
+    return network.Arch(
+        sizes=(n_inputs, *cfg.model.hidden, 10),
+        activation=cfg.model.activation,
+        output=cfg.model.output,
+        loss=cfg.loss,
+        batch_norm=cfg.model.batch_norm,
+        dropout=cfg.model.dropout,
+    )
+
+
+def sgd_of(cfg: Config) -> network.SGD:
+    o = cfg.optim
+    return network.SGD(lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
+
+
+def planned_epochs(cfg: Config, n_train: int) -> int:
+    """train.epochs, or with train.steps the epochs those minibatches span (the last may be partial)."""
+    if cfg.train.steps is None:
+        return cfg.train.epochs
+    return math.ceil(cfg.train.steps / math.ceil(n_train / cfg.data.batch_size))
+
+
+@dataclass
+class State:
+    """Everything training changes: parameters (with batch norm's running statistics),
+    momentum buffers, and the generators of the shuffle (CPU) and of dropout masks (the
+    data's device). A checkpoint of it makes a resumed run identical to an unbroken one."""
+
+    params: network.Params
+    velocity: network.Params
+    shuffle: torch.Generator
+    dropout: torch.Generator
+
+    def state_dict(self) -> dict[str, Any]:
+        cpu = lambda d: {k: v.detach().to("cpu") for k, v in d.items()}  # noqa: E731
+        return {"params": cpu(self.params), "velocity": cpu(self.velocity),
+                "generator": self.shuffle.get_state(), "dropout_generator": self.dropout.get_state()}
+
+    def load(self, saved: dict[str, Any]) -> None:
+        for name, value in saved["params"].items():
+            self.params[name].copy_(value)
+        device = next(iter(self.params.values())).device
+        self.velocity.update({k: v.to(device) for k, v in saved.get("velocity", {}).items()})
+        self.shuffle.set_state(saved["generator"])
+        if "dropout_generator" in saved:  # absent in checkpoints of runs from before dropout existed
+            self.dropout.set_state(saved["dropout_generator"])
+
+
+def make_state(cfg: Config, device: torch.device) -> State:
+    """A fresh, seeded start: the seed draws the initial weights, then each epoch's shuffle."""
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    params = network.init_params(arch_of(cfg), cfg.model.init, cfg.model.init_scale, shuffle, device=device)
+    dropout = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    return State(params=params, velocity={}, shuffle=shuffle, dropout=dropout)
+
+
+def uses_fused_step(cfg: Config) -> bool:
+    o = cfg.optim
+    return cfg.train.fused and arch_of(cfg).is_chapter and o.momentum == 0 and o.weight_decay == 0
 
 
 def train(
     cfg: Config,
     data: MNIST,
-    params: Params,
-    generator: torch.Generator,
+    state: State,
     on_batch: OnBatch | None = None,
     progress_every: int = 50,
     start_epoch: int = 1,
     should_stop: Callable[[], bool] | None = None,
 ) -> Iterator[EpochMetrics]:
-    """Train `params` in place for epochs start_epoch..cfg.train.epochs, yielding each epoch's metrics.
+    """Train `state` in place from epoch start_epoch to the planned end, yielding each epoch's metrics.
 
-    `generator` (a CPU generator) draws each epoch's shuffle, so a seeded generator, or one
-    restored from a checkpoint, makes the run reproducible. `on_batch` is called every
-    `progress_every` batches and `should_stop` after every batch.
+    `on_batch` is called every `progress_every` batches and `should_stop` after every batch.
     """
     X_all, Y_all = data.X_train, data.Y_train
     n = X_all.shape[0]
     batch = cfg.data.batch_size
     n_batches = math.ceil(n / batch)
-    lr = cfg.optim.lr
-    fused = cfg.train.fused
+    total_steps = cfg.train.steps or cfg.train.epochs * n_batches
+    arch, opt, params = arch_of(cfg), sgd_of(cfg), state.params
+    chapter = ChapterParams(params["W1"], params["b1"], params["W2"], params["b2"]) if uses_fused_step(cfg) else None
     device = X_all.device
     check_every = divergence_check_every(device)
     # Each batch's logits, kept as trained, so the epoch's train loss and accuracy are
     # computed in one vectorised pass instead of a handful of tiny ops per batch.
     Z = torch.empty(n, Y_all.shape[1], dtype=X_all.dtype, device=device)  # (n,10)
+    X_probe, Y_probe = X_all[:PROBE], Y_all[:PROBE]
 
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
+    for epoch in range(start_epoch, planned_epochs(cfg, n) + 1):
         start = time.perf_counter()
-        order = torch.randperm(n, generator=generator).to(device)  # reshuffled every epoch
+        order = torch.randperm(n, generator=state.shuffle).to(device)  # reshuffled every epoch
+        steps = min(n_batches, total_steps - (epoch - 1) * n_batches)  # fewer in a train.steps run's last epoch
+        trained = min(n, steps * batch)  # rows of this epoch's order that are trained
         checked = 0  # rows of Z already checked for NaN/inf
         reported, reported_loss = 0, 0.0  # rows already in the progress bar's running loss
-        for i in range(n_batches):
+        for i in range(steps):
             rows = slice(i * batch, (i + 1) * batch)
             idx = order[rows]
             X, Y = X_all.index_select(0, idx), Y_all.index_select(0, idx)  # (m,784), (m,10)
-            if fused:
-                fused_step(params, X, Y, lr, z2_out=Z[rows])
+            if chapter is not None:
+                fused_step(chapter, X, Y, opt.lr, z2_out=Z[rows])
             else:
-                cache = forward(params, X)
-                sgd_step(params, backward(params, cache, Y), lr)
-                Z[rows] = cache.z2
+                cache = network.forward(arch, params, X, train=True, dropout=state.dropout)
+                grads = network.backward(arch, params, cache, Y)
+                network.update_running_stats(arch, params, cache)
+                network.sgd_update(opt, params, grads, state.velocity)
+                Z[rows] = cache.z
             seen = min(n, (i + 1) * batch)
-            if (i + 1) % check_every == 0 or i + 1 == n_batches:
+            if (i + 1) % check_every == 0 or i + 1 == steps:
                 finite = torch.isfinite(Z[checked:seen]).all(dim=1)  # (rows,)
                 if not finite.all():
                     first_bad_row = checked + int(finite.logical_not().nonzero()[0])
                     raise Diverged(epoch, first_bad_row // batch + 1)
                 checked = seen
-            if on_batch is not None and ((i + 1) % progress_every == 0 or i + 1 == n_batches):
+            if on_batch is not None and ((i + 1) % progress_every == 0 or i + 1 == steps):
                 new = slice(reported, seen)
-                reported_loss += cross_entropy(Z[new], Y_all[order[new]]).item() * (seen - reported)
+                reported_loss += network.loss_of(arch, Z[new], Y_all[order[new]]).item() * (seen - reported)
                 reported = seen
-                on_batch(i + 1, n_batches, reported_loss / seen)
+                on_batch(i + 1, steps, reported_loss / seen)
             if should_stop is not None and should_stop():
                 raise Stopped(epoch, i + 1)
 
-        Y_epoch = Y_all.index_select(0, order)  # (n,10) targets in the order trained
-        train_loss = cross_entropy(Z, Y_epoch).item()
-        train_acc = (Z.argmax(dim=1) == Y_epoch.argmax(dim=1)).sum().item() / n
-        test_loss_sum, test_correct = evaluate(params, data.X_test, data.Y_test)
+        Z_epoch = Z[:trained]
+        Y_epoch = Y_all.index_select(0, order[:trained])  # (trained,10) targets in the order trained
+        train_loss = network.loss_of(arch, Z_epoch, Y_epoch).item()
+        train_acc = (Z_epoch.argmax(dim=1) == Y_epoch.argmax(dim=1)).sum().item() / trained
+        test_loss_sum, test_correct = network.evaluate(arch, params, data.X_test, data.Y_test)
         n_test = data.X_test.shape[0]
         test_loss = test_loss_sum.item() / n_test
         if not math.isfinite(test_loss):  # finite logits but weights gone to inf
-            raise Diverged(epoch, n_batches)
+            raise Diverged(epoch, steps)
+        layers = tuple(network.layer_stats(arch, opt, params, state.velocity, X_probe, Y_probe))
         seconds = time.perf_counter() - start
         yield EpochMetrics(
             epoch=epoch,
@@ -157,5 +234,6 @@ def train(
             test_loss=test_loss,
             test_acc=test_correct.item() / n_test,
             seconds=seconds,
-            samples_per_s=n / seconds,
+            samples_per_s=trained / seconds,
+            layers=layers,
         )

@@ -138,7 +138,7 @@ def test_training_uses_no_autograd(small_mnist, monkeypatch, fused):
     from dataclasses import replace
 
     from backprop_lab.config import Config
-    from backprop_lab.train import make_params, train
+    from backprop_lab.train import make_state, train
 
     def forbidden(*a, **k):
         raise AssertionError("autograd called during training")
@@ -148,16 +148,15 @@ def test_training_uses_no_autograd(small_mnist, monkeypatch, fused):
     monkeypatch.setattr(torch.autograd, "grad", forbidden)
     cfg = Config()
     cfg = replace(cfg, train=replace(cfg.train, epochs=1, fused=fused))
-    g = torch.Generator().manual_seed(0)
-    params = make_params(cfg, g, torch.device("cpu"))
+    state = make_state(cfg, torch.device("cpu"))
     assert torch.is_grad_enabled()  # training does not hide behind no_grad
     with AutogradWatch() as watch:
-        metrics = list(train(cfg, small_mnist, params, g))
+        metrics = list(train(cfg, small_mnist, state))
     assert len(metrics) == 1
     batches = small_mnist.X_train.shape[0] // cfg.data.batch_size
     assert watch.calls > 10 * batches  # every op of every batch went through the watch
     assert watch.offenders == []
-    assert not any(t.requires_grad for t in params.as_dict().values())
+    assert not any(t.requires_grad for t in state.params.values())
 
 
 def test_one_sgd_step_of_the_trainer_equals_an_independent_step(small_mnist):
@@ -166,7 +165,7 @@ def test_one_sgd_step_of_the_trainer_equals_an_independent_step(small_mnist):
 
     from backprop_lab.config import Config
     from backprop_lab.data import MNIST
-    from backprop_lab.train import train
+    from backprop_lab.train import State, train
 
     m, lr = 64, 0.1
     X = small_mnist.X_train[:m].double()
@@ -182,8 +181,9 @@ def test_one_sgd_step_of_the_trainer_equals_an_independent_step(small_mnist):
 
     cfg = Config()
     cfg = replace(cfg, train=replace(cfg.train, epochs=1), data=replace(cfg.data, batch_size=m),
-                  optim=replace(cfg.optim, lr=lr))
-    list(train(cfg, data, params, torch.Generator().manual_seed(0)))
+                  optim=replace(cfg.optim, lr=lr), model=replace(cfg.model, hidden_size=16))
+    state = State(params=params.as_dict(), velocity={}, shuffle=torch.Generator(), dropout=torch.Generator())
+    list(train(cfg, data, state))  # trains the tensors of `params` in place
     for name, value in params.as_dict().items():
         assert not torch.equal(value, ref[name])
         assert torch.allclose(value, expected[name], rtol=0, atol=1e-13), name
@@ -206,15 +206,14 @@ def test_fused_and_plain_training_agree_float32(small_mnist):
     from dataclasses import replace
 
     from backprop_lab.config import Config
-    from backprop_lab.train import make_params, train
+    from backprop_lab.train import make_state, train
 
     results = {}
     for fused in (True, False):
         cfg = Config()
         cfg = replace(cfg, train=replace(cfg.train, epochs=1, fused=fused))
-        g = torch.Generator().manual_seed(0)
-        params = make_params(cfg, g, torch.device("cpu"))
-        results[fused] = (list(train(cfg, small_mnist, params, g))[0], params)
+        state = make_state(cfg, torch.device("cpu"))
+        results[fused] = (list(train(cfg, small_mnist, state))[0], state.params)
     (m1, p1), (m2, p2) = results[True], results[False]
     assert abs(m1.train_loss - m2.train_loss) < 1e-4 and abs(m1.test_acc - m2.test_acc) < 0.005
-    assert rel_err(p1.W1, p2.W1) < 1e-4
+    assert rel_err(p1["W1"], p2["W1"]) < 1e-4

@@ -12,10 +12,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from backprop_lab.backprop import evaluate
+from backprop_lab.backprop import Params, evaluate
 from backprop_lab.bench import autograd_model, autograd_train_epoch, main, model_params
 from backprop_lab.config import Config
-from backprop_lab.train import make_params, train
+from backprop_lab.bench import make_params
+from backprop_lab.train import make_state, train
 
 from .conftest import run_cli
 
@@ -72,10 +73,10 @@ def test_bad_arguments_give_a_usage_error_without_a_traceback(capsys, args):
 def test_autograd_baseline_trains_like_the_hand_written_path(small_mnist):
     """One epoch from the same weights over the same shuffle: (b) and train.train agree."""
     cfg = replace(Config(), train=replace(Config().train, epochs=1, fused=False))
-    g = torch.Generator().manual_seed(0)
-    hand = make_params(cfg, g, "cpu")
+    state = make_state(cfg, torch.device("cpu"))
+    hand = Params(state.params["W1"], state.params["b1"], state.params["W2"], state.params["b2"])
     model = autograd_model(hand)  # a copy: each path trains its own weights
-    (record,) = train(cfg, small_mnist, hand, g)
+    (record,) = train(cfg, small_mnist, state)
 
     g = torch.Generator().manual_seed(0)
     make_params(cfg, g, "cpu")  # advance the generator as above, so the shuffle is the same

@@ -1,0 +1,222 @@
+"""The lab's network (any depth, activations, batch norm, dropout, MSE, momentum, L2) against
+torch.autograd and torch's own layers in float64, and against central finite differences."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backprop_lab import backprop as bp
+from backprop_lab import network as nw
+
+from .test_backprop import rel_err
+
+
+def problem(arch: nw.Arch, m=24, seed=0, init="normal", scale=0.3):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(m, arch.sizes[0], generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (m,), generator=g)
+    params = nw.init_params(arch, init, scale, g, dtype=torch.float64)
+    for name, p in params.items():  # move batch norm and biases off their trivial starts
+        if name.startswith(("b", "gamma", "beta")):
+            p.add_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.2)
+    return X, y, bp.one_hot(y, torch.float64), params
+
+
+TORCH_ACT = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
+             "leaky_relu": lambda z: F.leaky_relu(z, nw.LEAK)}
+
+
+def reference_loss(arch: nw.Arch, params, X, y, train=True, masks=None):
+    """The same network written with torch's functional layers, for autograd to differentiate."""
+    a = X
+    L = arch.n_layers
+    for l in range(1, L):
+        if arch.batch_norm:
+            z = F.linear(a, params[f"W{l}"].T)
+            z = F.batch_norm(z, params[f"mean{l}"].clone(), params[f"var{l}"].clone(), params[f"gamma{l}"],
+                             params[f"beta{l}"], training=train, eps=nw.BN_EPS)
+        else:
+            z = F.linear(a, params[f"W{l}"].T, params[f"b{l}"])
+        a = TORCH_ACT[arch.activation](z)
+        if masks is not None and masks[l - 1] is not None:
+            a = a * masks[l - 1]
+    z = F.linear(a, params[f"W{L}"].T, params[f"b{L}"])
+    if arch.loss == "cross_entropy":
+        return F.cross_entropy(z, y)
+    return 0.5 * F.mse_loss(torch.sigmoid(z), F.one_hot(y, 10).double(), reduction="sum") / X.shape[0]
+
+
+def reference_grads(arch, params, X, y, train=True, masks=None):
+    leaves = {k: v.clone().requires_grad_(nw.is_trained(k)) for k, v in params.items()}
+    loss = reference_loss(arch, leaves, X, y, train, masks)
+    trained = [k for k in leaves if nw.is_trained(k)]
+    return dict(zip(trained, torch.autograd.grad(loss, [leaves[k] for k in trained]))), loss
+
+
+GRID = list(itertools.product(
+    ["relu", "sigmoid", "tanh", "leaky_relu"],  # activation
+    [False, True],  # batch norm
+    [0.0, 0.4],  # dropout
+    [("softmax", "cross_entropy"), ("sigmoid", "mse")],
+))
+
+
+@pytest.mark.parametrize("activation,batch_norm,dropout,head", GRID,
+                         ids=[f"{a}-bn{int(b)}-drop{d}-{h[1]}" for a, b, d, h in GRID])
+def test_gradients_match_autograd_float64(activation, batch_norm, dropout, head):
+    arch = nw.Arch(sizes=(12, 9, 7, 10), activation=activation, output=head[0], loss=head[1],
+                   batch_norm=batch_norm, dropout=dropout)
+    X, y, Y, params = problem(arch)
+    cache = nw.forward(arch, params, X, train=True, dropout=torch.Generator().manual_seed(3))
+    grads = nw.backward(arch, params, cache, Y)
+    # the masks are an input of the step (random numbers), so the reference reuses them
+    ref, loss = reference_grads(arch, params, X, y, masks=cache.masks)
+    assert set(grads) == set(ref)
+    for name in ref:
+        assert grads[name].shape == ref[name].shape, name
+        assert rel_err(grads[name], ref[name]) < 1e-10, name
+    assert nw.loss_of(arch, cache.z, Y).item() == pytest.approx(loss.item(), rel=1e-12)
+
+
+def test_dropout_masks_drop_and_rescale():
+    arch = nw.Arch(sizes=(50, 400, 10), dropout=0.25)
+    X, _, _, params = problem(arch, m=200)
+    mask = nw.forward(arch, params, X, dropout=torch.Generator().manual_seed(0)).masks[0]
+    assert set(mask.unique().tolist()) == {0.0, 1 / 0.75}
+    assert (mask == 0).double().mean().item() == pytest.approx(0.25, abs=0.01)
+    # without a generator (evaluation, diagnostics) nothing is dropped
+    assert nw.forward(arch, params, X).masks == [None]
+
+
+def test_batch_norm_evaluation_mode_uses_running_statistics():
+    arch = nw.Arch(sizes=(12, 9, 10), activation="tanh", batch_norm=True)
+    X, y, Y, params = problem(arch)
+    params["mean1"].copy_(torch.linspace(-1, 1, 9, dtype=torch.float64))
+    params["var1"].copy_(torch.linspace(0.5, 2, 9, dtype=torch.float64))
+    cache = nw.forward(arch, params, X, train=False)
+    ref, loss = reference_grads(arch, params, X, y, train=False)
+    assert nw.loss_of(arch, cache.z, Y).item() == pytest.approx(loss.item(), rel=1e-12)
+    # each row is now independent of the others: one example gives the same logits alone
+    alone = nw.forward(arch, params, X[:1], train=False).z
+    assert torch.allclose(alone, cache.z[:1], rtol=0, atol=1e-12)
+
+
+def test_running_statistics_follow_torch_batchnorm1d():
+    arch = nw.Arch(sizes=(12, 9, 10), batch_norm=True)
+    X, _, _, params = problem(arch)
+    bn = torch.nn.BatchNorm1d(9, eps=nw.BN_EPS, momentum=nw.BN_MOMENTUM).double()
+    for step in range(3):
+        Xs = X + step
+        nw.update_running_stats(arch, params, nw.forward(arch, params, Xs))
+        bn(Xs @ params["W1"])
+    assert torch.allclose(params["mean1"], bn.running_mean, rtol=0, atol=1e-12)
+    assert torch.allclose(params["var1"], bn.running_var, rtol=0, atol=1e-12)
+
+
+def test_chapter_network_is_backprop_py():
+    arch = nw.Arch(sizes=(784, 20, 10))
+    X, y, Y, params = problem(arch, m=32)
+    chapter = bp.Params(**params)
+    cache = nw.forward(arch, params, X)
+    grads = nw.backward(arch, params, cache, Y)
+    mine = bp.backward(chapter, bp.forward(chapter, X), Y)
+    for name in ("W1", "b1", "W2", "b2"):
+        assert torch.allclose(grads[name], getattr(mine, "d" + name), rtol=0, atol=1e-14), name
+    # and the same starting weights from the same seed
+    a = nw.init_params(arch, "normal", 0.01, torch.Generator().manual_seed(5))
+    b = bp.init_params(20, 0.01, torch.Generator().manual_seed(5))
+    assert all(torch.equal(a[k], getattr(b, k)) for k in ("W1", "b1", "W2", "b2"))
+
+
+@pytest.mark.parametrize("arch", [
+    nw.Arch(sizes=(8, 6, 5, 10), activation="tanh", batch_norm=True),
+    nw.Arch(sizes=(8, 6, 5, 10), activation="sigmoid", output="sigmoid", loss="mse"),
+], ids=["tanh-bn-ce", "sigmoid-mse"])
+def test_gradients_match_central_finite_differences(arch):
+    X, y, Y, params = problem(arch, m=10, seed=2)
+    grads = nw.backward(arch, params, nw.forward(arch, params, X), Y)
+    eps = 1e-6
+    g = torch.Generator().manual_seed(1)
+    for name, grad in grads.items():
+        for _ in range(3):
+            i = int(torch.randint(0, params[name].numel(), (1,), generator=g))
+            flat = params[name].view(-1)
+            old = flat[i].item()
+            flat[i] = old + eps
+            up = nw.loss_of(arch, nw.forward(arch, params, X).z, Y).item()
+            flat[i] = old - eps
+            down = nw.loss_of(arch, nw.forward(arch, params, X).z, Y).item()
+            flat[i] = old
+            numeric = (up - down) / (2 * eps)
+            assert grad.view(-1)[i].item() == pytest.approx(numeric, rel=1e-5, abs=1e-9), (name, i)
+
+
+@pytest.mark.parametrize("momentum,nesterov,weight_decay", [(0.0, False, 0.0), (0.0, False, 0.01), (0.9, False, 0.0),
+                                                             (0.9, True, 0.0), (0.5, True, 0.05)])
+def test_sgd_update_follows_torch_optim_sgd(momentum, nesterov, weight_decay):
+    arch = nw.Arch(sizes=(6, 5, 10), batch_norm=True)
+    X, y, Y, params = problem(arch, seed=4)
+    mine = {k: v.clone() for k, v in params.items()}
+    theirs = {k: v.clone().requires_grad_(nw.is_trained(k)) for k, v in params.items()}
+    opt = nw.SGD(lr=0.2, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    groups = [{"params": [v for k, v in theirs.items() if k.startswith("W")], "weight_decay": weight_decay},
+              {"params": [v for k, v in theirs.items() if k.startswith(("b", "gamma", "beta"))], "weight_decay": 0.0}]
+    torch_opt = torch.optim.SGD(groups, lr=0.2, momentum=momentum, nesterov=nesterov)
+    velocity: nw.Params = {}
+    for step in range(4):
+        Xs = X * (1 + step / 4)  # a different batch each step
+        nw.sgd_update(opt, mine, nw.backward(arch, mine, nw.forward(arch, mine, Xs), Y), velocity)
+        torch_opt.zero_grad()
+        reference_loss(arch, theirs, Xs, y).backward()
+        torch_opt.step()
+    for k in mine:
+        if nw.is_trained(k):
+            assert rel_err(mine[k], theirs[k].detach()) < 1e-12, k
+    assert bool(velocity) == (momentum > 0)
+
+
+def test_weight_decay_is_the_gradient_of_an_l2_penalty():
+    arch = nw.Arch(sizes=(6, 5, 10))
+    X, y, Y, params = problem(arch, seed=5)
+    wd = 0.03
+    grads = nw.backward(arch, params, nw.forward(arch, params, X), Y)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    penalty = sum((v ** 2).sum() for k, v in leaves.items() if k.startswith("W")) * wd / 2
+    ref = dict(zip(leaves, torch.autograd.grad(reference_loss(arch, leaves, X, y) + penalty, list(leaves.values()))))
+    for name in params:
+        d, _ = nw.sgd_direction(nw.SGD(weight_decay=wd), name, params[name], grads[name], None)
+        assert rel_err(d, ref[name]) < 1e-10, name
+
+
+def test_initialisations():
+    arch = nw.Arch(sizes=(400, 300, 10))
+    g = torch.Generator().manual_seed(0)
+    uni = nw.init_params(arch, "uniform", 0.5, g)
+    assert all(-0.5 <= v.min() and v.max() < 0.5 and v.std() > 0.25 for v in uni.values())
+    assert uni["b1"].abs().sum() > 0  # the book draws biases too
+    xavier = nw.init_params(arch, "xavier", 123.0, g)  # the scale is not used
+    assert xavier["W1"].std().item() == pytest.approx(math.sqrt(2 / 700), rel=0.02)
+    he = nw.init_params(arch, "he", 0.01, g)
+    assert he["W1"].std().item() == pytest.approx(math.sqrt(2 / 400), rel=0.02)
+    assert he["b1"].abs().sum() == 0
+    bn = nw.init_params(nw.Arch(sizes=(4, 3, 10), batch_norm=True), "he", 0.01, g)
+    assert sorted(bn) == ["W1", "W2", "b2", "beta1", "gamma1", "mean1", "var1"]
+    assert torch.equal(bn["gamma1"], torch.ones(3)) and torch.equal(bn["var1"], torch.ones(3))
+
+
+def test_layer_stats_are_the_autograd_gradient_norms():
+    arch = nw.Arch(sizes=(12, 9, 7, 10), activation="sigmoid")
+    X, y, Y, params = problem(arch)
+    ref, _ = reference_grads(arch, params, X, y)
+    rows = nw.layer_stats(arch, nw.SGD(lr=0.3), params, {}, X, Y)
+    assert [r["layer"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        W = params[f"W{r['layer']}"]
+        assert r["grad_norm"] == pytest.approx(ref[f"W{r['layer']}"].norm().item(), rel=1e-10)
+        assert r["weight_norm"] == pytest.approx(W.norm().item())
+        assert r["update_ratio"] == pytest.approx(0.3 * r["grad_norm"] / r["weight_norm"], rel=1e-10)
