@@ -10,10 +10,10 @@
 
 `write_reports` writes all four when a run completes (one forward pass over the test set plus
 three small figures); `show --plot` redraws curves.png alone. Predictions go through
-backprop.forward, so this module holds no network math of its own. torch is imported inside the
+network.forward, so this module holds no network math of its own. torch is imported inside the
 functions that need it, so `show --plot` stays as quick as the rest of `show`.
 
-Left out: a rich confusion table in the terminal, and the book's chapter-10 network (issue 7, item 5).
+The terminal renderings (the rich confusion table, a test digit as text art) are in views.py.
 """
 
 from __future__ import annotations
@@ -331,7 +331,12 @@ def predict_main(argv: list[str]) -> int:
     for name, ps, cs in zip(names, top_p.tolist(), top_c.tolist()):
         table.add_row(name, *(f"[bold]{c}[/bold]  {p:6.1%}" if i == 0 else f"{c}  {p:6.1%}"
                               for i, (c, p) in enumerate(zip(cs, ps))))
-    Console().print(table)
+    console = Console()
+    if args.from_test is not None:
+        from .views import digit_art
+
+        console.print(digit_art(X[0]))
+    console.print(table)
     return 0
 
 

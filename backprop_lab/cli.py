@@ -98,6 +98,9 @@ def check_overrides(argv: list[str]) -> None:
 
     args, unknown = get_args_parser().parse_known_args(argv)
     unknown += [a for a in argv if a == "--"]  # argparse swallows it; Hydra's parser would not
+    if unknown and "=" in unknown[0] and not unknown[0].startswith("-"):
+        raise ConfigError(f"{unknown[0]!r} follows an option's value: give KEY=VALUE overrides before "
+                          f"options such as --cfg job, or all together after -m")
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r}: overrides are KEY=VALUE; see backprop-lab --help")
     try:
@@ -384,7 +387,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             try:  # confusion.csv/.png, errors.png, curves.png: nice to have, never a reason to fail a run
                 from .analysis import write_reports
 
-                write_reports(run_dir, arch_of(cfg), state.params, data)
+                confusion = write_reports(run_dir, arch_of(cfg), state.params, data)
+                reporter.confusion(confusion)
             except Exception as e:  # noqa: BLE001 - logged with traceback, reported in one line
                 log.warning("analysis plots failed", exc_info=True)
                 stderr.print(f"[yellow]warning:[/yellow] could not write the analysis plots: {type(e).__name__}: {e}")

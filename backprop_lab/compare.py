@@ -1,22 +1,30 @@
 """`backprop-lab show RUN_DIR` and `backprop-lab compare [PATH ...]`: read saved runs, never retrain.
 
-Both read only what a run wrote (summary.json, metrics.csv, and .hydra/config.yaml or the log
-when those are all a run left), and never import torch, so they answer in a fraction of a second.
+Both read only what a run wrote (summary.json, metrics.csv, grads.csv, confusion.csv, and
+.hydra/config.yaml or the log when those are all a run left), and never import torch, so they
+answer in a fraction of a second.
 
-    show     one run's header, per-epoch table and summary panel, printed by the same Reporter
-             calls as during training
+    show     one run's header, per-epoch table, confusion matrix and summary panel, printed by the
+             same Reporter calls as during training; then, from grads.csv, a per-layer table of
+             |dW| at the first and last epoch, |W| and the update-to-weight ratio at the last
     compare  every run directory under the given paths in one table: the config keys that differ
              between the listed runs (and only those), final and best test accuracy, final test
-             loss, epochs, training time and status; sorted, filtered, exported, plotted
+             loss, epochs, training time, |dW1| (the first layer's gradient norm at the last
+             epoch, when a listed run has grads.csv) and status; sorted, filtered, exported,
+             plotted: --plot FILE.png draws the test curves, and FILE-grads.png next to it each
+             run's per-layer gradient norms over the epochs (log scale, one panel per run)
 
 Broken runs never stop a comparison: each is listed with status `incomplete` (killed: a
 `running` summary whose process is gone, or metrics.csv without a summary), `refused` (a sweep
 job whose config was rejected: only Hydra's files and the log's error line), or `corrupt`
 (unparseable or incomplete files), with a one-line warning on stderr saying what is wrong.
+grads.csv and confusion.csv are extras: when one is unreadable, a warning says so and the
+rest is shown as usual (the run keeps its status; its |dW1| is `-`, and it has no gradient panel).
 The sweep callback (sweep.py) uses `collect`, `print_table`, `write_csv` and `write_json` for
 its end-of-sweep table and files, so there is one implementation of each.
 
-Left out: metric-threshold filters (`test_acc>0.9`), regex filters, HTML output.
+Left out: metric-threshold filters (`test_acc>0.9`), regex filters, HTML output, and grads.csv's
+numbers in the --csv and --json files.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
@@ -36,8 +45,10 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from .analysis import CONFUSION_CSV, Confusion, from_counts
 from .report import COLUMN_KEYS, Reporter, error_line
-from .rundir import LOG, METRICS, SUMMARY, effective_status, read_metrics, read_summary
+from .rundir import (GRADS, GRADS_COLUMNS, LOG, METRICS, SUMMARY, effective_status, read_layers, read_metrics,
+                     read_summary)
 
 EXIT_NO_RUNS = 1  # like grep: "nothing found" is a result, not an error, but a script should notice it
 EXIT_BAD_INPUT = 2  # a path, option or file that cannot be used
@@ -121,10 +132,72 @@ def load_metrics(run_dir: Path) -> list[dict[str, float]]:
         if missing:
             raise RunError(f"{METRICS} lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)}")
         return read_metrics(run_dir)
+    except RunError:  # a ValueError too, but already the message to give
+        raise
     except (ValueError, TypeError) as e:  # float('') or float(None): a short, long or garbled row
         raise RunError(f"{METRICS} has a row that is not all numbers ({e})") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise RunError(f"cannot read {METRICS}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def load_layers(run_dir: Path) -> list[dict[str, float]]:
+    """grads.csv, checked to have every column, only numbers and whole epoch and layer numbers
+    from 1, or RunError; [] for a run from before grads.csv existed."""
+    if not (run_dir / GRADS).exists():
+        return []
+    try:
+        with open(run_dir / GRADS, newline="") as f:
+            header = next(csv.reader(f), None)
+        if header is None:
+            raise RunError(f"{GRADS} is empty (not even its header)")
+        missing = [c for c in GRADS_COLUMNS if c not in header]
+        if missing:
+            raise RunError(f"{GRADS} lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)}")
+        rows = read_layers(run_dir)
+    except RunError:  # a ValueError too, but already the message to give
+        raise
+    except (ValueError, TypeError) as e:  # float('') or float(None): a short, long or garbled row
+        raise RunError(f"{GRADS} has a row that is not all numbers ({e})") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise RunError(f"cannot read {GRADS}: {getattr(e, 'strerror', None) or e}") from None
+    if not all(r[k].is_integer() and r[k] >= 1 for r in rows for k in ("epoch", "layer")):
+        raise RunError(f"{GRADS} has an epoch or layer that is not a whole number from 1")
+    return rows
+
+
+def by_layer(rows: Sequence[dict[str, float]]) -> dict[int, list[dict[str, float]]]:
+    """{layer: its grads.csv rows in epoch order}; an epoch written twice (a resumed run that
+    was killed between its checkpoint and its rows) keeps its last row."""
+    layers: dict[int, dict[int, dict[str, float]]] = {}
+    for row in rows:
+        layers.setdefault(int(row["layer"]), {})[int(row["epoch"])] = row
+    return {layer: [epochs[e] for e in sorted(epochs)] for layer, epochs in sorted(layers.items())}
+
+
+def load_confusion(run_dir: Path) -> Confusion | None:
+    """confusion.csv as analysis.Confusion (the statistics recomputed from its counts), None when
+    the run has none (not completed, or older than the file), RunError when it cannot be read."""
+    path = run_dir / CONFUSION_CSV
+    if not path.exists():
+        return None
+    try:
+        with open(path, newline="") as f:
+            header, *body = list(csv.reader(f)) or [[]]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise RunError(f"cannot read {CONFUSION_CSV}: {getattr(e, 'strerror', None) or e}") from None
+    n = len(header) - 4  # true, pred_0 .. pred_{n-1}, precision, recall, accuracy
+    if n < 2 or header != ["true", *(f"pred_{p}" for p in range(n)), "precision", "recall", "accuracy"]:
+        raise RunError(f"{CONFUSION_CSV} lacks its header true,pred_0,...,precision,recall,accuracy")
+    body = [row for row in body if row]  # a trailing blank line
+    if [row[0] for row in body] != [str(t) for t in range(n)] or any(len(row) != len(header) for row in body):
+        raise RunError(f"{CONFUSION_CSV} does not have one full row for each of its {n} true classes")
+    try:
+        counts = [[int(c) for c in row[1: n + 1]] for row in body]
+    except ValueError:
+        raise RunError(f"{CONFUSION_CSV} has a count that is not a whole number") from None
+    if any(c < 0 for row in counts for c in row) or not any(map(any, counts)):
+        raise RunError(f"{CONFUSION_CSV} has a negative count, or no images at all")
+    return from_counts(counts)
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -179,6 +252,14 @@ class Run:
     note: str | None = None  # what is wrong with it, or the run's own error
     problem: bool = False  # the note describes broken files (warned about on stderr)
     metrics: list[dict[str, float]] | None = None
+    layers: list[dict[str, float]] = field(default_factory=list)  # grads.csv rows; [] if it has none
+    layers_error: str | None = None  # why grads.csv could not be read (the run keeps its status)
+
+    @property
+    def grad_norm_1(self) -> float | None:
+        """The first layer's gradient norm at the last epoch in grads.csv."""
+        first = by_layer(self.layers).get(1)
+        return first[-1]["grad_norm"] if first else None
 
     def value(self, column: str) -> Any:
         """A sortable/filterable value: a COLUMNS name or a config key."""
@@ -189,6 +270,10 @@ class Run:
 
 def load_run(run_dir: Path, label: str, group: Path | None = None) -> Run:
     run = Run(path=run_dir, label=label, group=group or run_dir, status="corrupt")
+    try:
+        run.layers = load_layers(run_dir)
+    except RunError as e:
+        run.layers_error = str(e)
     metrics_error = None
     if (run_dir / METRICS).exists():
         try:
@@ -300,6 +385,7 @@ COLUMN_GETTERS: dict[str, Callable[[Run], Any]] = {
     "test_loss": lambda r: r.final_test_loss,
     "epochs": lambda r: r.epochs_completed,
     "time": lambda r: r.train_seconds,
+    "grad_norm_1": lambda r: r.grad_norm_1,
     "status": lambda r: r.status,
 }
 DESCENDING = {"test_acc", "best_test_acc"}  # higher is better; every other column ascends
@@ -412,6 +498,10 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.2%}"
 
 
+def _sci(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2e}"  # norms and ratios span decades: 3 significant digits
+
+
 def _epochs(run: Run) -> str:
     if run.epochs_completed is None:
         return "-"
@@ -419,7 +509,9 @@ def _epochs(run: Run) -> str:
 
 
 def print_table(console: Console, runs: Sequence[Run], keys: Sequence[str], title: str | None = None) -> None:
-    """The comparison table, then one line per run with a note (its error, or what is broken)."""
+    """The comparison table, then one line per run with a note (its error, or what is broken).
+    The |dW1| column is there when at least one listed run has grads.csv."""
+    grads = any(run.layers for run in runs)
     rows = [
         [
             run.label,
@@ -429,11 +521,13 @@ def print_table(console: Console, runs: Sequence[Run], keys: Sequence[str], titl
             "-" if run.final_test_loss is None else f"{run.final_test_loss:.4f}",
             _epochs(run),
             "-" if run.train_seconds is None else f"{run.train_seconds:.1f} s",
+            *([_sci(run.grad_norm_1)] if grads else []),
             run.status,
         ]
         for run in runs
     ]
-    headings = ["run", *keys, "test acc", "best acc", "test loss", "epochs", "time", "status"]
+    headings = ["run", *keys, "test acc", "best acc", "test loss", "epochs", "time", *(["|dW1|"] if grads else []),
+                "status"]
     table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
     for i, heading in enumerate(headings):
         widest = max(len(row[i]) for row in rows)
@@ -505,6 +599,15 @@ def write_json(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> None:
 
 PLOT_SIZE = (10.0, 4.0)  # inches; at PLOT_DPI the PNG is 1000 x 400 pixels
 PLOT_DPI = 100
+GRADS_PANEL = (4.0, 3.0)  # inches per run in the gradient figure
+GRADS_COLUMNS_MAX, GRADS_RUNS_MAX = 3, 12  # a 3 x 4 grid at most: more panels would be too small to read
+GRADS_TITLE_CHARS = 50  # about what fits across one panel in the small font
+
+
+def plot_labels(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
+    """describe() of each run, with the run's name added where two runs would read the same."""
+    names = [describe(run, keys) for run in runs]
+    return [f"{name} ({run.label})" if names.count(name) > 1 else name for run, name in zip(runs, names)]
 
 
 def write_plot(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> int:
@@ -514,9 +617,7 @@ def write_plot(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> int:
     fig = Figure(figsize=PLOT_SIZE, dpi=PLOT_DPI, layout="constrained")
     acc_ax, loss_ax = fig.subplots(1, 2)
     plotted = [run for run in runs if run.metrics]
-    names = [describe(run, keys) for run in plotted]
-    for run, name in zip(plotted, names):
-        label = f"{name} ({run.label})" if names.count(name) > 1 else name  # same keys, different runs
+    for run, label in zip(plotted, plot_labels(plotted, keys)):
         epochs = [r["epoch"] for r in run.metrics]
         (line,) = acc_ax.plot(epochs, [100 * r["test_acc"] for r in run.metrics], marker=".", label=label)
         loss_ax.plot(epochs, [r["test_loss"] for r in run.metrics], marker=".", color=line.get_color())
@@ -531,6 +632,49 @@ def write_plot(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> int:
     return len(plotted)
 
 
+def grads_plot_path(dest: str) -> Path:
+    """curves.png -> curves-grads.png, in the same folder (the suffix kept; .png if there is none)."""
+    path = Path(dest)
+    return path.with_name(f"{path.stem}-grads{path.suffix or '.png'}")
+
+
+def write_grads_plot(dest: Path, runs: Sequence[Run], keys: Sequence[str]) -> tuple[int, int]:
+    """Each layer's gradient norm per epoch on a log scale, one panel per run (the first
+    GRADS_RUNS_MAX listed runs that have grads.csv), all panels on one y axis so that runs compare.
+    Writes nothing when no run has grads.csv; returns (runs drawn, runs with grads.csv)."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend (Agg)
+
+    with_grads = [run for run in runs if run.layers]
+    drawn = with_grads[:GRADS_RUNS_MAX]
+    if not drawn:
+        return 0, 0
+    ncols = min(GRADS_COLUMNS_MAX, len(drawn))
+    nrows = math.ceil(len(drawn) / ncols)
+    fig = Figure(figsize=(GRADS_PANEL[0] * ncols, GRADS_PANEL[1] * nrows), dpi=PLOT_DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True).flatten()
+    for ax, run, label in zip(axes, drawn, plot_labels(drawn, keys)):
+        for layer, rows in by_layer(run.layers).items():
+            # a log axis cannot show 0, and a diverged run's nan or inf has no place on it
+            points = [(r["epoch"], r["grad_norm"]) for r in rows if 0 < r["grad_norm"] < math.inf]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=f"layer {layer}")
+        ax.set_yscale("log")
+        ax.set_title(textwrap.fill(label, GRADS_TITLE_CHARS), fontsize="small")  # too long a line is cut off
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.lines:
+            ax.legend(fontsize="x-small")
+    for ax in axes[::ncols]:
+        ax.set_ylabel("|dW| (gradient norm)")
+    for ax in axes[len(drawn):]:
+        ax.set_axis_off()
+    if len(drawn) < len(with_grads):
+        fig.suptitle(f"the first {len(drawn)} of {len(with_grads)} listed runs with {GRADS}", fontsize="medium")
+    fig.savefig(dest, dpi=PLOT_DPI)
+    return len(drawn), len(with_grads)
+
+
 # --- the commands ----------------------------------------------------------------------------
 
 
@@ -538,7 +682,7 @@ def compare_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="backprop-lab compare",
         description="Compare saved runs: every run directory under PATH, in one table. Reads files only.",
-        epilog="Columns for --sort: run, test_acc, best_test_acc, test_loss, epochs, time, status, "
+        epilog="Columns for --sort: run, test_acc, best_test_acc, test_loss, epochs, time, grad_norm_1, status, "
                "or any config key such as optim.lr. Example: backprop-lab compare outputs/ --sort test_acc --top 3",
     )
     parser.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="folders to search (default: outputs)")
@@ -550,7 +694,9 @@ def compare_main(argv: list[str]) -> int:
     parser.add_argument("--best", action="store_true", help="only the best run (final test acc) of each sweep")
     parser.add_argument("--csv", metavar="FILE", help="also write the table as CSV ('-' for stdout)")
     parser.add_argument("--json", metavar="FILE", help="also write the runs as JSON ('-' for stdout)")
-    parser.add_argument("--plot", metavar="FILE.png", help="test accuracy and loss per epoch of the listed runs")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="test accuracy and loss per epoch of the listed runs; with grads.csv, also "
+                             "FILE-grads.png: each layer's gradient norm per epoch, one panel per run")
     args = parser.parse_args(argv)
     roots = args.paths or [Path("outputs")]
 
@@ -571,6 +717,8 @@ def compare_main(argv: list[str]) -> int:
     for run in runs:
         if run.problem:
             warning_line(f"{run.path}: {run.note}; listed as {run.status}")
+        if run.layers_error:
+            warning_line(f"{run.path}: {run.layers_error}; listed without its |dW1|")
     runs = [r for r in runs if all(matches(r, key, value) for key, value in filters)]
     if args.best:
         runs = best_per_sweep(runs)
@@ -592,6 +740,12 @@ def compare_main(argv: list[str]) -> int:
         if args.plot:
             if not write_plot(args.plot, runs, keys):
                 warning_line(f"no listed run has per-epoch metrics; {args.plot} has empty axes")
+            grads_dest = grads_plot_path(args.plot)
+            drawn, with_grads = write_grads_plot(grads_dest, runs, keys)
+            if drawn:
+                left_out = f" (the first {drawn} of {with_grads} runs with {GRADS})" if drawn < with_grads else ""
+                Console(stderr=to_stdout).print(f"gradient norms per layer: {grads_dest}{left_out}",
+                                                highlight=False, soft_wrap=True, markup=False)
     except OSError as e:
         error_line(f"cannot write {e.filename}: {e.strerror or e}")
         return EXIT_BAD_INPUT
@@ -611,7 +765,8 @@ def _positive_int(text: str) -> int:
 def show_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="backprop-lab show",
-        description="Print a saved run's header, per-epoch table and summary, as training printed them.",
+        description="Print a saved run's header, per-epoch table, confusion matrix and summary, as training "
+                    "printed them, then its per-layer gradient statistics.",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     parser.add_argument("--plot", action="store_true", help="redraw RUN_DIR/curves.png from metrics.csv")
@@ -633,10 +788,49 @@ def show_main(argv: list[str]) -> int:
     if rows:
         reporter.table(rows)
         reporter.console.print()  # training's progress bar leaves this line between table and panel
+    conf = _extra(load_confusion, args.run_dir)
+    if conf is not None:
+        reporter.confusion(conf)
     reporter.summary(summary, status=effective_status(summary))
+    layers = _extra(load_layers, args.run_dir)
+    if layers:  # not printed during training: it comes after what training printed
+        reporter.console.print()
+        reporter.console.print(layer_table(layers))
     if args.plot:
         reporter.console.print(f"learning curves: {args.run_dir / 'curves.png'}")
     return 0
+
+
+def _extra(load: Callable[[Path], Any], run_dir: Path) -> Any:
+    """An optional file (grads.csv, confusion.csv): None and a warning when it cannot be read."""
+    try:
+        return load(run_dir)
+    except RunError as e:
+        warning_line(f"{run_dir}: {e}; left out")
+        return None
+
+
+def layer_table(rows: Sequence[dict[str, float]]) -> Table:
+    """One row per layer from grads.csv: |dW| at the first and last epoch, then |W| and
+    lr * |update| / |W| at the last (all measured on training's fixed probe batch)."""
+    layers = by_layer(rows)
+    first = min(epochs[0]["epoch"] for epochs in layers.values())
+    last = max(epochs[-1]["epoch"] for epochs in layers.values())
+    table = Table(title="per-layer gradients (fixed probe batch of training images)",
+                  title_justify="left", header_style="bold")
+    table.add_column("layer", justify="right")
+    headings = [f"|dW| epoch {first:.0f}", f"|dW| epoch {last:.0f}", f"|W| epoch {last:.0f}",
+                f"update/|W| epoch {last:.0f}"]
+    for heading in headings if first != last else headings[1:]:
+        table.add_column(heading, justify="right", no_wrap=True)
+    for layer, epochs in layers.items():
+        at_first = next((r for r in epochs if r["epoch"] == first), None)
+        at_last = epochs[-1] if epochs[-1]["epoch"] == last else None  # None: a layer missing from an epoch
+        cells = [_sci(at_last and at_last[k]) for k in ("grad_norm", "weight_norm", "update_ratio")]
+        if first != last:
+            cells.insert(0, _sci(at_first and at_first["grad_norm"]))
+        table.add_row(str(layer), *cells)
+    return table
 
 
 def load_for_show(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, float]]]:

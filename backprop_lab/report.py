@@ -46,6 +46,31 @@ def epoch_table(rows: Sequence[dict[str, float]], header: bool) -> Table:
     return table
 
 
+def describe_config(cfg: dict[str, Any]) -> str:
+    """e.g. '784-128-10, lr 0.1, batch 64, 20 epochs': the model and its training in one line,
+    from a saved config (keys added after a run was made take their defaults)."""
+    model, optim, data, train = (cfg.get(k, {}) for k in ("model", "optim", "data", "train"))
+    hidden = model.get("hidden_sizes") or [model.get("hidden_size", 128)]
+    sizes = [data.get("image_size", 28) ** 2, *hidden, 10]
+    activation = model.get("activation", "relu")
+    parts = ["-".join(map(str, sizes)) + ("" if activation == "relu" else f" {activation}")]
+    if model.get("batch_norm"):
+        parts.append("batch norm")
+    if model.get("dropout"):
+        parts.append(f"dropout {model['dropout']:g}")
+    if model.get("output", "softmax") != "softmax" or cfg.get("loss", "cross_entropy") != "cross_entropy":
+        parts.append(f"{model.get('output')} + {cfg.get('loss')}")
+    parts.append(f"lr {optim.get('lr', 0.1):g}")
+    if optim.get("momentum"):
+        parts.append(f"momentum {optim['momentum']:g}" + (" (Nesterov)" if optim.get("nesterov") else ""))
+    if optim.get("weight_decay"):
+        parts.append(f"weight decay {optim['weight_decay']:g}")
+    parts.append(f"batch {data.get('batch_size', 64)}")
+    steps, epochs = train.get("steps"), train.get("epochs", 20)
+    parts.append(f"{steps:,} steps" if steps else f"{epochs} epoch{'s' * (epochs != 1)}")
+    return ", ".join(parts)
+
+
 class Reporter:
     def __init__(self, console: Console | None = None):
         self.console = console or Console()
@@ -54,11 +79,7 @@ class Reporter:
 
     def start(self, summary: dict[str, Any]) -> None:
         """The run's header, from its summary record (so `show` can print it again)."""
-        cfg = summary["config"]
-        self.console.print(
-            f"[bold]backprop-lab: 784-{cfg['model']['hidden_size']}-10, lr {cfg['optim']['lr']:g}, "
-            f"batch {cfg['data']['batch_size']}, {cfg['train']['epochs']} epoch{'s' * (cfg['train']['epochs'] != 1)}[/bold]"
-        )
+        self.console.print(f"[bold]backprop-lab: {describe_config(summary['config'])}[/bold]", highlight=False)
         self.console.print(
             f"  device {summary['device']}, seed {summary['seed']}, "
             f"{summary['data']['train_size']:,} training images",
@@ -93,6 +114,13 @@ class Reporter:
 
     def table(self, rows: Sequence[dict[str, float]]) -> None:
         self.console.print(epoch_table(rows, header=True))
+
+    def confusion(self, conf: Any) -> None:
+        """The test set's confusion matrix (analysis.Confusion) as a rich table."""
+        from .views import confusion_table
+
+        self.console.print()
+        self.console.print(confusion_table(conf, title="confusion matrix (test set): rows true digit, columns predicted"))
 
     def summary(self, summary: dict[str, Any], status: str | None = None) -> None:
         status = status or summary["status"]

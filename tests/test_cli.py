@@ -77,6 +77,7 @@ def test_saved_weights_reproduce_the_reported_test_accuracy(quick_run):
     assert abs(acc - summary["final_test_acc"]) < 1e-9
 
 
+@pytest.mark.slow  # two more runs; `make test-slow` (and CI) run it
 def test_same_seed_gives_identical_metrics(tmp_path, quick_run):
     _, first = quick_run
     proc = run_cli(*QUICK, f"hydra.run.dir={tmp_path / 'again'}", cwd=tmp_path)
@@ -96,6 +97,7 @@ def test_default_run_directory_is_timestamped_under_outputs(tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.slow  # four concurrent runs; `make test-slow` (and CI) run it
 def test_four_runs_started_together_get_four_directories(tmp_path):
     # Every run asks for the very same folder, as runs started in the same second do.
     same = f"hydra.run.dir=${{fresh_dir:{tmp_path}/same}}"

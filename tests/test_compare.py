@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from backprop_lab.analysis import from_counts, write_confusion_csv
 from backprop_lab.compare import compare_main, show_main
 from backprop_lab.report import COLUMN_KEYS
+from backprop_lab.rundir import GRADS_COLUMNS
 
 from .conftest import ROOT, run_cli
 
@@ -64,6 +66,20 @@ def make_run(run_dir: Path, accs: list[float], status: str = "completed", planne
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return run_dir
+
+
+def write_grads(run_dir: Path, rows: list[tuple[int, int, float, float, float]]) -> Path:
+    """grads.csv as the trainer writes it: (epoch, layer, grad_norm, weight_norm, update_ratio) rows."""
+    with open(run_dir / "grads.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(GRADS_COLUMNS)
+        writer.writerows(rows)
+    return run_dir
+
+
+# Two epochs of a two-layer network: |dW| shrinks as training goes on, more so in layer 2.
+GRADS_ROWS = [(1, 1, 0.5, 10.0, 2e-3), (1, 2, 0.25, 5.0, 1e-3),
+              (2, 1, 0.125, 12.0, 1.5e-3), (2, 2, 0.0625, 6.0, 4.25e-4)]
 
 
 @pytest.fixture
@@ -202,6 +218,38 @@ def test_plot_is_a_png_of_the_expected_size(outputs, capsys, tmp_path):
     code, _, _ = run_compare(capsys, "--filter", "model.hidden_size=32", "--plot", str(tmp_path / "curves.png"))
     assert code == 0
     assert imread(tmp_path / "curves.png").shape[:2] == (400, 1000)
+    assert not (tmp_path / "curves-grads.png").exists()  # no listed run has grads.csv
+
+
+def test_grads_column_sorts_and_the_grads_figure_has_a_panel_per_run(outputs, capsys, tmp_path):
+    from matplotlib.image import imread
+
+    write_grads(outputs / "2026-11-30/01-00-00", GRADS_ROWS)
+    write_grads(outputs / "multirun/2026-11-30/03-00-00/1", [(e, l, g / 10, w, r) for e, l, g, w, r in GRADS_ROWS])
+    code, out, err = run_compare(capsys, "--filter", "status=completed", "--sort", "grad_norm_1",
+                                 "--plot", str(tmp_path / "curves.png"))
+    assert code == 0 and "grads" not in err  # (the fixture's corrupt run is warned about)
+    headings, rows = table(out)
+    assert headings[-3:] == ["time", "|dW1|", "status"]
+    assert [(row[0], row[-2]) for row in rows[:3]] == [  # smallest first; runs without grads.csv last
+        ("multirun/2026-11-30/03-00-00/1", "1.25e-02"), ("2026-11-30/01-00-00", "1.25e-01"),
+        ("2026-11-30/02-00-00", "-")]
+    assert f"gradient norms per layer: {tmp_path / 'curves-grads.png'}" in out
+    image = imread(tmp_path / "curves-grads.png")
+    assert image.shape[:2] == (300, 800)  # two 4 x 3 inch panels side by side, at 100 dpi
+    assert image[..., :3].std() > 0.05  # curves, not a blank page
+
+
+def test_unreadable_grads_csv_warns_and_leaves_the_run_as_it_was(outputs, capsys):
+    (outputs / "2026-11-30/02-00-00/grads.csv").write_text("epoch,layer\n1,1\n")
+    write_grads(outputs / "2026-11-30/01-00-00", GRADS_ROWS)
+    code, out, err = run_compare(capsys, "--filter", "status=completed")
+    assert code == 0
+    by_run = {row[0]: row for row in table(out)[1]}
+    assert by_run["2026-11-30/02-00-00"][-2:] == ["-", "completed"]
+    (line,) = [line for line in err.splitlines() if "grads.csv" in line]
+    assert line == ("warning: outputs/2026-11-30/02-00-00: grads.csv lacks the columns grad_norm, "
+                    "weight_norm, update_ratio; listed without its |dW1|")
 
 
 def test_partial_refused_and_missing(tmp_path, capsys):
@@ -231,6 +279,60 @@ def test_show_of_a_killed_run_shows_its_epochs_as_incomplete(outputs, capsys):
     assert "784-128-10, lr 0.1, batch 64, 2 epochs" in out
     assert re.search(r"^\s+1\s+0\.6500\s+70\.00%", out, re.M)
     assert "status            incomplete" in out and "epochs            1/2" in out
+
+
+def boxed(text: str) -> dict[str, list[str]]:
+    """The rows of the boxed tables (per-layer gradients, confusion matrix), by their first cell."""
+    lines = [line for line in text.splitlines() if line.startswith(("│", "┃"))]
+    rows = [[cell.strip() for cell in re.split("[│┃]", line)[1:-1]] for line in lines]
+    return {row[0]: row for row in rows if row}
+
+
+def test_show_prints_each_layers_gradients_after_what_training_printed(outputs, capsys):
+    run = write_grads(outputs / "2026-11-30/01-00-00", GRADS_ROWS)
+    assert show_main([str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    rows = boxed(out)
+    assert rows["layer"] == ["layer", "|dW| epoch 1", "|dW| epoch 2", "|W| epoch 2", "update/|W| epoch 2"]
+    assert rows["1"] == ["1", "5.00e-01", "1.25e-01", "1.20e+01", "1.50e-03"]
+    assert rows["2"] == ["2", "2.50e-01", "6.25e-02", "6.00e+00", "4.25e-04"]
+    assert out.index("╰") < out.index("per-layer gradients")  # below the summary panel
+    assert "confusion matrix" not in out  # this run has no confusion.csv
+
+
+def test_show_prints_the_confusion_matrix(outputs, capsys):
+    run = outputs / "2026-11-30/01-00-00"
+    counts = [[98 if t == p else 0 for p in range(10)] for t in range(10)]
+    counts[4][9], counts[7][1] = 7, 3
+    write_confusion_csv(run / "confusion.csv", from_counts(counts))  # as a completed run writes it
+    assert show_main([str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert boxed(out)["4"][:11] == ["4", "0", "0", "0", "0", "98", "0", "0", "0", "0", "7"]
+    assert "accuracy 98.99% (980 of 990)" in out
+    assert "most confused: 4 -> 9 (7), 7 -> 1 (3)" in out
+    assert out.index("confusion matrix (test set)") < out.index("╭")  # where training prints it
+
+
+@pytest.mark.parametrize("name,text,expected", [
+    ("grads.csv", ",".join(GRADS_COLUMNS) + "\n1,1,oops,2.0,0.1\n", "grads.csv has a row that is not all numbers"),
+    ("grads.csv", "epoch,layer\n1,1\n", "grads.csv lacks the columns grad_norm, weight_norm, update_ratio"),
+    ("grads.csv", ",".join(GRADS_COLUMNS) + "\n0.5,1,1.0,2.0,0.1\n", "not a whole number from 1"),
+    ("confusion.csv", "true,pred_0\n0,5\n", "confusion.csv lacks its header"),
+    ("confusion.csv", "true,pred_0,pred_1,precision,recall,accuracy\n0,5,x,1,1,1\n1,0,5,1,1,1\n",
+     "confusion.csv has a count that is not a whole number"),
+    ("confusion.csv", "true,pred_0,pred_1,precision,recall,accuracy\n0,5,0,1,1,1\n", "one full row for each"),
+])
+def test_show_warns_about_an_unreadable_grads_or_confusion_csv(outputs, capsys, name, text, expected):
+    run = outputs / "2026-11-30/01-00-00"
+    (run / name).write_text(text)
+    assert show_main([str(run)]) == 0
+    out, err = capsys.readouterr()
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"warning: {run}: ") and expected in line and line.endswith("left out")
+    assert "status            completed" in out and "Traceback" not in out + err
+    assert "per-layer gradients" not in out and "confusion matrix" not in out
 
 
 def broken(tmp_path: Path, what: str) -> Path:
@@ -285,9 +387,14 @@ def test_show_prints_what_training_printed(tmp_path):
     assert train.returncode == 0, train.stderr
     show = run_cli("show", str(tmp_path / "run"), cwd=tmp_path)
     assert show.returncode == 0 and show.stderr == ""
-    assert printed(show.stdout) == printed(train.stdout)
+    trained = printed(train.stdout)
+    assert printed(show.stdout)[: len(trained)] == trained  # then what training does not print:
     assert sum("train loss" in line for line in printed(show.stdout)) == 1
-    assert any("╰" in line for line in printed(show.stdout))
+    assert any("╰" in line for line in trained)
+    layers = boxed("\n".join(printed(show.stdout)[len(trained):]))
+    assert printed(show.stdout)[len(trained)].startswith("per-layer gradients")
+    assert list(layers) == ["layer", "1", "2"]  # 784-128-10: two weight matrices
+    assert all(re.fullmatch(r"\d\.\d\de[-+]\d\d", cell) for cell in layers["1"][1:] + layers["2"][1:])
 
 
 def test_sweep_reports_each_job_and_writes_its_summary(tmp_path):

@@ -117,10 +117,59 @@ def test_unknown_keys_are_refused_with_a_suggestion():
 
 def test_known_overrides_pass_the_precheck():
     check_overrides(["-m", "model.hidden_size=64,128", "experiment=article", "hydra.run.dir=x",
-                     "hydra/launcher=basic", "--cfg", "job", "seed=3"])
+                     "hydra/launcher=basic", "seed=3", "--cfg", "job"])
+    check_overrides(["model.hidden_sizes=[256,128,64]", "optim.momentum=0.9", "loss=mse", "model.output=sigmoid"])
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--frobnicate"], "unknown option '--frobnicate'"),
+    (["--"], "unknown option '--'"),
+    (["-m", "seed=1", "--cfg", "job", "seed=3"], "'seed=3' follows an option's value"),
+])
+def test_stray_options_are_refused_in_one_line(argv, expected):
+    with pytest.raises(ConfigError, match=expected):
+        check_overrides(argv)
 
 
 def test_from_container_rejects_non_mapping():
     with pytest.raises(ConfigError):
         from_container([1, 2])  # type: ignore[arg-type]
     assert math.isclose(from_container({}).optim.lr, 0.1)
+
+
+LAB_BAD = [
+    (["model.hidden_sizes=[]"], "model.hidden_sizes=[] is not valid: expected null (one hidden layer"),
+    (["model.hidden_sizes=[64,0]"], "model.hidden_sizes=[64, 0] is not valid"),
+    (["model.hidden_sizes=[64,-3]"], "model.hidden_sizes=[64, -3] is not valid"),
+    (["model.hidden_sizes=64"], "model.hidden_sizes=64 is not valid"),
+    (["model.dropout=1"], "model.dropout=1 is not valid: expected a number in [0, 1)"),
+    (["model.dropout=-0.1"], "model.dropout=-0.1 is not valid"),
+    (["optim.weight_decay=-1"], "optim.weight_decay=-1 is not valid: expected a number >= 0"),
+    (["optim.momentum=1"], "optim.momentum=1 is not valid: expected a number in [0, 1)"),
+    (["model.activation=swish"], "model.activation='swish' is not valid: expected one of relu, sigmoid, tanh, leaky_relu"),
+    (["model.init=orthogonal"], "model.init='orthogonal' is not valid: expected one of normal, uniform, xavier, he"),
+    (["loss=hinge"], "loss='hinge' is not valid"),
+    (["loss=mse"], "loss=mse does not go with model.output=softmax: loss=mse needs model.output=sigmoid"),
+    (["model.output=sigmoid"], "loss=cross_entropy does not go with model.output=sigmoid"),
+    (["optim.nesterov=true"], "optim.nesterov=true needs optim.momentum > 0"),
+    (["model.hidden_size=64", "model.hidden_sizes=[100,50]"], "model.hidden_size=64 and model.hidden_sizes=[100, 50] both given"),
+    (["data.image_size=20"], "data.image_size=20 is not valid: expected 28"),
+    (["train.steps=0"], "train.steps=0 is not valid"),
+]
+
+
+@pytest.mark.parametrize("overrides,expected", LAB_BAD, ids=[" ".join(o) for o, _ in LAB_BAD])
+def test_lab_options_refuse_bad_values_in_one_line(overrides, expected):
+    with pytest.raises(ConfigError) as e:
+        typed(*overrides)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_lab_options_compose():
+    cfg = typed("model.hidden_sizes=[256,128,64]", "model.activation=tanh", "model.batch_norm=true",
+                "model.dropout=0.2", "optim.momentum=0.9", "optim.nesterov=true", "optim.weight_decay=0.0005",
+                "model.init=he", "train.steps=100", "data.image_size=14")
+    assert cfg.model.hidden == (256, 128, 64) and cfg.model.activation == "tanh"
+    assert cfg.optim.nesterov and cfg.optim.weight_decay == 0.0005 and cfg.train.steps == 100
+    assert cfg.to_dict()["model"]["hidden_sizes"] == [256, 128, 64]  # plain lists, as in summary.json
+    assert typed().model.hidden == (128,)  # the chapter's single hidden_size

@@ -1,0 +1,190 @@
+"""The lab's options through the real trainer, the CLI and gradcheck: deeper nets train without
+autograd, resume exactly, run for a number of steps, and every preset runs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pytest
+import torch
+
+from backprop_lab import gradcheck, network
+from backprop_lab.config import Config, from_container, from_dictconfig
+from backprop_lab.data import load_mnist, pool2x2
+from backprop_lab.train import make_state, planned_epochs, train
+
+from .conftest import compose, run_cli
+from .test_backprop import AutogradWatch
+
+
+def lab_config(*overrides: str) -> Config:
+    return from_dictconfig(compose(*overrides))
+
+
+LAB = ("model.hidden_sizes=[32,16]", "model.activation=tanh", "model.batch_norm=true", "model.dropout=0.2",
+       "optim.momentum=0.9", "optim.nesterov=true", "optim.weight_decay=0.001", "model.init=he",
+       "optim.lr=0.05", "train.epochs=2")
+
+
+def test_a_deep_lab_network_learns_without_autograd(small_mnist):
+    cfg = lab_config(*LAB)
+    state = make_state(cfg, torch.device("cpu"))
+    with AutogradWatch() as watch:
+        records = list(train(cfg, small_mnist, state))
+    assert watch.offenders == [] and watch.calls > 1000
+    assert not any(t.requires_grad for t in state.params.values())
+    assert records[-1].test_acc > 0.75  # 2,000 images, two epochs: far above chance (0.1)
+    assert records[1].train_loss < records[0].train_loss
+    assert set(state.velocity) == {k for k in state.params if network.is_trained(k)}
+    assert not torch.equal(state.params["mean1"], torch.zeros(32))  # running statistics moved
+    # per-layer statistics come with each epoch, one row per weight matrix
+    assert [s["layer"] for s in records[0].layers] == [1, 2, 3]
+    assert all(s["grad_norm"] > 0 and s["update_ratio"] > 0 for s in records[0].layers)
+
+
+def test_resuming_from_a_checkpoint_is_identical_with_momentum_dropout_and_batch_norm(small_mnist):
+    cfg = lab_config(*LAB)  # two epochs: the second is resumed
+    straight = make_state(cfg, torch.device("cpu"))
+    expected = [m.as_dict() for m in train(cfg, small_mnist, straight)]
+
+    first = make_state(cfg, torch.device("cpu"))
+    head = train(cfg, small_mnist, first)
+    next(head)
+    saved = first.state_dict()
+    del first, head
+    resumed = make_state(cfg, torch.device("cpu"))
+    resumed.load(saved)
+    rest = [m.as_dict() for m in train(cfg, small_mnist, resumed, start_epoch=2)]
+    drop_time = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "samples_per_s")} for r in rows]  # noqa: E731
+    assert drop_time(rest) == drop_time(expected[1:])
+    for k, v in straight.params.items():
+        assert torch.equal(v, resumed.params[k]), k
+
+
+def test_train_steps_sets_the_run_length(small_mnist):
+    # 2,000 images in batches of 64: 32 steps per epoch; 70 steps = 2 full epochs and 6 steps
+    cfg = lab_config("train.steps=70", "train.epochs=99")
+    assert planned_epochs(cfg, 2000) == 3
+    records = list(train(cfg, small_mnist, make_state(cfg, torch.device("cpu"))))
+    assert [r.epoch for r in records] == [1, 2, 3]
+    assert records[2].samples_per_s * records[2].seconds == pytest.approx(6 * 64)
+
+
+def test_pool2x2_is_the_mean_of_each_block():
+    image = torch.arange(784, dtype=torch.float32).reshape(1, 784)
+    pooled = pool2x2(image).reshape(14, 14)
+    square = image.reshape(28, 28)
+    for r, c in [(0, 0), (3, 11), (13, 13)]:
+        block = square[2 * r: 2 * r + 2, 2 * c: 2 * c + 2]
+        assert pooled[r, c] == block.mean()
+    assert pooled[0, 0] == (0 + 1 + 28 + 29) / 4
+
+
+def test_the_14x14_data_path():
+    data = load_mnist(train_subset=100, image_size=14)
+    full = load_mnist(train_subset=100)
+    assert data.X_train.shape == (100, 196) and data.X_test.shape == (10_000, 196)
+    assert torch.allclose(data.X_train, pool2x2(full.X_train))
+    assert data.X_train.min() >= -1 and data.X_train.max() <= 1
+
+
+PRESETS = ["vanishing_gradients", "overfitting", "momentum", "book_ch10"]
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_each_preset_runs_one_short_epoch(preset):
+    cfg = lab_config(f"experiment={preset}", "data.train_subset=500", "train.epochs=1", "train.steps=null")
+    data = load_mnist(train_subset=500, image_size=cfg.data.image_size)
+    (record,) = train(cfg, data, make_state(cfg, torch.device("cpu")))
+    assert 0 <= record.test_acc <= 1 and record.train_loss == record.train_loss  # finite, not NaN
+
+
+def test_presets_sweep_what_their_paragraphs_say():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from backprop_lab.train import arch_of
+
+    from .conftest import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        params = {p: OmegaConf.to_container(hydra_compose("config", [f"experiment={p}"], return_hydra_config=True)
+                                            .hydra.sweeper.params) for p in PRESETS[:3]}
+    assert params["vanishing_gradients"] == {"model.activation": "sigmoid,relu", "model.batch_norm": "false,true"}
+    assert params["overfitting"] == {"optim.weight_decay": "0.0,0.005", "model.dropout": "0.0,0.5"}
+    assert params["momentum"] == {"optim.momentum": "0.0,0.5,0.9"}
+    book = lab_config("experiment=book_ch10")
+    assert arch_of(book) == network.Arch((196, 100, 50, 10), "sigmoid", "sigmoid", "mse")
+    assert (book.model.init, book.model.init_scale, book.optim.lr, book.data.batch_size, book.train.steps) == \
+        ("uniform", 0.5, 1.0, 64, 40_000)
+    assert planned_epochs(book, 60_000) == 43
+
+
+# --- gradcheck ----------------------------------------------------------------------------------
+
+GRID = [dict(zip(("activation", "batch_norm", "dropout", "head", "wd"), combo)) for combo in itertools.product(
+    ["relu", "sigmoid", "tanh", "leaky_relu"], [False, True], [0.0, 0.3],
+    [("softmax", "cross_entropy"), ("sigmoid", "mse")], [0.0, 0.01])]
+
+
+def grid_config(c: dict) -> Config:
+    """Built directly, not composed: composing 64 configs with Hydra would take most of a minute."""
+    return from_container({
+        "model": {"hidden_sizes": [7, 5], "activation": c["activation"], "batch_norm": c["batch_norm"],
+                  "dropout": c["dropout"], "output": c["head"][0], "init": "xavier"},
+        "loss": c["head"][1], "optim": {"weight_decay": c["wd"]}, "data": {"image_size": 14},
+    })
+
+
+def test_gradcheck_passes_on_every_combination_the_config_allows():
+    assert len(GRID) == 64  # 4 activations x batch norm x dropout x 2 heads x L2
+    for c in GRID:
+        checks = gradcheck.check(grid_config(c), batch=6, entries=2)
+        assert all(ch.ok for ch in checks), (c, [ch for ch in checks if not ch.ok])
+        expected = {"W1", "W2", "W3", "b3"} | ({"gamma1", "beta1", "gamma2", "beta2"} if c["batch_norm"] else {"b1", "b2"})
+        assert {ch.name for ch in checks} == expected
+
+
+def test_gradcheck_fails_on_a_broken_gradient(monkeypatch, capsys):
+    f, f_grad = network.ACTIVATIONS["tanh"]
+    monkeypatch.setitem(network.ACTIVATIONS, "tanh", (f, lambda a: f_grad(a) * 1.01))  # 1 % off
+    code = gradcheck.main(["model.hidden_sizes=[12,8]", "model.activation=tanh"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "FAIL" in out and "W1" in out.split("FAIL:")[-1] and "W3" not in out.split("FAIL:")[-1]
+
+
+def test_gradcheck_finds_a_broken_batch_norm_backward(monkeypatch):
+    real = network.bn_backward
+    monkeypatch.setattr(network, "bn_backward", lambda dy, zhat, gamma, std: (
+        lambda dz, dg, db: (dz, dg * 0.99, db))(*real(dy, zhat, gamma, std)))
+    cfg = lab_config("model.hidden_sizes=[12,8]", "model.batch_norm=true")
+    failed = {c.name for c in gradcheck.check(cfg, batch=8, entries=3) if not c.ok}
+    assert failed == {"gamma1", "gamma2"}
+
+
+def test_gradcheck_command(tmp_path):
+    proc = run_cli("gradcheck", "experiment=book_ch10", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "196-100-50-10 sigmoid" in proc.stdout and "all 6 parameters pass" in proc.stdout
+    bad = run_cli("gradcheck", "model.dropout=1.5", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: model.dropout=1.5 is not valid")
+    assert "Traceback" not in bad.stderr
+
+
+# --- the CLI and the run directory --------------------------------------------------------------
+
+
+def test_a_lab_run_writes_grads_csv_and_describes_itself(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(*LAB, "data.train_subset=500", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "784-32-16-10 tanh, batch norm, dropout 0.2, lr 0.05, momentum 0.9 (Nesterov)" in proc.stdout
+    rows = (run_dir / "grads.csv").read_text().splitlines()
+    assert rows[0] == "epoch,layer,grad_norm,weight_norm,update_ratio" and len(rows) == 1 + 2 * 3
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["config"]["model"]["hidden_sizes"] == [32, 16]
+    weights = torch.load(run_dir / "weights.pt", weights_only=True)
+    assert {"W1", "gamma1", "beta1", "mean1", "var1", "W3", "b3"} <= set(weights)
+    assert "confusion matrix (test set)" in proc.stdout
