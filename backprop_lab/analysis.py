@@ -333,9 +333,9 @@ def predict_main(argv: list[str]) -> int:
                               for i, (c, p) in enumerate(zip(cs, ps))))
     console = Console()
     if args.from_test is not None:
-        from .views import digit_art
+        from .views import digit_art, digit_text
 
-        console.print(digit_art(X[0]))
+        console.print(digit_art(X[0]) if console.color_system else digit_text(X[0]), highlight=False)
     console.print(table)
     return 0
 

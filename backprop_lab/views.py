@@ -145,3 +145,22 @@ def digit_art(pixels: Any, width: int = 28) -> Text:
         for upper, lower in zip(grid[r], grid[r + 1]):
             art.append(HALF_BLOCK, Style(color=_gray(upper), bgcolor=_gray(lower)))
     return art
+
+
+SHADES = " .:-=+*#%@"  # background to ink, for terminals (and files) without colour
+
+
+def digit_text(pixels: Any) -> str:
+    """The same image in plain characters, two per pixel so it keeps its shape: for output
+    that is not a colour terminal (a pipe, a log), where the half blocks would all look alike."""
+    values = _flatten(pixels)
+    side = math.isqrt(len(values))
+    if side == 0 or side * side != len(values):
+        raise ValueError(f"expected a square image, got {len(values)} values")
+    rows = []
+    for r in range(side):
+        row = values[r * side: (r + 1) * side]
+        # [-1, 1] -> shade index; nan counts as background, as in digit_art
+        idx = [0 if v != v else min(len(SHADES) - 1, max(0, int((v + 1) / 2 * len(SHADES)))) for v in row]
+        rows.append("".join(SHADES[i] * 2 for i in idx).rstrip())
+    return "\n".join(rows)

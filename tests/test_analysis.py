@@ -132,6 +132,11 @@ def test_predict_from_test(trained, tmp_path):
     proc = run_cli("predict", str(trained), "--from-test", "0", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "test image 0 (true label 7)" in proc.stdout
+    # the digit itself, drawn in characters (the output is a pipe, not a colour terminal)
+    from backprop_lab.data import load_mnist
+    from backprop_lab.views import digit_text
+
+    assert digit_text(load_mnist(train_subset=1).X_test[0]) in proc.stdout
 
 
 @pytest.mark.parametrize("case", ["missing", "not an image", "truncated", "no weights", "out of range"])

@@ -157,3 +157,19 @@ def test_sizes():
         digit_art([0.0] * 50)
     with pytest.raises(ValueError):
         digit_art([])
+
+
+def test_digit_text_for_output_without_colour():
+    from backprop_lab.views import SHADES, digit_text
+
+    image = [-1.0] * 784
+    image[5 * 28 + 7] = 1.0  # ink at row 5, column 7
+    image[20 * 28 + 3] = 0.0  # mid grey at row 20, column 3
+    lines = digit_text(image).split("\n")
+    assert len(lines) == 28
+    assert lines[5] == " " * 14 + SHADES[-1] * 2
+    assert lines[20] == " " * 6 + SHADES[len(SHADES) // 2] * 2
+    assert all(line == "" for i, line in enumerate(lines) if i not in (5, 20))
+    assert len(digit_text([0.0] * 196).split("\n")) == 14
+    with pytest.raises(ValueError):
+        digit_text([0.0] * 50)
