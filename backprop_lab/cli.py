@@ -376,10 +376,9 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         log.exception("run failed")
         summary.update(status="failed", error=f"{type(e).__name__}: {e}")
         exit_code = EXIT_FAILED
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
+    # The handlers stay until the summary is written: a signal now (a second Ctrl-C raises
+    # KeyboardInterrupt) may cost the optional plots, never the weights or the summary.
     try:
         if summary["status"] == "completed":
             writer.save_weights(state.params)
@@ -389,6 +388,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
 
                 confusion = write_reports(run_dir, arch_of(cfg), state.params, data)
                 reporter.confusion(confusion)
+            except KeyboardInterrupt:
+                stderr.print("[yellow]warning:[/yellow] analysis plots skipped (interrupted); the run is complete")
             except Exception as e:  # noqa: BLE001 - logged with traceback, reported in one line
                 log.warning("analysis plots failed", exc_info=True)
                 stderr.print(f"[yellow]warning:[/yellow] could not write the analysis plots: {type(e).__name__}: {e}")
@@ -397,6 +398,14 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     except OSError as e:
         summary.update(status="failed", error=f"cannot write to the run directory {run_dir}: {e.strerror or e}")
         exit_code = EXIT_FAILED
+    except KeyboardInterrupt:  # a second signal while the weights were being written
+        summary.update(status="interrupted", error=f"stopped while saving the weights; the trained epochs are "
+                       f"in the checkpoint; finish with: backprop-lab resume {run_dir}")
+        writer.write_summary(summary)
+        exit_code = EXIT_SIGINT
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     log.info("summary: %s", summary)
     reporter.summary(summary)
     if exit_code:

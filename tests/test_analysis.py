@@ -185,3 +185,22 @@ def test_a_failing_plot_does_not_fail_the_run(tmp_path, monkeypatch):
     assert "warning: could not write the analysis plots" in proc.stderr
     assert (tmp_path / "run" / "weights.pt").exists()
     assert '"status": "completed"' in (tmp_path / "run" / "summary.json").read_text()
+
+
+def test_ctrl_c_twice_while_the_plots_are_drawn_keeps_the_completed_run(tmp_path):
+    """Signals after the last epoch: the plots may be lost, never the weights or the summary."""
+    sitecustom = tmp_path / "site"
+    sitecustom.mkdir()
+    # importing matplotlib (the first thing write_reports does) sends this process two SIGINTs
+    (sitecustom / "matplotlib.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\nos.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(1)\n")
+    import os
+
+    env = {"PYTHONPATH": f"{sitecustom}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = run_cli("data.train_subset=500", "train.epochs=1", f"hydra.run.dir={tmp_path}/run", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "analysis plots skipped (interrupted); the run is complete" in proc.stderr
+    assert (tmp_path / "run" / "weights.pt").exists()
+    assert '"status": "completed"' in (tmp_path / "run" / "summary.json").read_text()
