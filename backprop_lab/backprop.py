@@ -153,25 +153,32 @@ def sgd_step(params: Params, grads: Grads, lr: float) -> None:
 # --- the same step, fused, for training speed ------------------------------------------
 
 
-def fused_step(params: Params, X: Tensor, Y: Tensor, lr: float, z2_out: Tensor | None = None) -> Tensor:
+def fused_step(params: Params, X: Tensor, Y: Tensor, lr: float, z2_out: Tensor | None = None,
+               ones: Tensor | None = None) -> Tensor:
     """forward + backward + sgd_step as one sequence of fewer kernels; returns z2.
 
     The equations are those above; only the bookkeeping differs: each bias add rides in
-    its matrix product (addmm), 1/m and lr become one scalar, and each weight gradient is
+    its matrix product (addmm), 1/m and lr become one scalar, each weight gradient is
     accumulated straight into its weight (W -= lr/m * A^T dz) instead of being stored
-    first. The tests hold it to forward/backward/sgd_step at float tolerance.
+    first, each bias gradient is the product dz^T 1 accumulated into the bias (addmv), the
+    softmax is torch's single kernel, and the ReLU mask is sign(a1) (1 where a1 > 0, else 0:
+    a1 is never negative), a float that multiplies without a conversion. `ones` is a
+    cached (m,) vector of ones, made here if not given. The tests hold this function to
+    forward/backward/sgd_step at float tolerance.
     """
     m = X.shape[0]
     step = lr / m
+    if ones is None or ones.shape[0] != m:
+        ones = X.new_ones(m)
     z1 = torch.addmm(params.b1, X, params.W1)  # X W1 + b1: (m,784) @ (784,H) -> (m,H)
     a1 = z1.clamp_min_(0)  # relu(z1), in place: z1 itself is not needed again
     z2 = torch.addmm(params.b2, a1, params.W2, out=z2_out)  # a1 W2 + b2: (m,H) @ (H,10) -> (m,10)
-    dz2 = softmax(z2).sub_(Y)  # p - Y: (m,10)
-    dz1 = (dz2 @ params.W2.T).mul_(relu_grad(a1))  # (m,10) @ (10,H) -> (m,H), before W2 moves
+    dz2 = torch.softmax(z2, dim=1).sub_(Y)  # p - Y: (m,10)
+    dz1 = (dz2 @ params.W2.T).mul_(a1.sign())  # (m,10) @ (10,H) -> (m,H), * 1[a1 > 0], before W2 moves
     params.W2.addmm_(a1.T, dz2, alpha=-step)  # W2 -= lr * a1^T dz2 / m: (H,m) @ (m,10)
-    params.b2.sub_(dz2.sum(dim=0), alpha=step)  # b2 -= lr * mean(dz2)
+    params.b2.addmv_(dz2.T, ones, alpha=-step)  # b2 -= lr * mean(dz2): (10,m) @ (m,)
     params.W1.addmm_(X.T, dz1, alpha=-step)  # W1 -= lr * X^T dz1 / m: (784,m) @ (m,H)
-    params.b1.sub_(dz1.sum(dim=0), alpha=step)  # b1 -= lr * mean(dz1)
+    params.b1.addmv_(dz1.T, ones, alpha=-step)  # b1 -= lr * mean(dz1): (H,m) @ (m,)
     return z2
 
 

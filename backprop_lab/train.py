@@ -181,6 +181,7 @@ def train(
     # computed in one vectorised pass instead of a handful of tiny ops per batch.
     Z = torch.empty(n, Y_all.shape[1], dtype=X_all.dtype, device=device)  # (n,10)
     X_probe, Y_probe = X_all[:PROBE], Y_all[:PROBE]
+    ones = X_all.new_ones(batch)  # fused_step's bias sums, dz^T 1, for every full batch
 
     for epoch in range(start_epoch, planned_epochs(cfg, n) + 1):
         start = time.perf_counter()
@@ -194,7 +195,7 @@ def train(
             idx = order[rows]
             X, Y = X_all.index_select(0, idx), Y_all.index_select(0, idx)  # (m,784), (m,10)
             if chapter is not None:
-                fused_step(chapter, X, Y, opt.lr, z2_out=Z[rows])
+                fused_step(chapter, X, Y, opt.lr, z2_out=Z[rows], ones=ones)
             else:
                 cache = network.forward(arch, params, X, train=True, dropout=state.dropout)
                 grads = network.backward(arch, params, cache, Y)
