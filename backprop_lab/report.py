@@ -119,8 +119,12 @@ class Reporter:
         """The test set's confusion matrix (analysis.Confusion) as a rich table."""
         from .views import confusion_table
 
+        table = confusion_table(conf, title="confusion matrix (test set): rows true digit, columns predicted")
         self.console.print()
-        self.console.print(confusion_table(conf, title="confusion matrix (test set): rows true digit, columns predicted"))
+        if self.console.is_terminal:
+            self.console.print(table)
+        else:  # a pipe or a log file has no width to keep to; rich's default 80 would cut the statistics off
+            Console(file=self.console.file, width=max(self.console.width, 120)).print(table)
 
     def summary(self, summary: dict[str, Any], status: str | None = None) -> None:
         status = status or summary["status"]
