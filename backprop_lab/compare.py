@@ -121,23 +121,29 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def load_metrics(run_dir: Path) -> list[dict[str, float]]:
-    """metrics.csv, checked to have every column and only numbers, or RunError."""
+def _checked_csv(run_dir: Path, name: str, columns: Sequence[str], read: Any) -> list[dict[str, float]]:
+    """`read(run_dir)` after checking that `name` has a header with every one of `columns`;
+    RunError with one line for an empty, short, garbled or unreadable file."""
     try:
-        with open(run_dir / METRICS, newline="") as f:
+        with open(run_dir / name, newline="") as f:
             header = next(csv.reader(f), None)
         if header is None:
-            raise RunError(f"{METRICS} is empty (not even its header)")
-        missing = [c for c in COLUMN_KEYS if c not in header]
+            raise RunError(f"{name} is empty (not even its header)")
+        missing = [c for c in columns if c not in header]
         if missing:
-            raise RunError(f"{METRICS} lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)}")
-        return read_metrics(run_dir)
+            raise RunError(f"{name} lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)}")
+        return read(run_dir)
     except RunError:  # a ValueError too, but already the message to give
         raise
     except (ValueError, TypeError) as e:  # float('') or float(None): a short, long or garbled row
-        raise RunError(f"{METRICS} has a row that is not all numbers ({e})") from None
+        raise RunError(f"{name} has a row that is not all numbers ({e})") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise RunError(f"cannot read {METRICS}: {getattr(e, 'strerror', None) or e}") from None
+        raise RunError(f"cannot read {name}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def load_metrics(run_dir: Path) -> list[dict[str, float]]:
+    """metrics.csv, checked to have every column and only numbers, or RunError."""
+    return _checked_csv(run_dir, METRICS, COLUMN_KEYS, read_metrics)
 
 
 def load_layers(run_dir: Path) -> list[dict[str, float]]:
@@ -145,21 +151,7 @@ def load_layers(run_dir: Path) -> list[dict[str, float]]:
     from 1, or RunError; [] for a run from before grads.csv existed."""
     if not (run_dir / GRADS).exists():
         return []
-    try:
-        with open(run_dir / GRADS, newline="") as f:
-            header = next(csv.reader(f), None)
-        if header is None:
-            raise RunError(f"{GRADS} is empty (not even its header)")
-        missing = [c for c in GRADS_COLUMNS if c not in header]
-        if missing:
-            raise RunError(f"{GRADS} lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)}")
-        rows = read_layers(run_dir)
-    except RunError:  # a ValueError too, but already the message to give
-        raise
-    except (ValueError, TypeError) as e:  # float('') or float(None): a short, long or garbled row
-        raise RunError(f"{GRADS} has a row that is not all numbers ({e})") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise RunError(f"cannot read {GRADS}: {getattr(e, 'strerror', None) or e}") from None
+    rows = _checked_csv(run_dir, GRADS, GRADS_COLUMNS, read_layers)
     if not all(r[k].is_integer() and r[k] >= 1 for r in rows for k in ("epoch", "layer")):
         raise RunError(f"{GRADS} has an epoch or layer that is not a whole number from 1")
     return rows
