@@ -15,8 +15,8 @@ drift of a shared machine hits them all alike:
                 the training shapes into preallocated outputs: the machine's matmul
                 throughput at those shapes, expressed as seconds per epoch.
 
-Also measured: what (c)'s per-epoch metrics cost; start-up of the CLI (`--help`, and a
-one-batch run as an upper bound of the time to the first batch); peak resident memory of the
+Also measured: what (c)'s per-epoch metrics cost; start-up of the CLI (`--help`, a one-batch
+run's wall time, and from that run's log the time from the command to its first batch); peak resident memory of the
 full article run (--memory); (c) over hidden and batch sizes (--plot draws it).
 
 Left out: (a) and (b) compute no metrics, only training, which flatters them against (c);
@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,6 +51,7 @@ from .config import DEVICE_PATTERN, Config, ConfigError
 from .data import MNIST, SHIPPED_ROOT, DataError, load_mnist, read_idx
 from .network import evaluate as network_evaluate
 from .network import layer_stats
+from .rundir import LOG
 from .train import PROBE, arch_of, make_state, resolve_device, sgd_of, train
 
 Epoch = Callable[[], object]  # runs one epoch of one variant
@@ -65,7 +67,7 @@ TARGETS = {
     "c_over_d": ("(c) / (d): trainer vs the compute limit", "<=", 1.5),
     "eval_added_pct": ("per-epoch metrics, % added to training", "<=", 10.0),
     "help_s": ("`backprop-lab --help`, s", "<=", 1.5),
-    "first_batch_s": ("one-batch run (bounds time to first batch), s", "<=", 3.0),
+    "to_first_batch_s": ("enter to the first batch (from the run's log), s", "<=", 3.0),
     "peak_rss_gb": ("peak RSS of experiment=article, GB", "<=", 1.5),
 }
 
@@ -291,19 +293,32 @@ def wall(cmd: list[str], cwd: str) -> float:
     return seconds
 
 
-def measure_startup(device: torch.device, tmp: str, say: Callable) -> dict[str, Any]:
-    """Interleaved repeats of both commands; the one-batch run also tests 10,000 images and
-    writes its run directory, so it bounds the time to the first batch from above."""
+def training_started(log: Path) -> float:
+    """When the run logged its config, the last thing before its first batch: the line
+    `[2026-11-30 04:44:14,359][backprop_lab][INFO] - config: ...`, as a Unix time."""
+    for line in log.read_text().splitlines():
+        if "] - config: " in line:
+            stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")  # the log's local time
+            return stamp.timestamp()
+    raise RuntimeError(f"{log} has no config line: the run did not reach its first batch")
+
+
+def measure_startup(device: torch.device, tmp: str, say: Callable, repeats: int = STARTUP_REPEATS) -> dict[str, Any]:
+    """Interleaved repeats of both commands. The one-batch run's wall time also covers a test
+    pass, the plots and the files; the time to its first batch is read from its log."""
     say("start-up: --help and a one-batch run")
     help_cmd = cli_command() + ["--help"]
     one_batch = [sys.executable, "-m", "backprop_lab", "data.train_subset=64", "train.epochs=1", f"device={device}"]
-    helps, firsts = [], []
-    for i in range(STARTUP_REPEATS):
+    helps, firsts, to_first = [], [], []
+    for i in range(repeats):
         helps.append(wall(help_cmd, tmp))
+        pressed = time.time()
         firsts.append(wall(one_batch + [f"hydra.run.dir={tmp}/first{i}"], tmp))
+        to_first.append(training_started(Path(tmp) / f"first{i}" / LOG) - pressed)
     return {
         "help_s": statistics.median(helps), "first_batch_s": statistics.median(firsts),
-        "help_cmd": " ".join(help_cmd), "one_batch_cmd": " ".join(one_batch), "repeats": STARTUP_REPEATS,
+        "to_first_batch_s": statistics.median(to_first),
+        "help_cmd": " ".join(help_cmd), "one_batch_cmd": " ".join(one_batch), "repeats": repeats,
     }
 
 

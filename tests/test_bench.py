@@ -89,3 +89,23 @@ def test_autograd_baseline_trains_like_the_hand_written_path(small_mnist):
     assert abs(correct.item() / n_test - record.test_acc) <= 2 / n_test  # a borderline digit may flip
     trained = model_params(model)
     assert torch.allclose(trained.W1, hand.W1, atol=1e-5) and torch.allclose(trained.W2, hand.W2, atol=1e-5)
+
+
+@pytest.mark.slow  # two CLI runs, about 8 s
+def test_startup_reads_the_time_to_the_first_batch_from_the_run_log(tmp_path):
+    from backprop_lab.bench import measure_startup
+
+    startup = measure_startup(torch.device("cpu"), str(tmp_path), say=lambda *a: None, repeats=1)
+    # the first batch comes after Python, torch, Hydra and the data, and before the run ends
+    assert 0.5 < startup["to_first_batch_s"] < startup["first_batch_s"]
+    assert 0 < startup["help_s"] < startup["first_batch_s"]
+
+
+def test_a_log_without_the_config_line_is_a_clear_error(tmp_path):
+    from backprop_lab.bench import training_started
+
+    (tmp_path / "backprop-lab.log").write_text("[2026-11-30 04:44:14,359][backprop_lab][INFO] - resumed\n")
+    with pytest.raises(RuntimeError, match="did not reach its first batch"):
+        training_started(tmp_path / "backprop-lab.log")
+    (tmp_path / "ok.log").write_text("[2026-11-30 04:44:14,359][backprop_lab][INFO] - config: {}\n")
+    assert training_started(tmp_path / "ok.log") % 1 == pytest.approx(0.359, abs=1e-6)
