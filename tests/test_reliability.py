@@ -54,7 +54,8 @@ def uninterrupted(tmp_path_factory):
     return tmp / "run"
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130),
+                                      pytest.param(signal.SIGTERM, 143, marks=pytest.mark.slow)])  # same path, in make test-slow
 def test_signal_stops_cleanly_and_resume_is_bitwise_identical(tmp_path, uninterrupted, sig, code):
     run_dir = tmp_path / "run"
     proc = start(*SMALL, f"hydra.run.dir={run_dir}", cwd=tmp_path)

@@ -24,7 +24,7 @@ def clean(proc) -> None:
     assert "Callback" not in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["joblib", pytest.param("submitit_local", marks=pytest.mark.slow)])
 def test_two_job_sweep_through_a_real_launcher(tmp_path, launcher):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "model.hidden_size=16,32", *TINY, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}",
