@@ -252,9 +252,7 @@ def load_run(run_dir: Path) -> tuple[Arch, Params, Config]:
     """The saved weights of a completed run and the config it was trained with."""
     import torch
 
-    from omegaconf import OmegaConf
-
-    from .config import Config, ConfigError, from_container
+    from .config import ConfigError, from_container, with_defaults
     from .rundir import WEIGHTS, read_summary
     from .train import arch_of
 
@@ -268,7 +266,7 @@ def load_run(run_dir: Path) -> tuple[Arch, Params, Config]:
         raise PredictError(f"cannot read {run_dir / WEIGHTS}: {' '.join(str(e).split())[:150]}") from None
     try:  # keys added to backprop-lab after the run take their defaults, as the run had them
         saved = read_summary(run_dir).get("config") or {}
-        cfg = from_container(OmegaConf.to_container(OmegaConf.merge(Config().to_dict(), saved)))
+        cfg = from_container(with_defaults(saved))
     except (OSError, ValueError, ConfigError) as e:
         raise PredictError(f"cannot read the config of {run_dir} from its summary.json: {e}") from None
     arch = arch_of(cfg)

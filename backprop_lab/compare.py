@@ -46,6 +46,7 @@ from rich.measure import Measurement
 from rich.table import Table
 
 from .analysis import CONFUSION_CSV, Confusion, from_counts
+from .config import dotted
 from .report import COLUMN_KEYS, Reporter, error_line
 from .rundir import (GRADS, GRADS_COLUMNS, LOG, METRICS, SUMMARY, effective_status, read_layers, read_metrics,
                      read_summary)
@@ -87,14 +88,6 @@ SHOW_FIELDS: list[tuple[str, tuple[type, ...]]] = [
 ]
 
 
-def _lookup(d: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
-            raise KeyError(dotted)
-        d = d[part]
-    return d
-
-
 def load_summary(run_dir: Path) -> dict[str, Any]:
     """summary.json, checked to hold every field show and compare print, or RunError."""
     try:
@@ -108,7 +101,7 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     missing, wrong = [], []
     for path, types in SHOW_FIELDS:
         try:
-            value = _lookup(summary, path)
+            value = dotted(summary, path)
         except KeyError:
             missing.append(path)
             continue

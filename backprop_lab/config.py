@@ -228,15 +228,31 @@ def check_combination(cfg: Config) -> None:
         raise ConfigError("optim.nesterov=true needs optim.momentum > 0, e.g. optim.momentum=0.9")
 
 
+def dotted(d: Any, key: str) -> Any:
+    """d['model']['hidden_size'] for key 'model.hidden_size'; KeyError if any part is missing."""
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            raise KeyError(key)
+        d = d[part]
+    return d
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config (summary.json's "config") with the keys added to backprop-lab since
+    that run filled in from their defaults, which is what the run had."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.merge(Config().to_dict(), saved))
+
+
 def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
     """'key (old -> new)' for every key where a run's saved config differs from `cfg`;
     keys the saved config lacks (added to backprop-lab later) count as their defaults."""
     def lookup(config: Any, key: str) -> Any:
-        for part in key.split("."):
-            if not isinstance(config, dict) or part not in config:
-                return _default(key)
-            config = config[part]
-        return config
+        try:
+            return dotted(config, key)
+        except KeyError:
+            return _default(key)
 
     new = cfg.to_dict()
     return [f"{k} ({lookup(saved, k)!r} -> {lookup(new, k)!r})" for k in known_keys() if lookup(saved, k) != lookup(new, k)]

@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .cli import EXIT_BAD_INPUT, error_line, run
-from .config import Config, ConfigError, config_changes, from_container
+from .config import ConfigError, config_changes, from_container, with_defaults
 from .rundir import LOG, RunDirError, effective_status, read_summary
 
 
@@ -53,7 +53,7 @@ def resume(run_dir: Path, overrides: list[str]) -> int:
                           f"start a new run with a smaller optim.lr")
 
     # Keys added to backprop-lab after the run started take their defaults.
-    saved = OmegaConf.to_container(OmegaConf.merge(Config().to_dict(), summary["config"]))
+    saved = with_defaults(summary["config"])
     try:
         asked = OmegaConf.to_container(OmegaConf.merge(saved, OmegaConf.from_dotlist(overrides)))
     except Exception as e:  # noqa: BLE001 - OmegaConf's errors for bad KEY=VALUE strings vary
