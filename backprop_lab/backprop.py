@@ -153,32 +153,48 @@ def sgd_step(params: Params, grads: Grads, lr: float) -> None:
 # --- the same step, fused, for training speed ------------------------------------------
 
 
+@dataclass
+class FusedViews:
+    """What fused_step reuses from batch to batch, made once by `fused_views`. The views
+    share storage with the parameters, so they follow the in-place updates."""
+
+    W2T: Tensor  # (10,H) W2^T
+    b1: Tensor  # (1,H) b1 as a row
+    b2: Tensor  # (1,10) b2 as a row
+    ones: Tensor  # (1,m) a row of ones: 1^T dz sums dz over the batch
+
+
+def fused_views(params: Params, m: int) -> FusedViews:
+    return FusedViews(W2T=params.W2.T, b1=params.b1.unsqueeze(0), b2=params.b2.unsqueeze(0),
+                      ones=params.W1.new_ones(1, m))
+
+
 def fused_step(params: Params, X: Tensor, Y: Tensor, lr: float, z2_out: Tensor | None = None,
-               ones: Tensor | None = None) -> Tensor:
+               views: FusedViews | None = None) -> Tensor:
     """forward + backward + sgd_step as one sequence of fewer kernels; returns z2.
 
-    The equations are those above; only the bookkeeping differs: each bias add rides in
-    its matrix product (addmm), 1/m and lr become one scalar, each weight gradient is
-    accumulated straight into its weight (W -= lr/m * A^T dz) instead of being stored
-    first, each bias gradient is the product dz^T 1 accumulated into the bias (addmv), the
-    softmax is torch's single kernel, and the ReLU mask is sign(a1) (1 where a1 > 0, else 0:
-    a1 is never negative), a float that multiplies without a conversion. `ones` is a
-    cached (m,) vector of ones, made here if not given. The tests hold this function to
+    The equations are those above; only the bookkeeping differs: 1/m and lr become one
+    scalar, each gradient is accumulated straight into its parameter (W -= lr/m * A^T dz)
+    instead of being stored first, a bias gradient is the product 1^T dz, the softmax is
+    torch's single kernel, and the ReLU mask is sign(a1) (1 where a1 > 0, else 0: a1 is
+    never negative), a float that multiplies without a conversion. The bias adds are a
+    product then an add, not one addmm: with MKL at these shapes addmm's bias is the slower
+    of the two (benchmarked). `views` (from fused_views, made here if not given for this m)
+    saves making the same transposes every batch. The tests hold this function to
     forward/backward/sgd_step at float tolerance.
     """
     m = X.shape[0]
     step = lr / m
-    if ones is None or ones.shape[0] != m:
-        ones = X.new_ones(m)
-    z1 = torch.addmm(params.b1, X, params.W1)  # X W1 + b1: (m,784) @ (784,H) -> (m,H)
+    v = views if views is not None and views.ones.shape[1] == m else fused_views(params, m)
+    z1 = torch.mm(X, params.W1).add_(params.b1)  # X W1 + b1: (m,784) @ (784,H) -> (m,H)
     a1 = z1.clamp_min_(0)  # relu(z1), in place: z1 itself is not needed again
-    z2 = torch.addmm(params.b2, a1, params.W2, out=z2_out)  # a1 W2 + b2: (m,H) @ (H,10) -> (m,10)
+    z2 = torch.mm(a1, params.W2, out=z2_out).add_(params.b2)  # a1 W2 + b2: (m,H) @ (H,10) -> (m,10)
     dz2 = torch.softmax(z2, dim=1).sub_(Y)  # p - Y: (m,10)
-    dz1 = (dz2 @ params.W2.T).mul_(a1.sign())  # (m,10) @ (10,H) -> (m,H), * 1[a1 > 0], before W2 moves
+    dz1 = torch.mm(dz2, v.W2T).mul_(a1.sign())  # (m,10) @ (10,H) -> (m,H), * 1[a1 > 0], before W2 moves
     params.W2.addmm_(a1.T, dz2, alpha=-step)  # W2 -= lr * a1^T dz2 / m: (H,m) @ (m,10)
-    params.b2.addmv_(dz2.T, ones, alpha=-step)  # b2 -= lr * mean(dz2): (10,m) @ (m,)
+    v.b2.addmm_(v.ones, dz2, alpha=-step)  # b2 -= lr * mean(dz2): (1,m) @ (m,10)
     params.W1.addmm_(X.T, dz1, alpha=-step)  # W1 -= lr * X^T dz1 / m: (784,m) @ (m,H)
-    params.b1.addmv_(dz1.T, ones, alpha=-step)  # b1 -= lr * mean(dz1): (H,m) @ (m,)
+    v.b1.addmm_(v.ones, dz1, alpha=-step)  # b1 -= lr * mean(dz1): (1,m) @ (m,H)
     return z2
 
 

@@ -9,18 +9,20 @@ drift of a shared machine hits them all alike:
                 backprop.forward / backward / sgd_step;
   (b) autograd  nn.Linear-ReLU-nn.Linear, nn.CrossEntropyLoss, torch.optim.SGD on the
                 preloaded tensors of load_mnist, reshuffled every epoch;
-  (c) trainer   train.train() as the CLI runs it (fused step, train and test metrics every
-                epoch), and its plain forward / backward / sgd_step path (train.fused=False);
+  (c) trainer   train.train() as the CLI runs it (fused step), timed over its batches alone
+                (EpochMetrics.batch_seconds), like (a) and (b); its whole epoch, with the train
+                and test metrics after the batches, is timed too; and the plain forward /
+                backward / sgd_step path (train.fused=False);
   (d) limit     the epoch's five matrix products alone (see `matmul_flops`), back to back at
                 the training shapes into preallocated outputs: the machine's matmul
                 throughput at those shapes, expressed as seconds per epoch.
 
-Also measured: what (c)'s per-epoch metrics cost; start-up of the CLI (`--help`, a one-batch
+Also measured: what (c)'s per-epoch metrics cost (its epoch less its batches, round by
+round); start-up of the CLI (`--help`, a one-batch
 run's wall time, and from that run's log the time from the command to its first batch); peak resident memory of the
 full article run (--memory); (c) over hidden and batch sizes (--plot draws it).
 
-Left out: (a) and (b) compute no metrics, only training, which flatters them against (c);
-(d) counts no bias add, softmax, ReLU or indexing, and no test pass; loading the data is in
+Left out: (d) counts no bias add, softmax, ReLU or indexing, and no test pass; loading the data is in
 no epoch; every figure comes from this one run on this one machine.
 """
 
@@ -46,13 +48,11 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from .backprop import N_CLASSES, N_INPUTS, Params, backward, cross_entropy, forward, init_params, one_hot, sgd_step
+from .backprop import N_CLASSES, N_INPUTS, Params, backward, forward, init_params, one_hot, sgd_step
 from .config import DEVICE_PATTERN, Config, ConfigError
 from .data import MNIST, SHIPPED_ROOT, DataError, load_mnist, read_idx
-from .network import evaluate as network_evaluate
-from .network import layer_stats
 from .rundir import LOG
-from .train import PROBE, arch_of, make_state, resolve_device, sgd_of, train
+from .train import EpochMetrics, make_state, resolve_device, train
 
 Epoch = Callable[[], object]  # runs one epoch of one variant
 QUICK_SUBSET = 2048  # --quick: training and test images, enough for every batch size of the scaling table
@@ -158,29 +158,11 @@ def autograd_epoch(cfg: Config, data: MNIST, device: torch.device) -> Epoch:
 
 
 def trainer_epoch(cfg: Config, data: MNIST, device: torch.device, epochs: int, fused: bool = True) -> Epoch:
-    """train.train() itself, advanced one epoch per call (a generator, so nothing is copied)."""
+    """train.train() itself, advanced one epoch per call (a generator, so nothing is copied);
+    each call returns the epoch's EpochMetrics, whose batch_seconds interleave records."""
     cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, fused=fused))
     records = train(cfg, data, make_state(cfg, device))
     return lambda: next(records)
-
-
-def metrics_epoch(cfg: Config, data: MNIST, device: torch.device) -> Epoch:
-    """What train.train adds after an epoch's batches (mirrored from it): train metrics from the
-    kept logits, then one pass over the test set, each read back once."""
-    state = make_state(cfg, device)
-    arch, opt = arch_of(cfg), sgd_of(cfg)
-    n = data.X_train.shape[0]
-    Z = torch.randn(n, N_CLASSES, device=device)  # (n,10) stands in for the kept logits
-    Y_epoch = data.Y_train.index_select(0, torch.randperm(n).to(device))  # gathered by training, at the epoch's start
-
-    def epoch() -> None:
-        cross_entropy(Z, Y_epoch).item()
-        (Z.argmax(dim=1) == Y_epoch.argmax(dim=1)).sum().item()
-        loss_sum, correct = network_evaluate(arch, state.params, data.X_test, data.Y_test)
-        loss_sum.item(), correct.item()
-        layer_stats(arch, opt, state.params, state.velocity, data.X_train[:PROBE], data.Y_train[:PROBE])
-
-    return epoch
 
 
 COUNTED = (
@@ -197,13 +179,14 @@ def matmul_flops(n: int, hidden: int) -> int:
 
 def matmul_epoch(n: int, batch: int, hidden: int, device: torch.device) -> Epoch:
     """Exactly ceil(n/batch) steps of the five products at full batch size, with the operand
-    layouts of backprop.fused_step (transposes as views); values are random, which costs the same."""
+    layouts of backprop.fused_step as train.train runs it (transposes as views, W2 column-major);
+    values are random, which costs the same."""
     g = torch.Generator().manual_seed(0)
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g).to(device)
 
-    X, W1, W2 = rand(batch, N_INPUTS), rand(N_INPUTS, hidden), rand(hidden, N_CLASSES)
+    X, W1, W2 = rand(batch, N_INPUTS), rand(N_INPUTS, hidden), rand(N_CLASSES, hidden).T  # W2 column-major, as trained
     a1, dz1, dz2 = rand(batch, hidden), rand(batch, hidden), rand(batch, N_CLASSES)
     z1, z2, back, dW2, dW1 = (torch.empty_like(t) for t in (a1, dz2, dz1, W2, W1))
 
@@ -227,10 +210,12 @@ def interleave(epochs: dict[str, Epoch], timed: int, device: torch.device, say: 
         for name in names[r % len(names) :] + names[: r % len(names)]:
             sync(device)
             start = time.perf_counter()
-            epochs[name]()
+            record = epochs[name]()
             sync(device)
             if r:
                 times[name].append(time.perf_counter() - start)
+                if isinstance(record, EpochMetrics):  # the trainer: its batches alone too
+                    times.setdefault(f"{name}_batches", []).append(record.batch_seconds)
     return times
 
 
@@ -238,6 +223,8 @@ def interleave(epochs: dict[str, Epoch], timed: int, device: torch.device, say: 
 
 
 def measure_epochs(cfg: Config, data: MNIST, device: torch.device, timed: int, say: Callable) -> dict[str, Any]:
+    """(c) is the trainer's batches, as (a), (b) and (d) are training alone; its metrics (the
+    rest of its epoch, timed inside the same epochs) are reported beside it."""
     n, hidden, batch = data.X_train.shape[0], cfg.model.hidden_size, cfg.data.batch_size
     if device.type != "cpu":
         say("note: (a) decodes and transforms every image on the CPU and copies each batch to the device, as the chapter does")
@@ -247,27 +234,27 @@ def measure_epochs(cfg: Config, data: MNIST, device: torch.device, timed: int, s
         "c_trainer": trainer_epoch(cfg, data, device, timed + 1),
         "c_plain": trainer_epoch(cfg, data, device, timed + 1, fused=False),
         "d_matmul": matmul_epoch(n, batch, hidden, device),
-        "metrics": metrics_epoch(cfg, data, device),
     }
     times = interleave(epochs, timed, device, say)
     med = {name: statistics.median(t) for name, t in times.items()}
     run_flops = matmul_flops(math.ceil(n / batch) * batch, hidden)  # what d_matmul ran
     gflops = run_flops / med["d_matmul"] / GB
     d = matmul_flops(n, hidden) / (gflops * GB)
-    c = med["c_trainer"]
-    seconds = {"a_chapter": med["a_chapter"], "b_autograd": med["b_autograd"], "c_trainer": c, "c_plain": med["c_plain"], "d_limit": d}
+    c = med["c_trainer_batches"]
+    metrics = statistics.median(e - b for e, b in zip(times["c_trainer"], times["c_trainer_batches"]))
+    seconds = {"a_chapter": med["a_chapter"], "b_autograd": med["b_autograd"], "c_trainer": c,
+               "c_trainer_epoch": med["c_trainer"], "c_plain": med["c_plain_batches"], "d_limit": d}
     return {
         "epoch_seconds": seconds,
         "epoch_seconds_all": times,
         "ratios": {
             "c_over_a": c / seconds["a_chapter"], "c_over_b": c / seconds["b_autograd"], "c_over_d": c / d,
-            "a_over_c": seconds["a_chapter"] / c, "b_over_c": seconds["b_autograd"] / c, "c_plain_over_c": med["c_plain"] / c,
+            "a_over_c": seconds["a_chapter"] / c, "b_over_c": seconds["b_autograd"] / c, "c_plain_over_c": seconds["c_plain"] / c,
         },
         "metrics_cost": {
-            "seconds": med["metrics"],
-            "share_of_epoch_pct": 100 * med["metrics"] / c,
-            # None where noise makes the metrics look costlier than the whole epoch
-            "added_to_training_pct": 100 * med["metrics"] / (c - med["metrics"]) if c > med["metrics"] else None,
+            "seconds": metrics,
+            "share_of_epoch_pct": 100 * metrics / med["c_trainer"],
+            "added_to_training_pct": 100 * metrics / c,
         },
         "compute": {
             "flops_per_epoch": matmul_flops(n, hidden),
@@ -303,21 +290,25 @@ def training_started(log: Path) -> float:
 
 
 def measure_startup(device: torch.device, tmp: str, say: Callable, repeats: int = STARTUP_REPEATS) -> dict[str, Any]:
-    """Interleaved repeats of both commands. The one-batch run's wall time also covers a test
-    pass, the plots and the files; the time to its first batch is read from its log."""
-    say("start-up: --help and a one-batch run")
+    """Interleaved repeats of three commands. The one-batch run's wall time also covers a test
+    pass, the plots and the files; the time to its first batch is read from its log. The
+    baseline is a bare `python -c "import torch"`: the floor under any run's start."""
+    say("start-up: --help, a one-batch run and a bare `import torch`")
     help_cmd = cli_command() + ["--help"]
     one_batch = [sys.executable, "-m", "backprop_lab", "data.train_subset=64", "train.epochs=1", f"device={device}"]
-    helps, firsts, to_first = [], [], []
+    bare = [sys.executable, "-c", "import torch"]
+    helps, firsts, to_first, imports = [], [], [], []
     for i in range(repeats):
         helps.append(wall(help_cmd, tmp))
         pressed = time.time()
         firsts.append(wall(one_batch + [f"hydra.run.dir={tmp}/first{i}"], tmp))
         to_first.append(training_started(Path(tmp) / f"first{i}" / LOG) - pressed)
+        imports.append(wall(bare, tmp))
     return {
         "help_s": statistics.median(helps), "first_batch_s": statistics.median(firsts),
-        "to_first_batch_s": statistics.median(to_first),
-        "help_cmd": " ".join(help_cmd), "one_batch_cmd": " ".join(one_batch), "repeats": repeats,
+        "to_first_batch_s": statistics.median(to_first), "import_torch_s": statistics.median(imports),
+        "help_cmd": " ".join(help_cmd), "one_batch_cmd": " ".join(one_batch), "import_torch_cmd": " ".join(bare),
+        "repeats": repeats,
     }
 
 
@@ -370,8 +361,9 @@ def check_targets(results: dict[str, Any]) -> dict[str, Any]:
 VARIANTS = [
     ("a_chapter", "(a) chapter", "DataLoader, PIL + ToTensor + Normalize per sample, hand-written math"),
     ("b_autograd", "(b) autograd", "nn.Linear + CrossEntropyLoss + optim.SGD, preloaded tensors"),
-    ("c_trainer", "(c) trainer", "train.train(), fused step, train + test metrics each epoch"),
-    ("c_plain", "(c) plain", "train.train() with train.fused=false"),
+    ("c_trainer", "(c) trainer", "train.train()'s batches, fused step"),
+    ("c_trainer_epoch", "(c) + metrics", "its whole epoch: the batches, then train + test metrics"),
+    ("c_plain", "(c) plain", "train.train()'s batches with train.fused=false"),
     ("d_limit", "(d) limit", "the epoch's matrix products alone, at the training shapes"),
 ]
 
@@ -388,10 +380,13 @@ def render(console: Console, r: dict[str, Any]) -> None:
         t.add_row(name, what, f"{v:.3f}", f"{s['train_size'] / v:,.0f}", f"{c / v:.2f}")
     console.print(t)
     m = r["metrics_cost"]
-    added = "n/a" if m["added_to_training_pct"] is None else f"{m['added_to_training_pct']:.1f}%"
     console.print(f"per-epoch metrics: {m['seconds']:.3f} s = {m['share_of_epoch_pct']:.1f}% of (c)'s epoch, "
-                  f"{added} added to its training; matmul at training shapes: "
+                  f"{m['added_to_training_pct']:.1f}% added to its training; matmul at training shapes: "
                   f"{r['compute']['gflops_at_training_shapes']:.1f} GFLOP/s, {r['compute']['flops_per_epoch'] / GB:.2f} GFLOP per epoch")
+    if r["startup"]:
+        st = r["startup"]
+        console.print(f"start-up: first batch {st['to_first_batch_s']:.2f} s after the command, of which a bare "
+                      f"`import torch` takes {st['import_torch_s']:.2f} s; `--help` {st['help_s']:.2f} s")
     if r["machine"].get("load_average_1min"):  # includes this benchmark's own threads
         console.print("machine load (1-min average, this run included): {start:.2f} at start, {end:.2f} at end".format(**r["machine"]["load_average_1min"]))
     t = Table(title="targets (issue 5)", title_justify="left")

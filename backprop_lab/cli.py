@@ -245,6 +245,9 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     """Train one run into `run_dir` (or, with `resume`, continue the one there); return
     its final test accuracy. Every outcome is recorded in summary.json."""
     wall_start = time.perf_counter()
+    from .mnist_files import prefetch
+
+    prefetch(cfg.data.root)  # the data is read and checked on another core while torch loads
     # Imported only now, so `--help`, `--cfg` and bad values answer without loading torch.
     import torch
 

@@ -9,9 +9,6 @@ these tensors directly. torchvision is imported only when files must be download
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,21 +16,9 @@ import torch
 from torch import Tensor
 
 from .backprop import one_hot
+from .mnist_files import CANONICAL_MD5, SHIPPED_ROOT, DataError, find_files, folder_of, read_verified
 
-SHIPPED_ROOT = Path(__file__).parent / "datasets" / "mnist"
-
-# The widely published MD5 of each uncompressed canonical file (as in torchvision's MNIST).
-CANONICAL_MD5 = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-}
-IDX_UBYTE = 0x08  # IDX type code for unsigned bytes
-
-
-class DataError(RuntimeError):
-    """Missing, corrupt or unreadable data; the message is one line meant for the user."""
+__all__ = ["CANONICAL_MD5", "SHIPPED_ROOT", "DataError", "MNIST", "load_mnist", "normalise", "pool2x2", "read_idx"]
 
 
 @dataclass
@@ -62,38 +47,11 @@ def pool2x2(X: Tensor) -> Tensor:
     return blocks.mean(dim=(2, 4)).reshape(n, 196)
 
 
-def candidate_dirs(root: Path) -> list[Path]:
-    """Where files may sit: the folder itself, or torchvision's `<root>/MNIST/raw` layout."""
-    return [root, root / "MNIST" / "raw"]
-
-
-def find_files(root: Path) -> dict[str, Path]:
-    """name -> path of each file found (plain preferred over .gz); missing names left out."""
-    found = {}
-    for name in CANONICAL_MD5:
-        for folder in candidate_dirs(root):
-            for path in (folder / name, folder / f"{name}.gz"):
-                if name not in found and path.is_file():
-                    found[name] = path
-    return found
-
-
 def read_idx(path: Path, name: str) -> Tensor:
-    """Read one IDX file, refusing it unless its content has the canonical MD5."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"cannot read MNIST file {path}: {e}; replace it with a good copy") from e
-    digest = hashlib.md5(raw).hexdigest()
-    if digest != CANONICAL_MD5[name]:
-        raise DataError(
-            f"MNIST file {path} is corrupt or truncated: MD5 of its content is {digest}, "
-            f"expected {CANONICAL_MD5[name]}; replace it with a good copy"
-        )
+    """One IDX file as a uint8 tensor of its dimensions, refused unless its content has the canonical MD5."""
+    raw = read_verified(path, name)
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    if raw[2] != IDX_UBYTE:  # cannot happen once the MD5 matched; kept as a guard for edits
-        raise DataError(f"MNIST file {path} is not an unsigned-byte IDX file")
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -122,7 +80,7 @@ def load_mnist(
 ) -> MNIST:
     """Load, verify and normalise MNIST; `train_subset` keeps the first N training images;
     `image_size=14` mean-pools each 2x2 block (after normalising: the mean is linear, so the same)."""
-    folder = SHIPPED_ROOT if root is None else Path(root).expanduser()
+    folder = folder_of(root)
     if root is not None and folder.exists() and not folder.is_dir():
         raise DataError(f"data.root={str(root)!r} is a file, not a folder holding the MNIST files")
     found = find_files(folder)

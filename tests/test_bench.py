@@ -39,8 +39,12 @@ def test_quick_bench_prints_the_table_and_writes_the_figures(quick_bench):
     figures = json.loads(json_path.read_text())
     assert figures["settings"]["train_size"] == 2048
     seconds = figures["epoch_seconds"]
-    assert set(seconds) == {"a_chapter", "b_autograd", "c_trainer", "c_plain", "d_limit"}
+    assert set(seconds) == {"a_chapter", "b_autograd", "c_trainer", "c_trainer_epoch", "c_plain", "d_limit"}
     assert all(v > 0 for v in seconds.values())
+    # (c) is the batches of the trainer's epochs; the metrics are the rest of the same epochs
+    rounds = figures["epoch_seconds_all"]
+    assert all(0 < b < e for b, e in zip(rounds["c_trainer_batches"], rounds["c_trainer"]))
+    assert seconds["c_trainer"] == rounds["c_trainer_batches"][0]  # one timed epoch in --quick
     assert {"c_over_a", "c_over_b", "c_over_d"} <= set(figures["ratios"])
     assert figures["compute"]["flops_per_epoch"] == 2 * 2048 * (2 * 784 * 128 + 3 * 128 * 10)
     assert figures["compute"]["gflops_at_training_shapes"] > 0
@@ -99,6 +103,8 @@ def test_startup_reads_the_time_to_the_first_batch_from_the_run_log(tmp_path):
     # the first batch comes after Python, torch, Hydra and the data, and before the run ends
     assert 0.5 < startup["to_first_batch_s"] < startup["first_batch_s"]
     assert 0 < startup["help_s"] < startup["first_batch_s"]
+    assert 0 < startup["import_torch_s"] < startup["first_batch_s"]  # the bare import: no data, no training
+    assert startup["import_torch_cmd"].endswith("-c import torch")
 
 
 def test_a_log_without_the_config_line_is_a_clear_error(tmp_path):

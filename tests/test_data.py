@@ -97,6 +97,42 @@ def test_flipped_byte_is_refused(tmp_path):
         D.load_mnist(tmp_path)
 
 
+def test_prefetched_files_load_the_same_and_are_taken_once(tmp_path, full, monkeypatch):
+    import threading
+
+    from backprop_lab import mnist_files as M
+
+    copy_shipped(tmp_path)
+    reads, real = [], M.read_now
+    monkeypatch.setattr(M, "read_now", lambda path, name: reads.append(threading.current_thread().name) or real(path, name))
+    M.prefetch(tmp_path)
+    early = D.load_mnist(tmp_path)
+    assert reads == ["mnist-prefetch"] * 4
+    assert torch.equal(early.X_train, full.X_train) and torch.equal(early.y_test, full.y_test)
+    D.load_mnist(tmp_path, train_subset=10)  # the prefetched bytes were handed over once: now read here
+    assert reads[4:] == [threading.current_thread().name] * 4
+
+
+def test_a_corrupt_file_found_by_the_prefetch_is_refused_by_the_load(tmp_path):
+    from backprop_lab import mnist_files as M
+
+    copy_shipped(tmp_path, plain=True)
+    labels = tmp_path / "train-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:-1])
+    M.prefetch(tmp_path)
+    with pytest.raises(D.DataError) as info:
+        D.load_mnist(tmp_path)
+    assert str(labels) in str(info.value) and "corrupt or truncated" in str(info.value)
+
+
+def test_prefetch_of_a_missing_folder_changes_nothing(tmp_path):
+    from backprop_lab import mnist_files as M
+
+    M.prefetch(tmp_path / "nowhere")
+    with pytest.raises(D.DataError, match="MNIST files not found"):
+        D.load_mnist(tmp_path / "nowhere")
+
+
 def test_missing_files_without_download(tmp_path):
     with pytest.raises(D.DataError, match="MNIST files not found in .*missing train-images-idx3-ubyte"):
         D.load_mnist(tmp_path, download_missing=False)
