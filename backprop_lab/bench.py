@@ -312,21 +312,36 @@ def measure_startup(device: torch.device, tmp: str, say: Callable, repeats: int 
     }
 
 
+# Runs argv[1:], then prints its peak RSS as ru_maxrss. On Linux a child's high-water mark
+# starts at its parent's RSS when it forks (exec keeps it), so the run measured must not be
+# forked from the benchmark, which holds gigabytes by then: this small launcher forks it.
+PEAK_RSS_LAUNCHER = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+print(usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def peak_rss(cmd: list[str], cwd: str, err: Any) -> float:
+    """Peak resident memory of `cmd` in bytes; its stderr goes to the open file `err`."""
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, *cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=err, text=True)
+    if proc.returncode != 0:
+        err.seek(0)
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}: {err.read().strip()[-300:]}")
+    kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
+    return int(proc.stdout.split()[-1]) * kib
+
+
 def measure_memory(device: torch.device, tmp: str, say: Callable) -> dict[str, Any]:
-    """Peak RSS of one full article run in a child process. os.wait4 returns that child's own
-    rusage (RUSAGE_CHILDREN would fold in every earlier child of this process)."""
+    """Peak RSS of one full article run in a child process of its own (see PEAK_RSS_LAUNCHER)."""
     say("memory: a full experiment=article run (about 20 s)")
     cmd = [sys.executable, "-m", "backprop_lab", "experiment=article", f"device={device}", f"hydra.run.dir={tmp}/article"]
     start = time.perf_counter()
     with open(Path(tmp) / "article.err", "w+") as err:
-        child = subprocess.Popen(cmd, cwd=tmp, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode != 0:
-            err.seek(0)
-            raise RuntimeError(f"the article run exited {child.returncode}: {err.read().strip()[-300:]}")
-    kib = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-    return {"peak_rss_gb": usage.ru_maxrss * kib / GB, "wall_s": time.perf_counter() - start, "cmd": " ".join(cmd)}
+        peak = peak_rss(cmd, tmp, err)
+    return {"peak_rss_gb": peak / GB, "wall_s": time.perf_counter() - start, "cmd": " ".join(cmd)}
 
 
 def measure_scaling(cfg: Config, data: MNIST, device: torch.device, say: Callable) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ works and that baseline (b) trains the same network as the hand-written path.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 
 import pytest
@@ -115,3 +116,18 @@ def test_a_log_without_the_config_line_is_a_clear_error(tmp_path):
         training_started(tmp_path / "backprop-lab.log")
     (tmp_path / "ok.log").write_text("[2026-11-30 04:44:14,359][backprop_lab][INFO] - config: {}\n")
     assert training_started(tmp_path / "ok.log") % 1 == pytest.approx(0.359, abs=1e-6)
+
+
+def test_peak_rss_is_the_childs_own_not_the_benchmarks(tmp_path):
+    from backprop_lab.bench import peak_rss
+
+    held = torch.ones(400 * 2**20 // 4)  # 400 MB resident in this process, as the benchmark holds its data
+    allocate = [sys.executable, "-c", "b = bytearray(300 * 2**20)"]  # touches 300 MB
+    with open(tmp_path / "err", "w+") as err:
+        small = peak_rss([sys.executable, "-c", "pass"], str(tmp_path), err)
+        big = peak_rss(allocate, str(tmp_path), err)
+    assert small < 100e6  # a bare interpreter: none of this process's 400 MB
+    assert 300 * 2**20 < big < 300 * 2**20 + 100e6
+    with open(tmp_path / "err", "w+") as err, pytest.raises(RuntimeError, match="exited 3"):
+        peak_rss([sys.executable, "-c", "import sys; sys.exit(3)"], str(tmp_path), err)
+    del held
