@@ -179,14 +179,13 @@ def matmul_flops(n: int, hidden: int) -> int:
 
 def matmul_epoch(n: int, batch: int, hidden: int, device: torch.device) -> Epoch:
     """Exactly ceil(n/batch) steps of the five products at full batch size, with the operand
-    layouts of backprop.fused_step as train.train runs it (transposes as views, W2 column-major);
-    values are random, which costs the same."""
+    layouts of backprop.fused_step (transposes as views); values are random, which costs the same."""
     g = torch.Generator().manual_seed(0)
 
     def rand(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g).to(device)
 
-    X, W1, W2 = rand(batch, N_INPUTS), rand(N_INPUTS, hidden), rand(N_CLASSES, hidden).T  # W2 column-major, as trained
+    X, W1, W2 = rand(batch, N_INPUTS), rand(N_INPUTS, hidden), rand(hidden, N_CLASSES)
     a1, dz1, dz2 = rand(batch, hidden), rand(batch, hidden), rand(batch, N_CLASSES)
     z1, z2, back, dW2, dW1 = (torch.empty_like(t) for t in (a1, dz2, dz1, W2, W1))
 
@@ -242,6 +241,14 @@ def measure_epochs(cfg: Config, data: MNIST, device: torch.device, timed: int, s
     d = matmul_flops(n, hidden) / (gflops * GB)
     c = med["c_trainer_batches"]
     metrics = statistics.median(e - b for e, b in zip(times["c_trainer"], times["c_trainer_batches"]))
+    # The same ratios round by round: each round runs every variant back to back, so these
+    # pair measurements taken under the same load; shown beside the targets' ratio of medians.
+    d_rounds = [t * matmul_flops(n, hidden) / run_flops for t in times["d_matmul"]]
+    per_round = {
+        "a_over_c": [a / c_ for a, c_ in zip(times["a_chapter"], times["c_trainer_batches"])],
+        "b_over_c": [b / c_ for b, c_ in zip(times["b_autograd"], times["c_trainer_batches"])],
+        "c_over_d": [c_ / d_ for c_, d_ in zip(times["c_trainer_batches"], d_rounds)],
+    }
     seconds = {"a_chapter": med["a_chapter"], "b_autograd": med["b_autograd"], "c_trainer": c,
                "c_trainer_epoch": med["c_trainer"], "c_plain": med["c_plain_batches"], "d_limit": d}
     return {
@@ -251,6 +258,8 @@ def measure_epochs(cfg: Config, data: MNIST, device: torch.device, timed: int, s
             "c_over_a": c / seconds["a_chapter"], "c_over_b": c / seconds["b_autograd"], "c_over_d": c / d,
             "a_over_c": seconds["a_chapter"] / c, "b_over_c": seconds["b_autograd"] / c, "c_plain_over_c": seconds["c_plain"] / c,
         },
+        "ratios_per_round": {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "all": v}
+                             for k, v in per_round.items()},
         "metrics_cost": {
             "seconds": metrics,
             "share_of_epoch_pct": 100 * metrics / med["c_trainer"],
@@ -398,6 +407,9 @@ def render(console: Console, r: dict[str, Any]) -> None:
     console.print(f"per-epoch metrics: {m['seconds']:.3f} s = {m['share_of_epoch_pct']:.1f}% of (c)'s epoch, "
                   f"{m['added_to_training_pct']:.1f}% added to its training; matmul at training shapes: "
                   f"{r['compute']['gflops_at_training_shapes']:.1f} GFLOP/s, {r['compute']['flops_per_epoch'] / GB:.2f} GFLOP per epoch")
+    paired = r["ratios_per_round"]
+    console.print("per round (each variant's epochs back to back): " + ", ".join(
+        f"{k.replace('_over_', '/')} median {v['median']:.2f} ({v['min']:.2f}-{v['max']:.2f})" for k, v in paired.items()))
     if r["startup"]:
         st = r["startup"]
         console.print(f"start-up: first batch {st['to_first_batch_s']:.2f} s after the command, of which a bare "

@@ -165,9 +165,7 @@ def init_params(arch: Arch, init: str, init_scale: float, generator: torch.Gener
             std = {"normal": init_scale, "xavier": math.sqrt(2 / (n_in + n_out)), "he": math.sqrt(2 / n_in)}[init]
             W = torch.randn(n_in, n_out, generator=generator, dtype=dtype) * std
             b = torch.zeros(n_out, dtype=dtype)
-        # The output layer's weight lives column-major (a transposed (n_out, n_in) tensor): the
-        # products on its narrow side (n_out = 10) run faster so with MKL; shape and values are the same.
-        params[f"W{l}"] = W.T.contiguous().T if l == L else W
+        params[f"W{l}"] = W
         if bn:
             params[f"gamma{l}"] = torch.ones(n_out, dtype=dtype)
             params[f"beta{l}"] = torch.zeros(n_out, dtype=dtype)

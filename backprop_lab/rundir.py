@@ -118,7 +118,7 @@ class RunWriter:
     def save_weights(self, params: dict[str, Tensor]) -> None:
         import torch
 
-        cpu = {name: t.detach().to("cpu").contiguous() for name, t in params.items()}  # row-major in the file
+        cpu = {name: t.detach().to("cpu") for name, t in params.items()}
         atomic_write(self.run_dir / WEIGHTS, lambda f: torch.save(cpu, f), mode="wb")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:

@@ -128,7 +128,7 @@ class State:
     dropout: torch.Generator
 
     def state_dict(self) -> dict[str, Any]:
-        cpu = lambda d: {k: v.detach().to("cpu").contiguous() for k, v in d.items()}  # noqa: E731
+        cpu = lambda d: {k: v.detach().to("cpu") for k, v in d.items()}  # noqa: E731
         return {"params": cpu(self.params), "velocity": cpu(self.velocity),
                 "generator": self.shuffle.get_state(), "dropout_generator": self.dropout.get_state()}
 

@@ -46,6 +46,9 @@ def test_quick_bench_prints_the_table_and_writes_the_figures(quick_bench):
     rounds = figures["epoch_seconds_all"]
     assert all(0 < b < e for b, e in zip(rounds["c_trainer_batches"], rounds["c_trainer"]))
     assert seconds["c_trainer"] == rounds["c_trainer_batches"][0]  # one timed epoch in --quick
+    # with one round, the per-round ratio is the ratio itself
+    assert figures["ratios_per_round"]["b_over_c"]["median"] == pytest.approx(figures["ratios"]["b_over_c"])
+    assert figures["ratios_per_round"]["c_over_d"]["all"] == [pytest.approx(figures["ratios"]["c_over_d"])]
     assert {"c_over_a", "c_over_b", "c_over_d"} <= set(figures["ratios"])
     assert figures["compute"]["flops_per_epoch"] == 2 * 2048 * (2 * 784 * 128 + 3 * 128 * 10)
     assert figures["compute"]["gflops_at_training_shapes"] > 0

@@ -144,7 +144,7 @@ def test_gradients_match_central_finite_differences(arch):
     g = torch.Generator().manual_seed(1)
     for name, grad in grads.items():
         for _ in range(3):
-            W = params[name]  # the output layer's weight is column-major: index, don't view
+            W = params[name]  # indexed, not viewed flat: right for any memory layout
             i = int(torch.randint(0, W.numel(), (1,), generator=g))
             at = tuple(int(k) for k in torch.unravel_index(torch.tensor(i), W.shape))
             old = W[at].item()
