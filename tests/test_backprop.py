@@ -217,3 +217,26 @@ def test_fused_and_plain_training_agree_float32(small_mnist):
     (m1, p1), (m2, p2) = results[True], results[False]
     assert abs(m1.train_loss - m2.train_loss) < 1e-4 and abs(m1.test_acc - m2.test_acc) < 0.005
     assert rel_err(p1["W1"], p2["W1"]) < 1e-4
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
+def test_training_gives_the_same_weights_with_any_thread_count(small_mnist, fused):
+    # Sweeps run jobs with fewer threads than a single run; a config must train the same either way.
+    from dataclasses import replace
+
+    from backprop_lab.config import Config
+    from backprop_lab.train import make_state, train
+
+    cfg = Config()
+    cfg = replace(cfg, train=replace(cfg.train, epochs=1, fused=fused))
+    weights, before = {}, torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            state = make_state(cfg, torch.device("cpu"))
+            list(train(cfg, small_mnist, state))
+            weights[threads] = state.params
+    finally:
+        torch.set_num_threads(before)
+    for name in weights[1]:
+        assert torch.equal(weights[1][name], weights[2][name]), name
