@@ -333,7 +333,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def peak_rss(cmd: list[str], cwd: str, err: Any) -> float:
+def peak_rss(cmd: list[str], cwd: str, err: Any) -> int:
     """Peak resident memory of `cmd` in bytes; its stderr goes to the open file `err`."""
     proc = subprocess.run([sys.executable, "-c", PEAK_RSS_LAUNCHER, *cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=err, text=True)
     if proc.returncode != 0:
