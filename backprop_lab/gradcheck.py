@@ -119,18 +119,17 @@ def check(cfg: Config, batch: int = 16, entries: int = 6, seed: int | None = Non
                   autograd_max_abs=diff.max().item(),
                   autograd_rel=((mine - ref).norm() / ref.norm()).item() if ref.norm() > 0 else diff.max().item(),
                   fd_entries=0, fd_max_abs=0.0)
-        W, grad = params[name], mine.reshape(-1)
-        n_top = min(entries // 2, W.numel())
+        flat, grad = params[name].view(-1), mine.reshape(-1)
+        n_top = min(entries // 2, flat.numel())
         idx = set(grad.abs().topk(n_top).indices.tolist())
-        idx |= set(torch.randint(0, W.numel(), (entries - n_top,), generator=pick).tolist())
+        idx |= set(torch.randint(0, flat.numel(), (entries - n_top,), generator=pick).tolist())
         for i in sorted(idx):
-            at = tuple(int(k) for k in torch.unravel_index(torch.tensor(i), W.shape))  # any memory layout
-            old = W[at].item()
-            W[at] = old + FD_EPS
+            old = flat[i].item()
+            flat[i] = old + FD_EPS
             up = hand_loss()
-            W[at] = old - FD_EPS
+            flat[i] = old - FD_EPS
             down = hand_loss()
-            W[at] = old
+            flat[i] = old
             c.fd_max_abs = max(c.fd_max_abs, abs((up - down) / (2 * FD_EPS) - grad[i].item()))
         c.fd_entries = len(idx)
         c.fd_ok = c.fd_max_abs <= FD_TOL * grad.abs().max().item() + FD_ATOL
