@@ -53,21 +53,29 @@ _claimed: dict[str, str] = {}
 def fresh_dir(path: str) -> str:
     if path in _claimed:  # Hydra may resolve the key more than once in one process
         return _claimed[path]
+
+    def refuse_dir(folder: str, why: str) -> None:
+        error_line(f"cannot create the run directory {folder}: {why}; "
+                   f"run from a writable folder or set hydra.run.dir=<writable path>")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+    parent = Path(path).parent
+    try:  # apart from the loop: "exists" here (a file or a dangling link) is a failure, not a taken name
+        parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        refuse_dir(path, f"{parent} (or a folder above it) exists but is not a folder")
+    except OSError as e:
+        refuse_dir(path, e.strerror or str(e))
     candidate, n = path, 0
     while True:
         try:
-            Path(candidate).parent.mkdir(parents=True, exist_ok=True)
             os.mkdir(candidate)
             break
         except FileExistsError:
             n += 1
             candidate = f"{path}_{n}"
         except OSError as e:
-            error_line(
-                f"cannot create the run directory {candidate}: {e.strerror or e}; "
-                f"run from a writable folder or set hydra.run.dir=<writable path>"
-            )
-            raise SystemExit(EXIT_BAD_INPUT) from None
+            refuse_dir(candidate, e.strerror or str(e))
     _claimed[path] = candidate
     return candidate
 

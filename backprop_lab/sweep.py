@@ -206,6 +206,13 @@ class SweepReport(Callback):
             error_line(str(e))
             raise SystemExit(2) from None  # not an Exception, so Hydra does not turn it into a warning
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:  # made here, as Hydra's launcher would next, so a path that cannot be a folder is one line
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            why = "it, or a folder above it, exists but is not a folder" if isinstance(e, FileExistsError) else e.strerror or e
+            error_line(f"cannot create the sweep directory {sweep_dir}: {why}; run from a writable folder "
+                       f"or set hydra.sweep.dir=<writable path>")
+            raise SystemExit(2) from None
         (sweep_dir / STOP_FILE).unlink(missing_ok=True)
         if options(config.hydra)["resume"]:
             earlier = compare.collect([sweep_dir]) if sweep_dir.is_dir() else []

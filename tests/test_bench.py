@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import replace
 
 import pytest
@@ -107,8 +108,24 @@ def test_startup_reads_the_time_to_the_first_batch_from_the_run_log(tmp_path):
     # the first batch comes after Python, torch, Hydra and the data, and before the run ends
     assert 0.5 < startup["to_first_batch_s"] < startup["first_batch_s"]
     assert 0 < startup["help_s"] < startup["first_batch_s"]
-    assert 0 < startup["import_torch_s"] < startup["first_batch_s"]  # the bare import: no data, no training
-    assert startup["import_torch_cmd"].endswith("-c import torch")
+    # the bare import, timed to its end: no data, no training, no exit
+    assert 0 < startup["to_torch_imported_s"] < startup["first_batch_s"]
+    assert startup["cli_share_s"] == pytest.approx(startup["to_first_batch_s"] - startup["to_torch_imported_s"])
+    assert "import torch" in startup["import_torch_cmd"]
+
+
+@pytest.mark.slow  # a torch import and a 2 s exit, about 5 s
+def test_the_import_baseline_excludes_the_interpreters_exit(tmp_path):
+    """A child that sleeps after importing torch: the baseline must not count the sleep."""
+    import backprop_lab.bench as bench
+
+    slow_exit = bench.TORCH_IMPORTED + "; import atexit, time as t; atexit.register(t.sleep, 2)"
+    start = time.perf_counter()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench, "TORCH_IMPORTED", slow_exit)
+        seconds = bench.torch_imported(str(tmp_path))
+    assert time.perf_counter() - start > 2  # the child did wait before exiting
+    assert 0 < seconds < time.perf_counter() - start - 1.5
 
 
 def test_a_log_without_the_config_line_is_a_clear_error(tmp_path):

@@ -169,6 +169,16 @@ def test_unwritable_outputs_folder_is_a_clear_error(tmp_path):
     assert len(lines) == 1 and "cannot create the run directory" in lines[0], proc.stderr
 
 
+def test_a_dangling_outputs_link_is_a_clear_error(tmp_path):
+    """A dangling symlink named outputs once made the run-folder loop spin forever."""
+    (tmp_path / "outputs").symlink_to(tmp_path / "gone")
+    proc = run_cli("train.epochs=1", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "exists but is not a folder" in lines[0], proc.stderr
+    assert (tmp_path / "outputs").is_symlink() and not (tmp_path / "gone").exists()  # left as it was
+
+
 def test_hydra_cli_features_still_work(tmp_path):
     help_ = run_cli("--help", cwd=tmp_path)
     assert help_.returncode == 0 and "experiment" in help_.stdout

@@ -109,3 +109,14 @@ def test_bad_threads_or_sweep_option_is_one_line(tmp_path, override, shown):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and shown in proc.stderr
     assert "is not valid" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.rglob("summary.json")) and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("blocker", ["file", "dangling link"])
+def test_a_sweep_folder_that_cannot_be_made_is_one_line(tmp_path, blocker):
+    outputs = tmp_path / "outputs"
+    outputs.write_text("a file") if blocker == "file" else outputs.symlink_to(tmp_path / "gone")
+    proc = run_cli("-m", "model.hidden_size=8,16", "data.train_subset=200", "train.epochs=1", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot create the sweep directory outputs/multirun/"), proc.stderr
+    assert "Traceback" not in proc.stdout
