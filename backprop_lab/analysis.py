@@ -292,13 +292,23 @@ def predict_main(argv: list[str]) -> int:
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
-    parser.add_argument("--from-test", metavar="N", type=int, help="classify MNIST test image N (0-9999) instead")
-    args = parser.parse_args(argv)
-    if not args.images and args.from_test is None:
+    parser.add_argument("--from-test", metavar="N", type=int, action="append", default=[],
+                        help="also classify MNIST test image N (0-9999) and draw it; repeatable")
+    # intermixed: IMAGE files may come before or after --from-test N, as a user would type them
+    args = parser.parse_intermixed_args(argv)
+    if not args.images and not args.from_test:
         parser.error("give IMAGE files or --from-test N")
     try:
         arch, params, cfg = load_run(args.run_dir)
-        if args.from_test is not None:
+        names, parts = [str(p) for p in args.images], []
+        if args.images:
+            mine = torch.from_numpy(np.stack([to_mnist_file(p) for p in args.images]))
+            if cfg.data.image_size == 14:
+                from .data import pool2x2
+
+                mine = pool2x2(mine)
+            parts.append(mine)
+        if args.from_test:
             from .data import DataError, load_mnist
 
             try:
@@ -306,20 +316,15 @@ def predict_main(argv: list[str]) -> int:
             except DataError as e:
                 raise PredictError(str(e)) from None
             n = len(data.y_test)
-            if not 0 <= args.from_test < n:
-                raise PredictError(f"--from-test {args.from_test} is out of range: the test set has images 0-{n - 1}")
-            names = [f"test image {args.from_test} (true label {data.y_test[args.from_test].item()})"]
-            X = data.X_test[args.from_test: args.from_test + 1]
-        else:
-            names = [str(p) for p in args.images]
-            X = torch.from_numpy(np.stack([to_mnist_file(p) for p in args.images]))
-            if cfg.data.image_size == 14:
-                from .data import pool2x2
-
-                X = pool2x2(X)
+            for i in args.from_test:
+                if not 0 <= i < n:
+                    raise PredictError(f"--from-test {i} is out of range: the test set has images 0-{n - 1}")
+            names += [f"test image {i} (true label {data.y_test[i].item()})" for i in args.from_test]
+            parts.append(data.X_test[args.from_test])
     except PredictError as e:
         error_line(str(e))
         return 2
+    X = torch.cat(parts)  # (images + test images, n_inputs)
     probs = predict_probs(arch, params, X)
     top_p, top_c = probs.topk(3, dim=1)
     table = Table(title=f"predictions of {args.run_dir}", title_justify="left")
@@ -330,10 +335,11 @@ def predict_main(argv: list[str]) -> int:
         table.add_row(name, *(f"[bold]{c}[/bold]  {p:6.1%}" if i == 0 else f"{c}  {p:6.1%}"
                               for i, (c, p) in enumerate(zip(cs, ps))))
     console = Console()
-    if args.from_test is not None:
+    if args.from_test:
         from .views import digit_art, digit_text
 
-        console.print(digit_art(X[0]) if console.color_system else digit_text(X[0]), highlight=False)
+        for x in X[len(args.images):]:  # the test images: they come after the user's own
+            console.print(digit_art(x) if console.color_system else digit_text(x), highlight=False)
     console.print(table)
     return 0
 

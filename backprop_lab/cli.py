@@ -10,6 +10,8 @@ a traceback; the full traceback of an unexpected failure goes to the run's log f
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import logging
 import math
 import os
@@ -17,10 +19,11 @@ import platform
 import shutil
 import signal
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -30,7 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 
 from . import __version__
-from .config import ConfigError, from_dictconfig, known_keys, unknown_key_message
+from .config import ConfigError, from_dictconfig, known_keys, list_keys, unknown_key_message
 from .report import error_line
 from .rundir import LOG, RunDirError, refuse_existing_run
 
@@ -94,21 +97,128 @@ def config_groups() -> dict[str, list[str]]:
     }
 
 
-def check_overrides(argv: list[str]) -> None:
-    """Reject unknown keys and group options before Hydra starts, with one line each.
-
-    Hydra would stop on them too, but with several lines of OmegaConf detail. Values are
-    checked later, per job, by config.from_container.
-    """
+def parse_hydra_args(argv: list[str]) -> tuple[Any, list[str]]:
+    """Hydra's own argument parser, raising ConfigError where it would print its whole usage
+    text (e.g. for --cfg jobb: its line already names the valid choices)."""
     from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def refuse(message: str) -> NoReturn:
+        raise ConfigError(f"{message}; see backprop-lab --help")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    return parser.parse_known_args(argv)
+
+
+def split_overrides_message(argv: list[str], overrides: list[str], unknown: list[str]) -> str:
+    """Hydra's argparse takes the KEY=VALUE overrides as one group and refuses any after an
+    option that ends it: name that option, and the command line that works."""
+    # argparse itself tells where the group ended: at the first prefix of argv with a stray.
+    first = len(argv) - 1
+    for i in range(len(argv)):
+        try:
+            if parse_hydra_args(argv[: i + 1])[1]:
+                first = i
+                break
+        except ConfigError:  # a prefix may end inside an option, e.g. before --cfg's value
+            continue
+    stray, before = argv[first], argv[first - 1]
+    if before.startswith("-") and "=" not in before:
+        where = f"comes after {before}, apart from the overrides before it"
+    else:
+        option = before if before.startswith("-") else f"{argv[max(first - 2, 0)]} {before}"
+        where = f"follows an option's value ({option})"
+    all_overrides = overrides + [u for u in unknown if not u.startswith("-")]
+    options = list(argv)
+    for o in all_overrides:
+        options.remove(o)
+    return (f"{stray!r} {where}: Hydra takes the KEY=VALUE overrides as one group; give them together, "
+            f"e.g. backprop-lab {' '.join(options + all_overrides)}")
+
+
+def several_values_message(o: Any) -> str:
+    """Hydra's 'Ambiguous value' for KEY=A,B without -m, in one line, with what was most
+    likely meant: a list for a list key, else a sweep."""
+    from hydra.core.override_parser.types import ValueType
+
+    line, key = o.input_line, o.key_or_group
+    if o.value_type != ValueType.SIMPLE_CHOICE_SWEEP:  # range(...), glob(...), choice(...)
+        return f"{line} is a sweep: add -m to run it (backprop-lab -m {line})"
+    if key in list_keys():
+        return f"{line} gives several values: for a list write {key}=[{line.split('=', 1)[1]}]; to sweep over them, add -m"
+    return f"{line} gives several values, and one run takes one: to sweep over them, add -m (backprop-lab -m {line})"
+
+
+def check_output_dir(key: str, value: Any, used: bool) -> None:
+    """Refuse hydra.run.dir or hydra.sweep.dir values Hydra would fail on with a traceback, or
+    act on wrongly: an empty one means the current folder, which would fill with run files.
+    `used`: Hydra will make this folder in this command (not for --cfg, or the other mode's)."""
+    if isinstance(value, str) and "${" in value:
+        return  # resolved by Hydra later; fresh_dir makes its own checks
+    if value is None or isinstance(value, (list, dict)):
+        shown = "null" if value is None else value
+        raise ConfigError(f"{key}={shown} is not valid: expected a folder, e.g. {key}=outputs/try1")
+    if not str(value).strip():
+        raise ConfigError(f"{key} is empty: the current folder would take the run's files; name a folder, "
+                          f"e.g. {key}=outputs/try1, or leave {key} out for a fresh timestamped one")
+    path = Path(str(value))
+    if key == "hydra.run.dir":
+        # Hydra would rewrite the folder's .hydra/ files before any check of ours runs.
+        refuse_existing_run(path)
+    if not used:
+        return
+    existing = path
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    if not existing.is_dir():
+        kind = "a file" if existing.is_file() else "a link to nothing" if existing.is_symlink() else "no folder"
+        inside = "" if existing == path else f"{path} cannot be made: "
+        raise RunDirError(f"{key}: {inside}{existing} is {kind}, not a folder")
+    if existing != path:
+        # Hydra makes the missing folders later; see now that it can, leaving nothing behind
+        # (a probe of our own name, so a concurrent run making the same folder is not disturbed).
+        try:
+            probe = tempfile.mkdtemp(dir=existing, prefix=".backprop-lab-probe-")
+        except OSError as e:
+            raise RunDirError(f"{key}: {path} cannot be created: no folder can be made in {existing} "
+                              f"({e.strerror or e})") from None
+        with contextlib.suppress(OSError):
+            os.rmdir(probe)
+    elif not os.access(path, os.W_OK | os.X_OK):
+        raise RunDirError(f"{key}: {path} cannot be used: permission denied")
+
+
+def hydra_group_options(group: str) -> tuple[list[str], list[str]]:
+    """The options Hydra finds for one of its own groups (hydra/launcher: basic, joblib, ...),
+    and its groups. Plugins add theirs when imported, so they are loaded first: a third of a
+    second, spent only when such a group is named."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(CONF_DIR)))
+    return loader.get_group_options(group), [f"hydra/{g}" for g in loader.list_groups("hydra")]
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Reject what Hydra would stop on, or act on wrongly, before it starts, with one line
+    each: stray options, unknown keys and group options, several values without -m, run
+    folders that cannot be made.
+
+    Hydra would stop on most of them too, but with several lines of usage text, OmegaConf
+    detail or a traceback. Values are checked later, per job, by config.from_container.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    args, unknown = get_args_parser().parse_known_args(argv)
+    args, unknown = parse_hydra_args(argv)
     unknown += [a for a in argv if a == "--"]  # argparse swallows it; Hydra's parser would not
     if unknown and "=" in unknown[0] and not unknown[0].startswith("-"):
-        raise ConfigError(f"{unknown[0]!r} follows an option's value: give KEY=VALUE overrides before "
-                          f"options such as --cfg job, or all together after -m")
+        raise ConfigError(split_overrides_message(argv, args.overrides, unknown))
+    if unknown and not unknown[0].startswith("-"):
+        raise ConfigError(f"{unknown[0]!r} is neither an option nor a KEY=VALUE override; see backprop-lab --help")
     if unknown:
         raise ConfigError(f"unknown option {unknown[0]!r}: overrides are KEY=VALUE; see backprop-lab --help")
     try:
@@ -116,9 +226,14 @@ def check_overrides(argv: list[str]) -> None:
     except HydraException as e:
         first = str(e).strip().splitlines()[0]
         raise ConfigError(f"cannot parse the overrides {' '.join(args.overrides)!r}: {first}") from None
+    makes_dirs = not (args.help or args.hydra_help or args.cfg or args.info is not None or args.shell_completion)
     groups = config_groups()
     for o in overrides:
         key = o.key_or_group
+        if o.is_sweep_override() and not args.multirun:
+            raise ConfigError(several_values_message(o))
+        if o.is_sweep_override() and o.is_hydra_override():
+            raise ConfigError(f"{o.input_line}: Hydra's own settings take one value, even in a sweep (-m)")
         values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
         for value in values:
             if isinstance(value, str) and "${" in value:  # Hydra fails on a malformed one in many lines
@@ -126,9 +241,14 @@ def check_overrides(argv: list[str]) -> None:
                     OmegaConf.create({"value": value})
                 except OmegaConfBaseException as e:
                     raise ConfigError(f"{key}={value} is not valid: {str(e).splitlines()[0]}") from None
-        if key == "hydra.run.dir" and isinstance(o.value(), str) and "${" not in o.value():
-            # Hydra would rewrite the folder's .hydra/ files before any check of ours runs.
-            refuse_existing_run(Path(o.value()))
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and not o.is_delete():
+            check_output_dir(key, o.value(), makes_dirs and (key == "hydra.sweep.dir") == args.multirun)
+        if key.startswith("hydra/") and not (o.is_add() or o.is_force_add() or o.is_delete()) and o.value() is not None:
+            options, hydra_groups = hydra_group_options(key)
+            if not options:
+                raise ConfigError(f"'{key}' is not one of Hydra's config groups; they are: {', '.join(hydra_groups)}")
+            if o.value() not in options:
+                raise ConfigError(f"{key}={o.value()} is not a known option; available: {', '.join(options)}")
         if key.split(".")[0].split("/")[0] == "hydra" or o.is_add() or o.is_force_add() or o.is_delete():
             continue  # Hydra's own settings, and deliberate additions checked later
         if key in groups:
@@ -139,6 +259,31 @@ def check_overrides(argv: list[str]) -> None:
                     raise ConfigError(f"{key}={choice} is not a known preset; available: {', '.join(groups[key])}")
         elif key not in known_keys():
             raise ConfigError(unknown_key_message(key))
+
+
+def check_mode(argv: list[str]) -> None:
+    """Hydra raises a ValueError (a traceback) for more than one of -m, --cfg, --info, ..."""
+    args, _ = parse_hydra_args(argv)
+    modes = [flag for flag, given in (("--run", args.run), ("-m", args.multirun), ("--cfg", args.cfg is not None),
+                                      ("--info", args.info is not None), ("--shell-completion", args.shell_completion))
+             if given]
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)} cannot be combined: give one of them "
+                          f"(--cfg job prints the config of one run; -m runs a sweep)")
+
+
+def check_command(argv: list[str]) -> None:
+    """A first word that is neither an option nor an override is most likely a mistyped
+    command: name the commands rather than fail to parse it as an override."""
+    word = argv[0] if argv else "-"
+    if word.startswith(("-", "~", "+")) or "=" in word:
+        return
+    commands = ", ".join(SUBCOMMANDS)
+    close = difflib.get_close_matches(word, SUBCOMMANDS, n=1, cutoff=0.6)
+    if close:
+        raise ConfigError(f"unknown command {word!r}; did you mean {close[0]!r}? commands: {commands}")
+    raise ConfigError(f"{word!r} is neither a command nor a KEY=VALUE override; commands: {commands}; "
+                      f"a run takes overrides such as optim.lr=0.05 (see backprop-lab --help)")
 
 
 # Subcommands other than training: name -> (module, function taking argv, returning an exit code).
@@ -177,7 +322,9 @@ def main() -> None:
         module, function = SUBCOMMANDS[argv[0]]
         sys.exit(getattr(importlib.import_module(module), function)(argv[1:]))
     try:
+        check_command(argv)
         check_overrides(argv)
+        check_mode(argv)
         if "--help" in argv or "-h" in argv:
             print_help(argv)
             return
@@ -227,22 +374,38 @@ def discard_if_empty(run_dir: Path, claimed_only: bool = True) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+EXIT_SIGPIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose output pipe closed
+
+
 class StopRequest:
     """Signal handler for SIGINT and SIGTERM: the first asks training to stop after the
     current batch; a second one stops at once (the files stay consistent either way,
-    since every file is appended or replaced whole)."""
+    since every file is appended or replaced whole). Once training is over (`trained`),
+    the first stops at once: all that is left then is the optional plots."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.trained = False
 
     def __call__(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if not first or self.trained:
             raise KeyboardInterrupt
-        self.signum = signum
         stderr.print(f"\n{signal.Signals(signum).name}: stopping after this batch (again to stop at once)")
 
     def requested(self) -> bool:
         return self.signum is not None
+
+
+def silence_stdout(reporter: Any) -> None:
+    """After a broken pipe: whatever is still printed goes nowhere (the reporter's console
+    has already pointed stdout at /dev/null, where Python's final flush goes too)."""
+    reporter.console.quiet = True
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def now() -> str:
@@ -264,7 +427,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
 
     from .data import DataError, load_mnist
     from .report import COLUMN_KEYS, Reporter
-    from .rundir import RunWriter, check_usable, config_hash, load_checkpoint, read_summary
+    from .rundir import METRICS, RunWriter, check_usable, config_hash, load_checkpoint, read_metrics, read_summary
     from .train import Diverged, Stopped, arch_of, make_state, planned_epochs, resolve_device, train
 
     try:
@@ -282,7 +445,16 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             discard_if_empty(run_dir)
         return refuse(str(e), EXIT_BAD_INPUT, in_sweep)
 
-    state = make_state(cfg, device)
+    try:
+        state = make_state(cfg, device)
+    except (RuntimeError, MemoryError) as e:  # a model too large for this machine's memory
+        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower():
+            raise
+        if not resume:
+            discard_if_empty(run_dir)
+        sizes = "-".join(str(n) for n in arch_of(cfg).sizes)
+        return refuse(f"the {sizes} model does not fit in the memory of {device} ({first_line(e)}); "
+                      f"choose smaller model.hidden_size/model.hidden_sizes", EXIT_BAD_INPUT, in_sweep)
     if checkpoint is None:
         summary: dict[str, Any] = {
             "status": "running",
@@ -324,9 +496,17 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         summary = read_summary(run_dir)
         summary.setdefault("resumed_at", []).append(now())
         summary.update(status="running", error=None, finished_at=None)
-        if checkpoint["row"] is not None and summary["epochs_completed"] < checkpoint["epoch"]:
-            writer.append(checkpoint["row"])  # killed between the checkpoint and the row
-            writer.append_layers(checkpoint["epoch"], checkpoint.get("layers", []))
+        row = checkpoint["row"]
+        if row is not None and summary["epochs_completed"] < checkpoint["epoch"]:
+            rows = read_metrics(run_dir) if (run_dir / METRICS).exists() else []
+            if not rows or rows[-1]["epoch"] < checkpoint["epoch"]:  # killed between the checkpoint and the row
+                writer.append(row)
+                writer.append_layers(checkpoint["epoch"], checkpoint.get("layers", []))
+            # killed before the summary caught up: it does now, from the checkpoint's row
+            summary.update(epochs_completed=checkpoint["epoch"], final_test_acc=row["test_acc"],
+                           final_test_loss=row["test_loss"], train_seconds=summary["train_seconds"] + row["seconds"])
+            if summary["best_test_acc"] is None or row["test_acc"] > summary["best_test_acc"]:
+                summary.update(best_test_acc=row["test_acc"], best_epoch=checkpoint["epoch"])
     summary.update(pid=os.getpid(), host=platform.node())  # lets a reader tell a live run from a killed one
     start_epoch = summary["epochs_completed"] + 1 if checkpoint is None else checkpoint["epoch"] + 1
 
@@ -343,11 +523,11 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     log.info("%s: %s", "resumed" if resume else "config", summary["config"])
 
     reporter = Reporter()
-    reporter.start(summary)
     stop = StopRequest()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     exit_code = 0
     try:
+        reporter.start(summary)
         reporter.next_epoch = start_epoch
         with reporter.progress(summary["epochs_planned"]) as on_batch:
             for m in train(cfg, data, state, on_batch, start_epoch=start_epoch, should_stop=stop.requested):
@@ -355,8 +535,6 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                 save_checkpoint(m.epoch, row, m.layers)  # first, so a kill between the two loses nothing
                 writer.append(row)
                 writer.append_layers(m.epoch, m.layers)
-                reporter.epoch(row)
-                log.info("epoch %s", row)
                 summary.update(
                     epochs_completed=m.epoch,
                     final_test_acc=m.test_acc,
@@ -366,6 +544,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                 if summary["best_test_acc"] is None or m.test_acc > summary["best_test_acc"]:
                     summary.update(best_test_acc=m.test_acc, best_epoch=m.epoch)
                 writer.write_summary(summary)
+                log.info("epoch %s", row)
+                reporter.epoch(row)  # last: the files are complete whatever the terminal does
         summary["status"] = "completed"
     except Diverged as e:
         summary.update(status="diverged", error=f"{e}; try a smaller optim.lr",
@@ -380,6 +560,16 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             f"epoch(s) are saved; continue with: backprop-lab resume {run_dir}",
         )
         exit_code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+        summary["signal"] = signal.Signals(signum).name
+    except BrokenPipeError:  # `backprop-lab ... | head`: the reader is gone, so stop as a shell's SIGPIPE would
+        silence_stdout(reporter)
+        summary.update(
+            status="interrupted",
+            error=f"standard output was closed (broken pipe); the {summary['epochs_completed']} completed epoch(s) "
+            f"are saved; continue with: backprop-lab resume {run_dir}",
+        )
+        exit_code = EXIT_SIGPIPE
+        summary["signal"] = "SIGPIPE"
     except OSError as e:
         summary.update(status="failed", error=f"cannot write to the run directory {run_dir}: {e.strerror or e}")
         exit_code = EXIT_FAILED
@@ -394,16 +584,29 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         if summary["status"] == "completed":
             writer.save_weights(state.params)
             summary["weights"] = "weights.pt"
+            stop.trained = True  # a signal from here on skips the plots at once
             try:  # confusion.csv/.png, errors.png, curves.png: nice to have, never a reason to fail a run
+                if stop.requested():
+                    raise KeyboardInterrupt
                 from .analysis import write_reports
 
                 confusion = write_reports(run_dir, arch_of(cfg), state.params, data)
                 reporter.confusion(confusion)
-            except KeyboardInterrupt:
-                stderr.print("[yellow]warning:[/yellow] analysis plots skipped (interrupted); the run is complete")
-            except Exception as e:  # noqa: BLE001 - logged with traceback, reported in one line
-                log.warning("analysis plots failed", exc_info=True)
-                stderr.print(f"[yellow]warning:[/yellow] could not write the analysis plots: {type(e).__name__}: {e}")
+            except BrokenPipeError:
+                silence_stdout(reporter)
+                summary["signal"] = "SIGPIPE"
+                exit_code = EXIT_SIGPIPE
+            except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - logged with traceback, reported in one line
+                if stop.requested():  # the signal's KeyboardInterrupt, or what a library made of it mid-drawing
+                    name = signal.Signals(stop.signum).name
+                    stderr.print(f"[yellow]warning:[/yellow] analysis plots skipped ({name}); the run is complete")
+                    summary["signal"] = name
+                    exit_code = EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
+                elif isinstance(e, KeyboardInterrupt):
+                    raise
+                else:
+                    log.warning("analysis plots failed", exc_info=True)
+                    stderr.print(f"[yellow]warning:[/yellow] could not write the analysis plots: {type(e).__name__}: {e}")
         summary.update(wall_seconds=summary["wall_seconds"] + time.perf_counter() - wall_start, finished_at=now())
         writer.write_summary(summary)
     except OSError as e:
@@ -418,9 +621,18 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("summary: %s", summary)
-    reporter.summary(summary)
+    try:
+        reporter.summary(summary)
+    except BrokenPipeError:
+        silence_stdout(reporter)
+        exit_code = exit_code or EXIT_SIGPIPE
     if exit_code:
-        refuse(summary["error"], exit_code, in_sweep)
+        if summary["status"] == "completed":  # stopped after training: nothing of the run is missing
+            why = "standard output was closed" if exit_code == EXIT_SIGPIPE else f"stopped by {summary['signal']}"
+            refuse(f"{why} after training; the run is complete in {run_dir} (weights saved), "
+                   f"only the analysis plots may be missing", exit_code, in_sweep)
+        else:
+            refuse(summary["error"], exit_code, in_sweep)
         return None
     acc = summary["final_test_acc"]
     return acc if acc is not None and math.isfinite(acc) else None

@@ -617,6 +617,18 @@ def write_plot(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> int:
     return len(plotted)
 
 
+def plot_format_problem(dest: str) -> str | None:
+    """Why matplotlib would refuse to draw into dest, or None: asked before any file is read or
+    written, so a typo in the extension costs nothing. No extension means PNG, as in savefig."""
+    from matplotlib.backend_bases import FigureCanvasBase  # only with --plot: the import takes most of a second
+
+    supported = sorted(FigureCanvasBase.get_supported_filetypes())
+    suffix = Path(dest).suffix.lower().lstrip(".")
+    if suffix and suffix not in supported:
+        return f"--plot {dest}: matplotlib cannot write .{suffix} files; use one of: {', '.join(supported)}"
+    return None
+
+
 def grads_plot_path(dest: str) -> Path:
     """curves.png -> curves-grads.png, in the same folder (the suffix kept; .png if there is none)."""
     path = Path(dest)
@@ -684,6 +696,10 @@ def compare_main(argv: list[str]) -> int:
                              "FILE-grads.png: each layer's gradient norm per epoch, one panel per run")
     args = parser.parse_args(argv)
     roots = args.paths or [Path("outputs")]
+    problem = args.plot and plot_format_problem(args.plot)
+    if problem:
+        error_line(problem)
+        return EXIT_BAD_INPUT
 
     try:
         runs = collect(roots)

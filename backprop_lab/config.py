@@ -148,6 +148,18 @@ def known_keys(cls: type = Config, prefix: str = "") -> list[str]:
     return keys
 
 
+def list_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Keys that take a list, e.g. 'model.hidden_sizes': `KEY=256,128` there most likely
+    means the brackets were forgotten, not a sweep."""
+    keys = []
+    for f in fields(cls):
+        if is_dataclass(f.default):
+            keys += list_keys(type(f.default), prefix + f.name + ".")
+        elif "tuple" in str(f.type) or "list" in str(f.type):
+            keys.append(prefix + f.name)
+    return keys
+
+
 def sections() -> list[str]:
     return [f.name for f in fields(Config) if is_dataclass(f.default)]
 

@@ -9,6 +9,7 @@ these tensors directly. torchvision is imported only when files must be download
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,18 +57,39 @@ def read_idx(path: Path, name: str) -> Tensor:
 
 
 def download(root: Path) -> None:
-    """Fetch the files into `<root>/MNIST/raw` with torchvision; one-line error when it fails."""
+    """Fetch the files into `<root>/MNIST/raw` with torchvision; one-line error when it fails.
+    The folders torchvision creates for them are removed again if it fails, so a mistyped
+    data.root leaves nothing behind."""
+    created = missing_folders(root / "MNIST" / "raw")
+    done = False
     try:
         from torchvision.datasets import MNIST as TorchvisionMNIST
 
         TorchvisionMNIST(str(root), train=True, download=True)
         TorchvisionMNIST(str(root), train=False, download=True)
+        done = True
     except Exception as e:  # noqa: BLE001 - any failure of the download means the same to the user
         reason = " ".join(str(e).split()) or type(e).__name__
         raise DataError(
             f"MNIST files are missing under {root} and downloading them failed ({reason}); "
             f"copy the four files there, or set data.root=null to use the copy shipped with backprop-lab"
         ) from e
+    finally:  # also on Ctrl-C
+        if not done:
+            for folder in created:  # deepest first
+                try:
+                    folder.rmdir()  # only ever an empty folder: a partly downloaded file stays, with its folder
+                except OSError:
+                    break
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """path and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
 
 
 def load_mnist(

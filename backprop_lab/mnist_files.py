@@ -57,7 +57,10 @@ def read_now(path: Path, name: str) -> bytes:
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     except (OSError, EOFError, zlib.error) as e:
-        raise DataError(f"cannot read MNIST file {path}: {e}; replace it with a good copy") from e
+        raise DataError(
+            f"cannot read MNIST file {path}: {' '.join(str(e).split()) or type(e).__name__}; replace it "
+            f"with a good copy, whose uncompressed content has MD5 {CANONICAL_MD5[name]}"
+        ) from e
     digest = hashlib.md5(raw).hexdigest()
     if digest != CANONICAL_MD5[name]:
         raise DataError(

@@ -6,8 +6,11 @@ The reporter only renders records it is given; it computes nothing and writes no
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+import errno
+import os
+import sys
 from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 from rich.console import Console
 from rich.panel import Panel
@@ -71,9 +74,23 @@ def describe_config(cfg: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+class OutputConsole(Console):
+    """Rich's Console, except when the reader of stdout goes away (`backprop-lab | head`):
+    rich then exits the process (SystemExit 1) in the middle of whatever it was printing;
+    this one stops printing and raises BrokenPipeError, so the run can record how it ended."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's final flush, too
+        except (OSError, ValueError):
+            pass
+        raise BrokenPipeError(errno.EPIPE, "standard output was closed")
+
+
 class Reporter:
     def __init__(self, console: Console | None = None):
-        self.console = console or Console()
+        self.console = console or OutputConsole()
         self.header_printed = False
         self.next_epoch = 1  # for the progress bar's label
 

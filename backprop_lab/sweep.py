@@ -45,6 +45,7 @@ from .report import error_line
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_JSON = "sweep_summary.json"
 STOP_FILE = ".fail_fast_stop"  # in the sweep root: the first failure, once fail_fast is on
+INTERRUPT_FILE = ".interrupted"  # in the sweep root: "SIGINT job 1 (...)", the signal that stopped a job
 OPTIONS = ("resume", "fail_fast")
 FAILED_SCORE = 0.0  # what a job that did not complete returns to the sweeper
 
@@ -76,6 +77,27 @@ def request_stop(sweep_dir: Path, reason: str) -> None:
             f.write(reason + "\n")
     except OSError:
         pass
+
+
+def request_interrupt(sweep_dir: Path, signal_name: str, what: str) -> None:
+    """A job was stopped by a signal (Ctrl-C, SIGTERM, a closed stdout): no later job starts."""
+    try:
+        with open(sweep_dir / INTERRUPT_FILE, "x") as f:
+            f.write(f"{signal_name} {what}\n")
+    except OSError:
+        pass
+
+
+def interrupted(sweep_dir: Path) -> tuple[str, str] | None:
+    """(signal name, the job it stopped) if a job of this sweep was stopped by a signal."""
+    try:
+        name, _, what = (sweep_dir / INTERRUPT_FILE).read_text().strip().partition(" ")
+    except OSError:
+        return None
+    return name or "SIGINT", what
+
+
+EXIT_OF_SIGNAL = {"SIGINT": 130, "SIGTERM": 143, "SIGPIPE": 141}
 
 
 def cpu_cores() -> int:
@@ -115,7 +137,7 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
             request_stop(sweep_dir, f"{what} {reason}")
         return FAILED_SCORE
 
-    if opts["fail_fast"] is True and stop_reason(sweep_dir):
+    if interrupted(sweep_dir) or (opts["fail_fast"] is True and stop_reason(sweep_dir)):
         discard_if_empty(run_dir, claimed_only=False)
         return FAILED_SCORE  # on_job_end reports it as not run
     try:
@@ -166,12 +188,15 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
 
         torch.set_num_threads(threads)
     acc = run(cfg, run_dir, overrides, in_sweep=True, resume=resume)
+    try:
+        summary = read_summary(run_dir)
+    except (OSError, ValueError):
+        summary = None
+    if summary is not None and summary.get("signal"):
+        request_interrupt(sweep_dir, summary["signal"], what)
+        return float(acc) if acc is not None else FAILED_SCORE
     if acc is None:
-        try:
-            status = effective_status(read_summary(run_dir))
-        except (OSError, ValueError):
-            status = "was refused"
-        return failed(status)
+        return failed(effective_status(summary) if summary is not None else "was refused")
     return acc
 
 
@@ -213,7 +238,13 @@ class SweepReport(Callback):
             error_line(f"cannot create the sweep directory {sweep_dir}: {why}; run from a writable folder "
                        f"or set hydra.sweep.dir=<writable path>")
             raise SystemExit(2) from None
+        earlier = [d.name for d in sweep_dir.iterdir() if (d / "summary.json").is_file() or (d / "metrics.csv").is_file()]
+        if earlier and not options(config.hydra)["resume"]:
+            error_line(f"{sweep_dir} already holds a sweep ({len(earlier)} job folder(s)); it is kept as it is: choose "
+                       f"another hydra.sweep.dir, or add hydra.callbacks.sweep_report.resume=true to continue it")
+            raise SystemExit(2)
         (sweep_dir / STOP_FILE).unlink(missing_ok=True)
+        (sweep_dir / INTERRUPT_FILE).unlink(missing_ok=True)
         if options(config.hydra)["resume"]:
             earlier = compare.collect([sweep_dir]) if sweep_dir.is_dir() else []
             done = sum(r.status == "completed" for r in earlier)
@@ -228,10 +259,13 @@ class SweepReport(Callback):
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return
         run_dir = Path(hydra_cfg.runtime.output_dir)
-        reason = stop_reason(Path(str(hydra_cfg.sweep.dir)))
-        if reason and not run_dir.exists() and not reason.startswith(f"job {hydra_cfg.job.num} "):
+        sweep_dir = Path(str(hydra_cfg.sweep.dir))
+        reason = stop_reason(sweep_dir)
+        stopped = interrupted(sweep_dir)
+        if (reason or stopped) and not run_dir.exists():
             head = f"job {hydra_cfg.job.num}  {' '.join(job_return.overrides or []) or '(no overrides)'}  ->  "
-            self._console().print(head + f"not run: fail-fast, {reason}", markup=False)
+            why = f"the sweep was stopped by {stopped[0]} ({stopped[1]})" if stopped else f"fail-fast, {reason}"
+            self._console().print(head + f"not run: {why}", markup=False)
             return
         run = compare.load_run(run_dir, label=str(hydra_cfg.job.num))
         if not run_dir.exists() or (run.status == "incomplete" and run.epochs_completed is None):
@@ -242,6 +276,12 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         self._report(sweep_dir)
+        stopped = interrupted(sweep_dir)
+        if stopped:
+            error_line(f"sweep stopped by {stopped[0]} in {stopped[1]}; no job was started after it; to finish the "
+                       f"sweep, run the same command with hydra.sweep.dir={sweep_dir} "
+                       f"hydra.callbacks.sweep_report.resume=true")
+            raise SystemExit(EXIT_OF_SIGNAL.get(stopped[0], 130))
         reason = stop_reason(sweep_dir)
         if reason:
             error_line(f"fail-fast: {reason}; no job was started after it")

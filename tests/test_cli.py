@@ -220,3 +220,73 @@ def test_divergence_is_recorded_and_reported(tmp_path):
     assert "diverged" in proc.stderr and "smaller optim.lr" in proc.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "diverged"
+
+
+# --- command-line mistakes: one line, exit 2, nothing written ------------------------------
+
+
+def refused_in_one_line(tmp_path: Path, *args: str) -> str:
+    """Run `backprop-lab ARGS` in tmp_path, check it is refused as the rule says, return the line."""
+    before = sorted(tmp_path.rglob("*"))
+    proc = run_cli(*args, cwd=tmp_path, timeout=60)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert sorted(tmp_path.rglob("*")) == before  # no run directory, no .hydra/, no summary.json
+    return lines[0]
+
+
+def test_a_run_dir_that_is_a_file_or_cannot_be_made_is_refused(tmp_path):
+    (tmp_path / "README.md").write_text("a file, not a run")
+    for target in ("README.md", "README.md/run"):
+        line = refused_in_one_line(tmp_path, f"hydra.run.dir={target}")
+        assert "README.md is a file, not a folder" in line
+    if Path("/proc/self").exists():  # Linux: nobody, root included, can make a folder in /proc
+        line = refused_in_one_line(tmp_path, "hydra.run.dir=/proc/backprop-lab-run")
+        assert "/proc/backprop-lab-run cannot be created" in line
+    line = refused_in_one_line(tmp_path, "-m", "hydra.sweep.dir=README.md", "train.epochs=1")
+    assert "README.md is a file, not a folder" in line
+
+
+def test_an_empty_run_or_sweep_dir_is_refused(tmp_path):
+    line = refused_in_one_line(tmp_path, "hydra.run.dir=", "train.epochs=1", "data.train_subset=200")
+    assert "hydra.run.dir is empty" in line
+    line = refused_in_one_line(tmp_path, "-m", "hydra.sweep.dir=''", "train.epochs=1", "data.train_subset=200")
+    assert "hydra.sweep.dir is empty" in line
+
+
+def test_cfg_and_multirun_together_are_refused(tmp_path):
+    line = refused_in_one_line(tmp_path, "--cfg", "job", "optim.lr=0.2", "-m")
+    assert "--cfg" in line and "-m" in line and "cannot be combined" in line
+
+
+def test_several_values_without_multirun_say_what_to_do(tmp_path):
+    line = refused_in_one_line(tmp_path, "model.hidden_sizes=256,128")
+    assert "model.hidden_sizes=[256,128]" in line and "add -m" in line
+    line = refused_in_one_line(tmp_path, "optim.lr=0.1,0.2")
+    assert "add -m" in line and "backprop-lab -m optim.lr=0.1,0.2" in line
+
+
+def test_an_unknown_launcher_lists_the_available_ones(tmp_path):
+    line = refused_in_one_line(tmp_path, "-m", "hydra/launcher=nope", "train.epochs=1")
+    assert "hydra/launcher=nope is not a known option" in line and "basic" in line and "joblib" in line
+
+
+def test_a_bad_cfg_choice_names_the_valid_ones(tmp_path):
+    line = refused_in_one_line(tmp_path, "--cfg", "jobb")
+    assert "'jobb'" in line and "'job', 'hydra', 'all'" in line
+
+
+def test_overrides_split_by_multirun_get_an_accurate_message(tmp_path):
+    # Hydra itself refuses this command line (argparse takes the overrides as one group).
+    line = refused_in_one_line(tmp_path, "optim.lr=0.1", "-m", "train.epochs=1")
+    assert "option's value" not in line and "comes after -m" in line
+    assert "backprop-lab -m optim.lr=0.1 train.epochs=1" in line
+
+
+def test_a_misspelled_command_is_named_with_a_suggestion(tmp_path):
+    line = refused_in_one_line(tmp_path, "comapre", "outputs")
+    assert "unknown command 'comapre'; did you mean 'compare'?" in line and "show, compare" in line
+    assert "did you mean 'show'?" in refused_in_one_line(tmp_path, "shwo", "x")
+    line = refused_in_one_line(tmp_path, "frobnicate")
+    assert "'frobnicate' is neither a command nor a KEY=VALUE override" in line and "gradcheck" in line

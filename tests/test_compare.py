@@ -221,6 +221,17 @@ def test_plot_is_a_png_of_the_expected_size(outputs, capsys, tmp_path):
     assert not (tmp_path / "curves-grads.png").exists()  # no listed run has grads.csv
 
 
+def test_unsupported_plot_extension_is_one_line_before_anything_is_written(outputs, capsys, tmp_path):
+    code, out, err = run_compare(capsys, "--csv", str(tmp_path / "runs.csv"), "--plot", str(tmp_path / "curves.txt"))
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: --plot {tmp_path / 'curves.txt'}: ") and ".txt" in line
+    assert all(ext in line for ext in ("png", "pdf", "svg")) and "Traceback" not in err
+    assert not any(tmp_path.glob("runs.csv")) and not any(tmp_path.glob("curves*"))
+    code, _, _ = run_compare(capsys, "--filter", "model.hidden_size=64", "--plot", str(tmp_path / "curves.SVG"))
+    assert code == 0 and (tmp_path / "curves.SVG").read_bytes().lstrip().startswith(b"<?xml")
+
+
 def test_grads_column_sorts_and_the_grads_figure_has_a_panel_per_run(outputs, capsys, tmp_path):
     from matplotlib.image import imread
 

@@ -150,3 +150,49 @@ def test_failed_download_is_one_clear_line(tmp_path, monkeypatch):
         D.load_mnist(tmp_path, download_missing=True)
     msg = str(info.value)
     assert "downloading them failed" in msg and "Tried all mirrors" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("case", ["not gzip", "truncated gzip"])
+def test_unreadable_gzip_names_the_file_and_its_expected_md5(tmp_path, case):
+    copy_shipped(tmp_path)
+    bad = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    bad.write_bytes(b"garbage, not gzip\n" if case == "not gzip" else bad.read_bytes()[:-100])
+    with pytest.raises(D.DataError) as info:
+        D.load_mnist(tmp_path)
+    msg = str(info.value)
+    assert str(bad) in msg and D.CANONICAL_MD5["t10k-labels-idx1-ubyte"] in msg and "\n" not in msg
+
+
+def offline(monkeypatch, leave_partial_file: bool = False) -> None:
+    """torchvision's real MNIST download (it makes <root>/MNIST/raw), with every mirror unreachable."""
+    from urllib.error import URLError
+
+    import torchvision.datasets.mnist
+
+    def unreachable(url, download_root, **kwargs):
+        if leave_partial_file:  # the connection dropped mid-file
+            (Path(download_root) / "partial.gz").write_bytes(b"\x1f\x8b")
+        raise URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.mnist, "download_and_extract_archive", unreachable)
+
+
+def test_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
+    offline(monkeypatch)
+    with pytest.raises(D.DataError, match="downloading them failed"):
+        D.load_mnist(tmp_path / "typo" / "data", download_missing=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_download_keeps_the_users_folder_and_every_file(tmp_path, monkeypatch):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine\n")
+    offline(monkeypatch)
+    with pytest.raises(D.DataError):
+        D.load_mnist(mine, download_missing=True)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    offline(monkeypatch, leave_partial_file=True)  # a file in a folder it made: the file and folder stay
+    with pytest.raises(D.DataError):
+        D.load_mnist(mine, download_missing=True)
+    assert (mine / "MNIST" / "raw" / "partial.gz").is_file() and (mine / "notes.txt").is_file()

@@ -181,3 +181,61 @@ def test_full_disk_during_a_run_is_reported_and_earlier_epochs_survive(tmp_path,
     assert "No space left on device" in err and "Traceback" not in err
     s = summary(run_dir)
     assert s["epochs_completed"] == 1 and len(metrics(run_dir)) == 1  # what was written before is intact
+
+
+def test_a_closed_stdout_stops_the_run_resumably(tmp_path, uninterrupted):
+    """`backprop-lab ... | head`: the reader goes away after the table's first row."""
+    run_dir = tmp_path / "run"
+    proc = start(*SMALL, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    wait_for_epoch(proc, 1)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err  # 128 + SIGPIPE, as a shell reports it
+    assert err.count("\n") == 1 and "standard output was closed" in err and f"backprop-lab resume {run_dir}" in err
+    s = summary(run_dir)
+    assert s["status"] == "interrupted" and s["epochs_completed"] >= 1 and s["signal"] == "SIGPIPE"
+    assert len(metrics(run_dir)) == s["epochs_completed"]
+    resumed = run_cli("resume", str(run_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics(run_dir) == metrics(uninterrupted)
+
+
+def test_resume_after_a_kill_between_the_row_and_the_summary_adds_no_row_twice(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    proc = start(*SMALL, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    wait_for_epoch(proc, 2)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=120)
+    s = summary(run_dir)
+    done = s["epochs_completed"]
+    assert len(metrics(run_dir)) == done >= 2
+    # as if killed after metrics.csv and the checkpoint got epoch `done`, before summary.json did
+    s.update(epochs_completed=done - 1, status="running", pid=2**22 + 1)
+    (run_dir / "summary.json").write_text(json.dumps(s))
+    resumed = run_cli("resume", str(run_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert metrics(run_dir) == metrics(uninterrupted)  # each epoch once
+    assert summary(run_dir)["best_test_acc"] == summary(uninterrupted)["best_test_acc"]
+
+
+@pytest.mark.slow  # a full-data run until its plots start, about 15 s
+def test_sigterm_while_the_plots_are_drawn_skips_them_and_exits_143(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start("train.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    deadline = time.time() + 120
+    while not (run_dir / "weights.pt").exists() and time.time() < deadline:  # the plots come right after
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "the run is complete" in err and "Traceback" not in err
+    s = summary(run_dir)
+    assert s["status"] == "completed" and s["signal"] == "SIGTERM" and (run_dir / "weights.pt").exists()
+
+
+def test_a_model_too_large_for_memory_is_one_line(tmp_path):
+    proc = run_cli("model.hidden_size=1000000000", "train.epochs=1", "data.train_subset=100", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "784-1000000000-10 model does not fit in the memory" in lines[0], proc.stderr
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").glob("*/*/summary.json"))

@@ -52,6 +52,7 @@ def test_optuna_search_names_the_best_parameters(tmp_path):
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     clean(proc)
+    assert "alembic" not in proc.stdout + proc.stderr  # Optuna's database layer keeps its INFO lines to itself
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(result["best_params"]) == {"optim.lr", "model.hidden_size", "model.init_scale", "data.batch_size"}
     accs = {job: summary(sweep / job)["final_test_acc"] for job in ("0", "1", "2")}
@@ -68,9 +69,10 @@ def test_resume_skips_completed_jobs_and_runs_only_the_others(tmp_path):
     assert first.returncode == 0, first.stderr
     before = (sweep / "0" / "summary.json").read_text()
 
-    # without the option, the job folder that holds a run is refused, and kept as it is
+    # without the option, the sweep folder that holds jobs is refused, and kept as it is
     again = run_cli("-m", "model.hidden_size=16", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert "already holds a run" in again.stderr and "sweep_report.resume=true" in again.stderr
+    assert again.returncode == 2
+    assert "already holds a sweep" in again.stderr and "sweep_report.resume=true" in again.stderr
     assert (sweep / "0" / "summary.json").read_text() == before
 
     proc = run_cli("-m", "model.hidden_size=16,32", *TINY, f"hydra.sweep.dir={sweep}",
@@ -120,3 +122,40 @@ def test_a_sweep_folder_that_cannot_be_made_is_one_line(tmp_path, blocker):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot create the sweep directory outputs/multirun/"), proc.stderr
     assert "Traceback" not in proc.stdout
+
+
+def test_a_sweep_folder_is_not_reused_without_resume(tmp_path):
+    args = ["-m", "optim.lr=0.05", "data.train_subset=200", "train.epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file()}
+    proc = run_cli(*[a.replace("0.05", "0.1") for a in args], cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "already holds a sweep (1 job folder(s))" in lines[0], proc.stderr
+    assert "test acc" not in proc.stdout  # the old job is not reported as a new result
+    assert {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.slow  # three full-data jobs' worth of start-up, about 15 s
+def test_ctrl_c_stops_the_whole_sweep(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "backprop_lab", "-m", "optim.lr=0.05,0.1,0.2", "train.epochs=20",
+                             f"hydra.sweep.dir={sweep}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not (sweep / "0" / "metrics.csv").exists() and time.time() < deadline:  # job 0 is training
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "interrupted"
+    assert not (sweep / "1").exists() and not (sweep / "2").exists()
+    assert "job 1  optim.lr=0.1" in out and "not run: the sweep was stopped by SIGINT" in out
+    assert err.strip().splitlines()[-1].startswith("error: sweep stopped by SIGINT in job 0")
+    assert "hydra.callbacks.sweep_report.resume=true" in err
