@@ -183,6 +183,7 @@ def test_full_disk_during_a_run_is_reported_and_earlier_epochs_survive(tmp_path,
     assert s["epochs_completed"] == 1 and len(metrics(run_dir)) == 1  # what was written before is intact
 
 
+@pytest.mark.slow  # a run and its resume, about 13 s
 def test_a_closed_stdout_stops_the_run_resumably(tmp_path, uninterrupted):
     """`backprop-lab ... | head`: the reader goes away after the table's first row."""
     run_dir = tmp_path / "run"
@@ -200,6 +201,7 @@ def test_a_closed_stdout_stops_the_run_resumably(tmp_path, uninterrupted):
     assert metrics(run_dir) == metrics(uninterrupted)
 
 
+@pytest.mark.slow  # a run and its resume, about 15 s
 def test_resume_after_a_kill_between_the_row_and_the_summary_adds_no_row_twice(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     proc = start(*SMALL, f"hydra.run.dir={run_dir}", cwd=tmp_path)

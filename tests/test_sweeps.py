@@ -125,10 +125,13 @@ def test_a_sweep_folder_that_cannot_be_made_is_one_line(tmp_path, blocker):
 
 
 def test_a_sweep_folder_is_not_reused_without_resume(tmp_path):
-    args = ["-m", "optim.lr=0.05", "data.train_subset=200", "train.epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    earlier = tmp_path / "sweep" / "0"  # an earlier sweep's job folder, as a sweep leaves it
+    earlier.mkdir(parents=True)
+    (earlier / "summary.json").write_text(json.dumps({"status": "completed", "final_test_acc": 0.938}))
+    (earlier / "metrics.csv").write_text("epoch,test_acc\n1,0.938\n")
     before = {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file()}
-    proc = run_cli(*[a.replace("0.05", "0.1") for a in args], cwd=tmp_path)
+    proc = run_cli("-m", "optim.lr=0.1", "data.train_subset=200", "train.epochs=1",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "already holds a sweep (1 job folder(s))" in lines[0], proc.stderr
