@@ -299,6 +299,9 @@ def training_started(log: Path) -> float:
     raise RuntimeError(f"{log} has no config line: the run did not reach its first batch")
 
 
+TORCH_IMPORTED = "import torch, time; print(time.time())"
+
+
 def torch_imported(cwd: str) -> float:
     """Seconds from launching a bare Python to the end of its `import torch`. The child
     prints the time itself: its wall time would add the interpreter's exit, which takes
@@ -309,8 +312,6 @@ def torch_imported(cwd: str) -> float:
         raise RuntimeError(f"import torch failed: {proc.stderr.strip()[-300:]}")
     return float(proc.stdout) - pressed
 
-
-TORCH_IMPORTED = "import torch, time; print(time.time())"
 
 
 def measure_startup(device: torch.device, tmp: str, say: Callable, repeats: int = STARTUP_REPEATS) -> dict[str, Any]:

@@ -398,12 +398,6 @@ class StopRequest:
         return self.signum is not None
 
 
-def silence_stdout(reporter: Any) -> None:
-    """After a broken pipe: whatever is still printed goes nowhere (the reporter's console
-    has already pointed stdout at /dev/null, where Python's final flush goes too)."""
-    reporter.console.quiet = True
-
-
 def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
@@ -561,8 +555,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         )
         exit_code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
         summary["signal"] = signal.Signals(signum).name
-    except BrokenPipeError:  # `backprop-lab ... | head`: the reader is gone, so stop as a shell's SIGPIPE would
-        silence_stdout(reporter)
+    except BrokenPipeError:  # `backprop-lab ... | head` (report.OutputConsole has muted stdout): stop as SIGPIPE would
         summary.update(
             status="interrupted",
             error=f"standard output was closed (broken pipe); the {summary['epochs_completed']} completed epoch(s) "
@@ -593,7 +586,6 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                 confusion = write_reports(run_dir, arch_of(cfg), state.params, data)
                 reporter.confusion(confusion)
             except BrokenPipeError:
-                silence_stdout(reporter)
                 summary["signal"] = "SIGPIPE"
                 exit_code = EXIT_SIGPIPE
             except (KeyboardInterrupt, Exception) as e:  # noqa: BLE001 - logged with traceback, reported in one line
@@ -624,7 +616,6 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     try:
         reporter.summary(summary)
     except BrokenPipeError:
-        silence_stdout(reporter)
         exit_code = exit_code or EXIT_SIGPIPE
     if exit_code:
         if summary["status"] == "completed":  # stopped after training: nothing of the run is missing

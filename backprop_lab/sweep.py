@@ -194,7 +194,7 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
         summary = None
     if summary is not None and summary.get("signal"):
         request_interrupt(sweep_dir, summary["signal"], what)
-        return float(acc) if acc is not None else FAILED_SCORE
+        return FAILED_SCORE  # run() returns None once a signal stopped it, even after training
     if acc is None:
         return failed(effective_status(summary) if summary is not None else "was refused")
     return acc
