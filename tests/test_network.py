@@ -106,6 +106,31 @@ def test_batch_norm_evaluation_mode_uses_running_statistics():
     assert torch.allclose(alone, cache.z[:1], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("arch", [nw.Arch(sizes=(12, 9, 10)),
+                                  nw.Arch(sizes=(12, 9, 7, 10), activation="tanh", batch_norm=True, dropout=0.5),
+                                  nw.Arch(sizes=(12, 9, 10), output="sigmoid", loss="mse")])
+@pytest.mark.parametrize("chunk", [1, 7, 1_000])  # a last chunk shorter than the others; one chunk for all
+def test_evaluate_sums_the_loss_and_counts_hits_over_every_row(arch, chunk):
+    X, y, Y, params = problem(arch, m=45)
+    if arch.batch_norm:
+        params["mean1"].copy_(torch.linspace(-1, 1, 9, dtype=torch.float64))
+        params["var1"].copy_(torch.linspace(0.5, 2, 9, dtype=torch.float64))
+    loss_sum, correct = nw.evaluate(arch, params, X, Y, chunk=chunk)
+    # torch's layers in evaluation mode: running statistics, no dropout
+    assert loss_sum.item() == pytest.approx(reference_loss(arch, params, X, y, train=False).item() * 45, rel=1e-12)
+    with torch.no_grad():
+        a = X
+        for l in range(1, arch.n_layers):
+            z = F.linear(a, params[f"W{l}"].T, params.get(f"b{l}"))
+            if arch.batch_norm:
+                z = F.batch_norm(z, params[f"mean{l}"], params[f"var{l}"], params[f"gamma{l}"], params[f"beta{l}"],
+                                 training=False, eps=nw.BN_EPS)
+            a = TORCH_ACT[arch.activation](z)
+        logits = F.linear(a, params[f"W{arch.n_layers}"].T, params[f"b{arch.n_layers}"])
+    assert correct.item() == (logits.argmax(dim=1) == y).sum().item()
+    assert 0 < correct.item() < 45  # random weights: neither all right nor all wrong, so the count means something
+
+
 def test_running_statistics_follow_torch_batchnorm1d():
     arch = nw.Arch(sizes=(12, 9, 10), batch_norm=True)
     X, _, _, params = problem(arch)
