@@ -449,6 +449,16 @@ def render(console: Console, r: dict[str, Any]) -> None:
         console.print(t)
 
 
+def minor_label(ax: Any) -> Callable[[float, int], str]:
+    """Plain numbers on a log axis's minor ticks; over more than half a decade only those
+    starting with 2 or 5, so that the labels never run into each other."""
+    def label(y: float, _: int) -> str:
+        low, high = ax.get_ylim()
+        lead = round(y / 10 ** math.floor(math.log10(y)))
+        return f"{y:g}" if math.log10(high / low) <= 0.5 or lead in (2, 5) else ""
+    return label
+
+
 def plot_scaling(rows: list[dict[str, Any]], path: str) -> None:
     """Two panels, seconds per epoch against hidden size (batch 64) and batch size (hidden 128); 900x350 px."""
     import matplotlib
@@ -465,7 +475,7 @@ def plot_scaling(rows: list[dict[str, Any]], path: str) -> None:
         ax.set_xticks([x for x, _ in points], [str(x) for x, _ in points])
         ax.set_xticks([], minor=True)  # log axes label minor ticks too; only the measured sizes matter
         ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(minor_label(ax)))
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle(f"backprop-lab trainer, {rows[0]['train_size']:,} images per epoch")
     fig.tight_layout()

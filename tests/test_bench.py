@@ -71,6 +71,22 @@ def test_plot_writes_a_png_of_the_scaling_table(tmp_path, capsys):
     assert imread(png).shape == (350, 900, 4)
 
 
+def test_scaling_plot_labels_few_minor_ticks_over_a_wide_range():
+    from backprop_lab.bench import minor_label
+
+    class Axis:
+        def __init__(self, low, high):
+            self.limits = (low, high)
+
+        def get_ylim(self):
+            return self.limits
+
+    wide = minor_label(Axis(0.4, 7))  # more than a decade: 0.5, 2 and 5, not 0.6-0.9, 3, 4
+    assert [wide(y, 0) for y in (0.5, 0.6, 0.9, 2, 3, 4, 5)] == ["0.5", "", "", "2", "", "", "5"]
+    narrow = minor_label(Axis(0.35, 0.47))  # a tenth of a decade: every tick is labelled
+    assert [narrow(y, 0) for y in (0.36, 0.4, 0.44)] == ["0.36", "0.4", "0.44"]
+
+
 @pytest.mark.parametrize("args", [["--epochs", "0"], ["--device", "gpu"], ["--frobnicate"], ["--quick", "--no-scaling", "--plot", "x.png"]])
 def test_bad_arguments_give_a_usage_error_without_a_traceback(capsys, args):
     with pytest.raises(SystemExit) as exit:
