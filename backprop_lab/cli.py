@@ -83,7 +83,9 @@ def fresh_dir(path: str) -> str:
     return candidate
 
 
-OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True)
+# use_cache: the folder made is stored in the config's resolver cache, which Hydra copies into
+# every sweep job's config, also into joblib's worker processes, so they name the same folder.
+OmegaConf.register_new_resolver("fresh_dir", fresh_dir, replace=True, use_cache=True)
 
 
 # --- hop 1: the entry point --------------------------------------------------------------

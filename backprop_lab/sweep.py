@@ -32,6 +32,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -259,7 +260,9 @@ class SweepReport(Callback):
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return
         run_dir = Path(hydra_cfg.runtime.output_dir)
-        sweep_dir = Path(str(hydra_cfg.sweep.dir))
+        # Not job_return's copy: it has lost the config's resolver cache, so its ${now:...} would
+        # be read again, and name another folder once the job has crossed a second.
+        sweep_dir = Path(str(HydraConfig.get().sweep.dir))
         reason = stop_reason(sweep_dir)
         stopped = interrupted(sweep_dir)
         if (reason or stopped) and not run_dir.exists():

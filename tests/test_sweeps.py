@@ -5,12 +5,15 @@ training images for one epoch, so the whole file takes about a minute on 2 cores
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from .conftest import run_cli
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 TINY = ("data.train_subset=300", "train.epochs=1", "device=cpu")
 
@@ -162,3 +165,24 @@ def test_ctrl_c_stops_the_whole_sweep(tmp_path):
     assert "job 1  optim.lr=0.1" in out and "not run: the sweep was stopped by SIGINT" in out
     assert err.strip().splitlines()[-1].startswith("error: sweep stopped by SIGINT in job 0")
     assert "hydra.callbacks.sweep_report.resume=true" in err
+
+
+def test_a_sweep_started_in_a_taken_folder_moves_to_a_fresh_one(tmp_path):
+    """The default sweep folder is named to the second; a second sweep started in the same second
+    must not share it (their jobs 0, 1, ... would overwrite each other). Here the name is taken
+    on purpose: the year, made beforehand."""
+    assert yaml.safe_load((CONF / "config.yaml").read_text())["hydra"]["sweep"]["dir"].startswith("${fresh_dir:")
+    year = time.strftime("%Y")
+    earlier = tmp_path / "sweeps" / year
+    earlier.mkdir(parents=True)
+    (earlier / "note.txt").write_text("an earlier sweep's folder")
+    proc = run_cli("-m", "model.hidden_size=16,32", "data.train_subset=300", "train.epochs=1",
+                   "hydra.sweep.dir='${fresh_dir:sweeps/${now:%Y}}'", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "sweeps").iterdir()) == [year, f"{year}_1"]
+    assert [p.name for p in earlier.iterdir()] == ["note.txt"]
+    sizes = [json.loads((tmp_path / "sweeps" / f"{year}_1" / job / "summary.json").read_text())["config"]["model"]["hidden_size"]
+             for job in ("0", "1")]
+    assert sizes == [16, 32]
+    assert f"sweeps/{year}_1" in proc.stdout  # the sweep table names the folder it used
+
