@@ -23,7 +23,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -204,6 +204,25 @@ def hydra_group_options(group: str) -> tuple[list[str], list[str]]:
     return loader.get_group_options(group), [f"hydra/{g}" for g in loader.list_groups("hydra")]
 
 
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+# Settings of the Optuna sweeper and the joblib launcher that their plugins take without a check
+# and then fail on mid-sweep with a traceback (or, for a wrong type, with many lines).
+PLUGIN_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "hydra.sweeper.n_trials": (lambda v: _whole(v) and v >= 1, "a whole number of trials >= 1"),
+    "hydra.sweeper.n_jobs": (lambda v: _whole(v) and v >= 1, "a whole number >= 1 of trials proposed at once"),
+    "hydra.sweeper.direction": (lambda v: v in ("maximize", "minimize"),
+                                "maximize or minimize (backprop-lab's jobs return the test accuracy: maximize)"),
+    "hydra.sweeper.sampler.seed": (lambda v: v is None or _whole(v), "a whole number, or null for a random seed"),
+    "hydra.sweeper.max_failure_rate": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1,
+                                       "a fraction from 0 to 1"),
+    "hydra.launcher.n_jobs": (lambda v: _whole(v) and v != 0,
+                              "a whole number of parallel jobs: 1, 2, ..., or -1 for one per core"),
+}
+
+
 def check_overrides(argv: list[str]) -> None:
     """Reject what Hydra would stop on, or act on wrongly, before it starts, with one line
     each: stray options, unknown keys and group options, several values without -m, run
@@ -213,6 +232,7 @@ def check_overrides(argv: list[str]) -> None:
     detail or a traceback. Values are checked later, per job, by config.from_container.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
     from hydra.errors import HydraException
 
     args, unknown = parse_hydra_args(argv)
@@ -234,8 +254,18 @@ def check_overrides(argv: list[str]) -> None:
         key = o.key_or_group
         if o.is_sweep_override() and not args.multirun:
             raise ConfigError(several_values_message(o))
+        if o.is_sweep_override() and key.startswith("hydra.sweeper.params."):
+            value = o.input_line.split("=", 1)[1]
+            raise ConfigError(f"{o.input_line}: Hydra cannot set a search space here; give it on the key itself, "
+                              f"which replaces the preset's: '{key.removeprefix('hydra.sweeper.params.')}={value}'")
         if o.is_sweep_override() and o.is_hydra_override():
             raise ConfigError(f"{o.input_line}: Hydra's own settings take one value, even in a sweep (-m)")
+        if o.value_type == ValueType.INTERVAL_SWEEP:  # Optuna's search spaces: nothing to enumerate
+            if not any(a.split("=")[0].lstrip("+~") in ("hparams_search", "hydra/sweeper") for a in args.overrides):
+                raise ConfigError(f"{o.input_line}: an interval is a search space for the Optuna sweeper "
+                                  f"(add hparams_search=mlp, see docs/sweeps.md); a plain -m sweep takes lists "
+                                  f"and ranges, e.g. {key}=0.01,0.1 or {key}='range(1,4)'")
+            continue
         values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
         for value in values:
             if isinstance(value, str) and "${" in value:  # Hydra fails on a malformed one in many lines
@@ -251,6 +281,10 @@ def check_overrides(argv: list[str]) -> None:
                 raise ConfigError(f"'{key}' is not one of Hydra's config groups; they are: {', '.join(hydra_groups)}")
             if o.value() not in options:
                 raise ConfigError(f"{key}={o.value()} is not a known option; available: {', '.join(options)}")
+        if key in PLUGIN_VALUES and not o.is_delete():
+            valid, expected = PLUGIN_VALUES[key]
+            if not valid(o.value()):
+                raise ConfigError(f"{key}={o.value()} is not valid: expected {expected}")
         if key.split(".")[0].split("/")[0] == "hydra" or o.is_add() or o.is_force_add() or o.is_delete():
             continue  # Hydra's own settings, and deliberate additions checked later
         if key in groups:
@@ -272,6 +306,20 @@ def check_mode(argv: list[str]) -> None:
     if len(modes) > 1:
         raise ConfigError(f"{' and '.join(modes)} cannot be combined: give one of them "
                           f"(--cfg job prints the config of one run; -m runs a sweep)")
+    if args.config_dir is not None and not Path(args.config_dir).is_dir():
+        raise ConfigError(f"--config-dir {args.config_dir}: no such folder; it names a folder of extra config files")
+    if args.config_name is not None:
+        folders = [CONF_DIR] + ([Path(args.config_dir)] if args.config_dir else [])
+        name = args.config_name.removesuffix(".yaml")
+        if not any((folder / f"{name}.yaml").is_file() for folder in folders):
+            raise ConfigError(f"--config-name {args.config_name}: there is no {name}.yaml in "
+                              f"{' or '.join(map(str, folders))}; the lab's own config is 'config' (the default)")
+    if args.shell_completion:  # Hydra's completion would need its install=SHELL, which is not a config key
+        raise ConfigError("shell completion (--shell-completion, -sc) is not available in backprop-lab; "
+                          "backprop-lab --help lists every config group and key")
+    if args.experimental_rerun is not None:
+        raise ConfigError("--experimental-rerun is not available in backprop-lab: to continue a run use "
+                          "backprop-lab resume RUN_DIR; to repeat one, give the overrides in RUN_DIR/.hydra/overrides.yaml")
 
 
 def check_command(argv: list[str]) -> None:
@@ -325,8 +373,8 @@ def main() -> None:
         sys.exit(getattr(importlib.import_module(module), function)(argv[1:]))
     try:
         check_command(argv)
-        check_overrides(argv)
         check_mode(argv)
+        check_overrides(argv)
         if "--help" in argv or "-h" in argv:
             print_help(argv)
             return

@@ -278,7 +278,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        self._report(sweep_dir)
+        runs = self._report(sweep_dir)
         stopped = interrupted(sweep_dir)
         if stopped:
             error_line(f"sweep stopped by {stopped[0]} in {stopped[1]}; no job was started after it; to finish the "
@@ -289,17 +289,22 @@ class SweepReport(Callback):
         if reason:
             error_line(f"fail-fast: {reason}; no job was started after it")
             raise SystemExit(1)  # not an Exception, so Hydra does not turn it into a warning
+        if not any(r.status == "completed" for r in runs):  # a script must be able to tell
+            error_line("no job of this sweep completed: each one failed, diverged or was refused (see above)")
+            raise SystemExit(1)
 
-    def _report(self, sweep_dir: Path) -> None:
+    def _report(self, sweep_dir: Path) -> list[Any]:
+        """Prints and writes the sweep's table; returns its runs (none if no job left a folder)."""
         console = self._console()
         if not sweep_dir.is_dir():
-            return  # nothing ran (e.g. every job was rejected before Hydra made a folder)
+            return []  # nothing ran (e.g. every job was rejected before Hydra made a folder)
         runs = compare.sort_runs(compare.collect([sweep_dir]), "test_acc")
         if not runs:
-            return
+            return []
         keys = compare.differing_keys(runs)
         console.print()
         compare.print_table(console, runs, keys, title=f"sweep {sweep_dir}: {len(runs)} jobs, best test acc first")
         compare.write_csv(str(sweep_dir / SUMMARY_CSV), runs, keys)
         compare.write_json(str(sweep_dir / SUMMARY_JSON), runs, keys)
         console.print(f"wrote {SUMMARY_CSV} and {SUMMARY_JSON} in {sweep_dir}", markup=False)
+        return runs

@@ -211,6 +211,16 @@ def test_a_bad_job_in_a_sweep_does_not_stop_the_others(tmp_path):
     assert "model.hidden_size=0 is not valid" in proc.stderr
     assert json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())["status"] == "completed"
     assert not (tmp_path / "sweep" / "0" / "summary.json").exists()
+    assert proc.returncode == 0  # one job completed: the table tells which did not
+
+
+def test_a_sweep_where_no_job_completes_exits_1(tmp_path):
+    proc = run_cli("-m", "optim.lr=-1,1e30", "data.train_subset=300", "train.epochs=1",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: no job of this sweep completed: each one failed, diverged or was refused (see above)")
+    assert (tmp_path / "sweep" / "sweep_summary.csv").is_file()  # the table is still written
 
 
 def test_divergence_is_recorded_and_reported(tmp_path):
@@ -290,3 +300,25 @@ def test_a_misspelled_command_is_named_with_a_suggestion(tmp_path):
     assert "did you mean 'show'?" in refused_in_one_line(tmp_path, "shwo", "x")
     line = refused_in_one_line(tmp_path, "frobnicate")
     assert "'frobnicate' is neither a command nor a KEY=VALUE override" in line and "gradcheck" in line
+
+
+PLUGIN_MISTAKES = [  # each used to end in a traceback mid-sweep, or in Hydra's many lines
+    (("-m", "hparams_search=mlp", "hydra.sweeper.n_trials=0"), "hydra.sweeper.n_trials=0 is not valid: expected a whole number"),
+    (("-m", "hparams_search=mlp", "hydra.sweeper.n_trials=abc"), "hydra.sweeper.n_trials=abc is not valid"),
+    (("-m", "hparams_search=mlp", "hydra.sweeper.direction=up"), "expected maximize or minimize"),
+    (("-m", "hparams_search=mlp", "hydra.sweeper.sampler.seed=x"), "hydra.sweeper.sampler.seed=x is not valid"),
+    (("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0", "optim.lr=0.1,0.2"), "hydra.launcher.n_jobs=0 is not valid"),
+    (("-m", "hparams_search=mlp", "hydra.sweeper.params.optim.lr=tag(log, interval(0.01, 1))"),
+     "give it on the key itself, which replaces the preset's: 'optim.lr=tag(log, interval(0.01, 1))'"),
+    (("-m", "optim.lr=interval(0.01, 1)"), "an interval is a search space for the Optuna sweeper"),
+    (("--shell-completion",), "shell completion (--shell-completion, -sc) is not available"),
+    (("-sc", "install=bash"), "shell completion (--shell-completion, -sc) is not available"),
+    (("--experimental-rerun", "x.pickle"), "to continue a run use backprop-lab resume RUN_DIR"),
+    (("--config-name", "nope"), "--config-name nope: there is no nope.yaml in"),
+    (("--config-dir", "/nonexistent-backprop-lab"), "--config-dir /nonexistent-backprop-lab: no such folder"),
+]
+
+
+@pytest.mark.parametrize("args,expected", PLUGIN_MISTAKES, ids=[" ".join(a) for a, _ in PLUGIN_MISTAKES])
+def test_plugin_settings_and_hydra_options_are_checked_up_front(tmp_path, args, expected):
+    assert expected in refused_in_one_line(tmp_path, *args, "train.epochs=1", "data.train_subset=100")

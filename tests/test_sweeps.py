@@ -51,8 +51,9 @@ def test_two_job_sweep_through_a_real_launcher(tmp_path, launcher):
 @pytest.mark.slow
 def test_optuna_search_names_the_best_parameters(tmp_path):
     sweep = tmp_path / "search"
-    proc = run_cli("-m", "hparams_search=mlp", "hydra.sweeper.n_trials=3", *TINY, f"hydra.sweep.dir={sweep}",
-                   cwd=tmp_path)
+    # with a search space of our own for the learning rate, as docs/sweeps.md shows it
+    proc = run_cli("-m", "hparams_search=mlp", "hydra.sweeper.n_trials=3", "optim.lr=tag(log, interval(0.02, 0.04))",
+                   *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     clean(proc)
     assert "alembic" not in proc.stdout + proc.stderr  # Optuna's database layer keeps its INFO lines to itself
@@ -63,6 +64,7 @@ def test_optuna_search_names_the_best_parameters(tmp_path):
     best = summary(sweep / max(accs, key=accs.get))["config"]
     assert best["model"]["hidden_size"] == result["best_params"]["model.hidden_size"]
     assert best["optim"]["lr"] == pytest.approx(result["best_params"]["optim.lr"])
+    assert all(0.02 <= summary(sweep / job)["config"]["optim"]["lr"] <= 0.04 for job in accs)  # ours, not the preset's
 
 
 @pytest.mark.slow
