@@ -30,11 +30,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
-from rich.console import Console
 
 from . import __version__
 from .config import ConfigError, from_dictconfig, known_keys, list_keys, unknown_key_message
-from .report import error_line
+from .report import ErrorConsole, error_line
 from .rundir import LOG, RunDirError, refuse_existing_run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -42,7 +41,7 @@ EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 log = logging.getLogger("backprop_lab")
-stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+stderr = ErrorConsole()
 
 
 # --- a fresh run directory per run -------------------------------------------------------

@@ -163,6 +163,21 @@ class Reporter:
 
 
 
+class ErrorConsole(Console):
+    """Rich's Console on stderr, except that a closed stderr (`backprop-lab ... 2>&1 | head`) is
+    not a reason to change the exit status: rich would exit 1 there; the line is dropped."""
+
+    def __init__(self) -> None:
+        super().__init__(stderr=True, soft_wrap=True, highlight=False)
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())  # Python's final flush, too
+        except (OSError, ValueError):
+            pass
+
+
 def error_line(message: str) -> None:
     """One line on stderr, never wrapped: how every user-facing error ends."""
-    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[bold red]error:[/bold red] {message}")
+    ErrorConsole().print(f"[bold red]error:[/bold red] {message}")

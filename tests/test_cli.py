@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -322,3 +323,16 @@ PLUGIN_MISTAKES = [  # each used to end in a traceback mid-sweep, or in Hydra's 
 @pytest.mark.parametrize("args,expected", PLUGIN_MISTAKES, ids=[" ".join(a) for a, _ in PLUGIN_MISTAKES])
 def test_plugin_settings_and_hydra_options_are_checked_up_front(tmp_path, args, expected):
     assert expected in refused_in_one_line(tmp_path, *args, "train.epochs=1", "data.train_subset=100")
+
+
+def test_an_error_line_on_a_closed_stderr_keeps_the_exit_status():
+    """`backprop-lab ... 2>&1 | head`: the reader is gone when the last line is written; rich would
+    exit 1 there, hiding the status the run chose (141 for a closed stdout)."""
+    read, write = os.pipe()
+    os.close(read)  # nobody reads: every write gets EPIPE
+    try:
+        proc = subprocess.run([sys.executable, "-c", "import sys; from backprop_lab.report import error_line; "
+                               "error_line('the run stopped'); sys.exit(141)"], stderr=write, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 141
