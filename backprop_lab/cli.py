@@ -167,6 +167,15 @@ def check_output_dir(key: str, value: Any, used: bool) -> None:
     if key == "hydra.run.dir":
         # Hydra would rewrite the folder's .hydra/ files before any check of ours runs.
         refuse_existing_run(path)
+        if path.is_dir():
+            inner = next(path.glob("**/summary.json"), None)  # e.g. hydra.run.dir=outputs
+            if inner is not None:
+                raise RunDirError(f"{key}={value} holds other runs ({inner.parent}); a run needs a folder of its own, "
+                                  f"or `compare` would no longer find them: choose a new one, e.g. {path / 'try1'}")
+            leftover = sorted(p.name for p in path.iterdir() if p.name in ("grads.csv", "checkpoint.pt", ".hydra"))
+            if leftover:
+                raise RunDirError(f"{key}={value} holds what an earlier run left ({', '.join(leftover)}), which this "
+                                  f"run would add to; choose a new folder or empty this one")
     if not used:
         return
     existing = path

@@ -336,3 +336,15 @@ def test_an_error_line_on_a_closed_stderr_keeps_the_exit_status():
     finally:
         os.close(write)
     assert proc.returncode == 141
+
+
+def test_a_run_dir_holding_other_runs_or_their_leftovers_is_refused(tmp_path):
+    earlier = tmp_path / "outputs" / "2026-11-30" / "10-00-00"
+    earlier.mkdir(parents=True)
+    (earlier / "summary.json").write_text("{}")
+    line = refused_in_one_line(tmp_path, "hydra.run.dir=outputs", "train.epochs=1")
+    assert "hydra.run.dir=outputs holds other runs (outputs/2026-11-30/10-00-00)" in line
+    (tmp_path / "left").mkdir()
+    (tmp_path / "left" / "grads.csv").write_text("epoch,layer\n")
+    line = refused_in_one_line(tmp_path, "hydra.run.dir=left", "train.epochs=1")
+    assert "holds what an earlier run left (grads.csv)" in line
