@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -193,7 +194,11 @@ class PredictError(ValueError):
 
 
 def load_image(path: Path) -> np.ndarray:
-    """A PNG/JPEG file as a (H, W) uint8 array, transparent pixels shown on white."""
+    """A PNG/JPEG file as a (H, W) uint8 array, transparent pixels shown on white. Images over
+    Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS, ~89 million pixels) are refused
+    from their header, before anything is decoded: no digit photo comes near it."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     if not path.exists():
@@ -201,7 +206,10 @@ def load_image(path: Path) -> np.ndarray:
     if not path.is_file():
         raise PredictError(f"{path} is not a file")
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # Pillow warns over its limit and raises over twice it: both refused
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
             img.load()  # decode now, so a truncated file fails here
             if img.mode in ("RGBA", "LA", "P", "PA"):
                 img = img.convert("RGBA")
@@ -209,6 +217,11 @@ def load_image(path: Path) -> np.ndarray:
             import numpy as np
 
             return np.asarray(img.convert("L"), dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))  # Pillow names the count, not the width and height
+        pixels = f"{int(found[1]):,} pixels" if found else "too many pixels"
+        raise PredictError(f"{path} is too large to be a digit image ({pixels}; Pillow reads at most "
+                           f"{Image.MAX_IMAGE_PIXELS:,}); scale it down, e.g. to 280x280, and try again") from None
     except UnidentifiedImageError:
         raise PredictError(f"{path} is not an image Pillow can read (expected PNG or JPEG)") from None
     except (OSError, ValueError, SyntaxError) as e:

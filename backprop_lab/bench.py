@@ -50,8 +50,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .backprop import N_CLASSES, N_INPUTS, Params, backward, forward, init_params, one_hot, sgd_step
+from .compare import plot_format_problem
 from .config import DEVICE_PATTERN, Config, ConfigError
 from .data import MNIST, SHIPPED_ROOT, DataError, load_mnist, read_idx
+from .report import error_line
 from .rundir import LOG
 from .train import EpochMetrics, make_state, resolve_device, train
 
@@ -517,9 +519,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not DEVICE_PATTERN.match(args.device) or args.device == "auto":
         p.error(f"--device {args.device!r}: expected cpu, cuda, cuda:N or mps")
-    for flag, path in (("--json", args.json), ("--plot", args.plot)):
-        if path not in (None, "-") and not Path(path).expanduser().resolve().parent.is_dir():
-            p.error(f"{flag} {path}: its folder does not exist")
     if args.quick:
         args.epochs, args.memory, args.no_startup = 1, False, True
         args.no_scaling = args.no_scaling or not args.plot
@@ -528,8 +527,35 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def output_problem(flag: str, dest: str, example: str) -> str | None:
+    """Why a file could not be written at dest, or None. Asked before anything is measured, so
+    that a wrong path costs no benchmark (the figures would otherwise be lost at the end)."""
+    path = Path(dest).expanduser()
+    folder = path.resolve().parent
+    if path.is_dir():
+        return f"{flag} {dest} is a folder; give a file name, e.g. {flag} {path / example}"
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        return f"{flag} {dest}: its folder {folder} {what}; give a path in an existing folder"
+    if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
+        return f"{flag} {dest}: no permission to write there; give a path in a folder you can write to"
+    return None
+
+
+def outputs_problem(args: argparse.Namespace) -> str | None:
+    """The first reason --json or --plot could not be written, or None."""
+    problems = [] if args.json == "-" else [output_problem("--json", args.json, "bench.json")]
+    if args.plot:  # the format first: matplotlib would only refuse it at the end
+        problems += [plot_format_problem(args.plot), output_problem("--plot", args.plot, "scaling.png")]
+    return next((problem for problem in problems if problem), None)
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    problem = outputs_problem(args)
+    if problem:
+        error_line(problem)
+        return 2
     console = Console(stderr=args.json == "-")  # keep stdout pure JSON when it carries the figures
     say = lambda text: Console(stderr=True, soft_wrap=True).print(f"[dim]bench: {text}[/dim]")  # noqa: E731
     load = os.getloadavg() if hasattr(os, "getloadavg") else None  # how busy the machine was: read with the figures

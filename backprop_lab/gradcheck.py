@@ -10,9 +10,23 @@ dropout, L2, input size), in float64 on a batch of random inputs in [-1, 1]:
    at the entries of each parameter with the largest gradients plus a few random ones
    (every entry would take two forward passes each: ~200,000 for the chapter's network).
 
+How close the finite differences must come: within FD_TOL of the parameter's largest |gradient|
+(the relative criterion) plus a round-off floor. A float64 loss of magnitude |L| is exact only to
+about eps |L| (eps = 2.2e-16), and the central difference divides that error by 2 FD_EPS, so it
+carries noise of order eps |L| / FD_EPS whatever the gradient: ~5e-10 for a loss of 2.3. The
+relative criterion alone fails correct but tiny gradients, such as the first biases of a deep
+sigmoid network (largest |gradient| ~1e-5, of which 1e-5 is 1e-10). The floor is
+FD_ROUNDOFF eps max(|L|, 1) / FD_EPS: max(|L|, 1) because a small loss can still be the
+difference of terms of order 1 (log-sum-exp less the true logit); FD_ROUNDOFF = 8 is eight times
+the largest noise measured over every model the config allows (0.9 eps |L| / FD_EPS). The
+truncation error, FD_EPS^2 f''' / 6, is ~1e-13 for these losses and needs no term of its own. For
+a loss of order 1 a gradient 1 % wrong is still caught down to a largest |gradient| of ~5e-7, one
+twice too large down to ~5e-9; autograd, held to 1e-9 relative with no floor, catches both at
+any size.
+
 With optim.weight_decay > 0 the checked gradient is that of the loss plus the L2 penalty
 (weight_decay / 2) |W|^2, as sgd_direction applies it. Prints a table per parameter; exits 0
-when every parameter passes, 1 when one fails, 2 on a bad override.
+when every parameter passes, 1 when one fails, 2 on a bad override or a model too large for memory.
 """
 
 from __future__ import annotations
@@ -30,8 +44,8 @@ from .config import Config, ConfigError
 
 AUTOGRAD_TOL = 1e-9  # relative error |g - g_ref| / |g_ref| in float64; a correct gradient gives ~1e-15
 FD_EPS = 1e-6
-FD_TOL = 1e-5  # |numeric - analytic| <= FD_TOL * (largest |analytic| of the parameter) + FD_ATOL
-FD_ATOL = 1e-10  # the round-off of a float64 central difference of a loss of order 1 at eps 1e-6
+FD_TOL = 1e-5  # |numeric - analytic| <= FD_TOL * (largest |analytic| of the parameter) + fd_floor(loss)
+FD_ROUNDOFF = 8  # the floor in units of eps |L| / FD_EPS; correct gradients measure <= 0.9 (module docstring)
 EXIT_FAIL, EXIT_BAD_INPUT = 1, 2
 
 
@@ -44,6 +58,7 @@ class Check:
     autograd_rel: float
     fd_entries: int
     fd_max_abs: float
+    fd_floor: float = 0.0  # the finite differences' round-off floor for this loss (module docstring)
     fd_ok: bool = True
 
     @property
@@ -77,6 +92,11 @@ def reference_loss(arch: nw.Arch, params: nw.Params, X: torch.Tensor, Y: torch.T
     return F.mse_loss(torch.sigmoid(z), Y, reduction="sum") / (2 * X.shape[0])
 
 
+def fd_floor(loss: float) -> float:
+    """The round-off a float64 central difference of this loss can carry (module docstring)."""
+    return FD_ROUNDOFF * torch.finfo(torch.float64).eps * max(abs(loss), 1.0) / FD_EPS
+
+
 def l2(params: nw.Params, weight_decay: float) -> Any:
     return sum((v * v).sum() for k, v in params.items() if k.startswith("W")) * (weight_decay / 2)
 
@@ -100,6 +120,7 @@ def check(cfg: Config, batch: int = 16, entries: int = 6, seed: int | None = Non
         return (nw.loss_of(arch, hand_forward().z, Y) + l2(params, wd)).item()
 
     cache = hand_forward()
+    floor = fd_floor(hand_loss())
     opt = nw.SGD(weight_decay=wd)
     grads = {k: nw.sgd_direction(opt, k, params[k], g_, None)[0] for k, g_ in nw.backward(arch, params, cache, Y).items()}
     leaves = {k: v.clone().requires_grad_(nw.is_trained(k)) for k, v in params.items()}
@@ -118,7 +139,7 @@ def check(cfg: Config, batch: int = 16, entries: int = 6, seed: int | None = Non
         c = Check(name=name, shape=tuple(ref.shape), grad_norm=ref.norm().item(),
                   autograd_max_abs=diff.max().item(),
                   autograd_rel=((mine - ref).norm() / ref.norm()).item() if ref.norm() > 0 else diff.max().item(),
-                  fd_entries=0, fd_max_abs=0.0)
+                  fd_entries=0, fd_max_abs=0.0, fd_floor=floor)
         flat, grad = params[name].view(-1), mine.reshape(-1)
         n_top = min(entries // 2, flat.numel())
         idx = set(grad.abs().topk(n_top).indices.tolist())
@@ -132,7 +153,7 @@ def check(cfg: Config, batch: int = 16, entries: int = 6, seed: int | None = Non
             flat[i] = old
             c.fd_max_abs = max(c.fd_max_abs, abs((up - down) / (2 * FD_EPS) - grad[i].item()))
         c.fd_entries = len(idx)
-        c.fd_ok = c.fd_max_abs <= FD_TOL * grad.abs().max().item() + FD_ATOL
+        c.fd_ok = c.fd_max_abs <= FD_TOL * grad.abs().max().item() + floor
         checks.append(c)
     return checks
 
@@ -156,14 +177,15 @@ def render(checks: list[Check], title: str) -> None:
         console.print(f"[bold red]{len(failed)} of {len(checks)} parameters FAIL:[/bold red] {', '.join(failed)}")
     else:
         console.print(f"[green]all {len(checks)} parameters pass[/green] (autograd rel err <= {AUTOGRAD_TOL:g}, "
-                      f"finite differences within {FD_TOL:g} of the largest gradient)")
+                      f"finite differences within {FD_TOL:g} of the largest gradient "
+                      f"+ round-off {checks[0].fd_floor:.0e})")
 
 
 def main(argv: list[str]) -> int:
     from hydra import compose, initialize_config_dir
     from omegaconf.errors import OmegaConfBaseException
 
-    from .cli import CONF_DIR, check_overrides
+    from .cli import CONF_DIR, check_overrides, first_line
     from .config import from_dictconfig
     from .report import error_line
     from .rundir import RunDirError
@@ -193,6 +215,13 @@ def main(argv: list[str]) -> int:
     except AssertionError as e:
         error_line(str(e))
         return EXIT_FAIL
+    except (RuntimeError, MemoryError) as e:  # a model too large for this machine's memory, as a run says it
+        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower():
+            raise
+        sizes = "-".join(str(n) for n in arch_of(cfg).sizes)
+        error_line(f"the {sizes} model does not fit in memory in float64 ({first_line(e)}); "
+                   f"choose smaller model.hidden_size/model.hidden_sizes")
+        return EXIT_BAD_INPUT
     render(checks, f"gradcheck: {arch_of(cfg).describe()}, float64, batch {args.batch}"
                    + (f", weight decay {cfg.optim.weight_decay:g}" if cfg.optim.weight_decay else ""))
     return 0 if all(c.ok for c in checks) else EXIT_FAIL

@@ -183,6 +183,43 @@ def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypa
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+def write_blank_png(path: Path, width: int, height: int) -> None:
+    """A valid 1-bit black PNG of any size, compressed row by row: a 20000x20000 one takes ~60 kB
+    and a fraction of a second, where Pillow would hold its 400 million pixels in memory to save it."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    pack, row = zlib.compressobj(9), bytes(1 + (width + 7) // 8)  # filter byte 0, then the row's bits
+    idat = b"".join(pack.compress(row) for _ in range(height)) + pack.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_predict_refuses_an_image_too_large_to_be_a_digit(trained, tmp_path):
+    # 400 million pixels: over twice Pillow's limit, where Image.open raises DecompressionBombError
+    write_blank_png(tmp_path / "big.png", 20000, 20000)
+    proc = run_cli("predict", str(trained), "big.png", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith("error: big.png is too large to be a digit image (400,000,000 pixels; "
+                                  "Pillow reads at most 89,478,485); scale it down")
+
+
+@pytest.mark.parametrize("side", [40, 100], ids=["over the limit (Pillow warns)", "over twice the limit (Pillow raises)"])
+def test_predict_refuses_an_image_over_pillows_limit_before_decoding_it(trained, tmp_path, side, capsys, monkeypatch):
+    from PIL import Image
+
+    write_blank_png(tmp_path / "big.png", side, side)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's own check, at a size quick to test
+    assert analysis.predict_main([str(trained), str(tmp_path / "big.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "Warning" not in err
+    assert f"big.png is too large to be a digit image ({side * side:,} pixels; Pillow reads at most 1,000)" in err
+
+
 def test_blank_image_is_refused(tmp_path):
     from PIL import Image
 

@@ -95,6 +95,38 @@ def test_bad_arguments_give_a_usage_error_without_a_traceback(capsys, args):
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("backprop-lab bench: error:")
 
 
+@pytest.mark.parametrize("case", ["json folder", "json under a file", "json folder missing", "plot format",
+                                  "plot folder", "plot under a file"])
+def test_an_output_that_cannot_be_written_is_refused_before_anything_is_measured(tmp_path, case, capsys, monkeypatch):
+    import backprop_lab.bench as bench
+
+    def measured(*args, **kwargs):
+        raise AssertionError("the benchmark started measuring")
+
+    monkeypatch.setattr(bench, "load_mnist", measured)  # its first step: the figures would be lost after it
+    (tmp_path / "afile").write_text("")
+    args, expected = {
+        "json folder": (["--json", str(tmp_path)], f"--json {tmp_path} is a folder; give a file name"),
+        "json under a file": (["--json", str(tmp_path / "afile" / "x.json")], "afile is a file, not a folder"),
+        "json folder missing": (["--json", str(tmp_path / "nope" / "x.json")], "nope does not exist"),
+        "plot format": (["--json", "-", "--plot", "p.xyz"], "--plot p.xyz: matplotlib cannot write .xyz files; use one of:"),
+        "plot folder": (["--json", "-", "--plot", str(tmp_path)], f"--plot {tmp_path} is a folder; give a file name"),
+        "plot under a file": (["--json", "-", "--plot", str(tmp_path / "afile" / "p.png")], "afile is a file, not a folder"),
+    }[case]
+    assert main(["--quick", "--device", "cpu", *args]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("error: ") and expected in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_bench_into_a_folder_fails_at_once_on_the_command_line(tmp_path):
+    proc = run_cli(*QUICK, "--json", str(tmp_path), cwd=tmp_path)  # the audit's `bench --quick --json /etc`
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"error: --json {tmp_path} is a folder; give a file name, e.g. --json {tmp_path / 'bench.json'}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_autograd_baseline_trains_like_the_hand_written_path(small_mnist):
     """One epoch from the same weights over the same shuffle: (b) and train.train agree."""
     cfg = replace(Config(), train=replace(Config().train, epochs=1, fused=False))

@@ -192,6 +192,38 @@ def test_gradcheck_finds_a_broken_batch_norm_backward(monkeypatch):
     assert failed == {"gamma1", "gamma2"}
 
 
+DEEP_SIGMOID = ("model.hidden_sizes=[128,128,128,128,128,128]", "model.activation=sigmoid", "model.init=xavier")
+SMALL_MSE = ("model.hidden_sizes=[4,3]", "model.activation=sigmoid", "model.output=sigmoid", "loss=mse")
+
+
+@pytest.mark.parametrize("overrides", [DEEP_SIGMOID, SMALL_MSE], ids=["vanishing_gradients model", "sigmoid + mse"])
+def test_gradcheck_passes_correct_gradients_too_small_for_a_relative_tolerance(overrides, capsys):
+    # b1's gradients are ~1e-5 (and less): 1e-5 of them is below the finite differences' round-off
+    assert gradcheck.main(list(overrides)) == 0
+    assert "parameters pass" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides, factor", [(DEEP_SIGMOID, 1.01), (DEEP_SIGMOID, 2.0), (SMALL_MSE, 1.01)],
+                         ids=["deep sigmoid, 1 % off", "deep sigmoid, 2x", "sigmoid + mse, 1 % off"])
+def test_gradcheck_still_catches_a_tiny_gradient_that_is_wrong(overrides, factor, monkeypatch):
+    real = network.backward
+    monkeypatch.setattr(network, "backward", lambda *a, **k: (
+        lambda grads: {**grads, "b1": grads["b1"] * factor})(real(*a, **k)))
+    checks = {c.name: c for c in gradcheck.check(lab_config(*overrides))}
+    assert checks["b1"].grad_norm < 1e-4  # tiny, yet
+    assert not checks["b1"].fd_ok and not checks["b1"].autograd_ok  # both oracles see it
+    assert [name for name, c in checks.items() if not c.ok] == ["b1"]
+
+
+def test_gradcheck_of_a_model_too_large_for_memory_is_one_line(capsys):
+    # 784 x 1e11 float64 weights: 627 TB, more than any machine's (virtual) memory
+    assert gradcheck.main(["model.hidden_size=100000000000"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("error: the 784-100000000000-10 model does not fit in memory")
+    assert "can't allocate memory" in err and err.rstrip().endswith("choose smaller model.hidden_size/model.hidden_sizes")
+
+
 def test_gradcheck_command(tmp_path):
     proc = run_cli("gradcheck", "experiment=book_ch10", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
