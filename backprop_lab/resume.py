@@ -1,32 +1,42 @@
 """`backprop-lab resume RUN_DIR [KEY=VALUE ...]`: continue an interrupted run where it stopped.
 
 Reads the run's summary.json and checkpoint.pt (written after every completed epoch), checks
-that the config, with any KEY=VALUE given, is exactly the one the run started with, and hands
-over to `cli.run`, which continues in the same directory and appends to its metrics.csv. On
-the same device the continued run is bitwise identical to one that was never interrupted.
-Hydra is not involved: the run directory already holds the resolved config.
+that the config, with any KEY=VALUE given, is the one the run started with (only where it
+computes may change: `device` and `threads`), and hands over to `cli.run`, which continues in
+the same directory and appends to its metrics.csv. On the same device the continued run is
+bitwise identical to one that was never interrupted. Hydra is not involved: the run directory
+already holds the resolved config. A lock in the directory (rundir.locked) keeps a second
+resume of the same run out for as long as this one lasts.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
+import errno
 import logging
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
 from .cli import EXIT_BAD_INPUT, error_line, run
 from .config import ConfigError, config_changes, from_container, with_defaults
-from .rundir import LOG, RunDirError, effective_status, read_summary
+from .rundir import (CHECKPOINT, LOG, SUMMARY, RunDirError, RunWriter, effective_status, load_checkpoint,
+                     locked, read_summary)
+
+# Where the run computes, not what it computes: these may differ from the run's own config.
+# After a device change the results are no longer bitwise identical to an uninterrupted run's.
+RUNTIME_KEYS = ("device", "threads")
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="backprop-lab resume", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="the interrupted run's directory")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="must agree with the run's own config")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help=f"must agree with the run's own config, except {' and '.join(RUNTIME_KEYS)}")
     args = parser.parse_args(argv)
-    run_dir = args.run_dir.resolve()
+    run_dir = args.run_dir.resolve()  # the run's real, current place, wherever it was made
     try:
         return resume(run_dir, args.overrides)
     except (ConfigError, RunDirError) as e:
@@ -34,18 +44,51 @@ def main(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
 
 
+def cannot_write(run_dir: Path, e: OSError) -> RunDirError:
+    reason = (e.strerror or str(e)).lower()
+    advice = ("free some space, or copy the run to another disk and resume the copy" if e.errno == errno.ENOSPC
+              else "copy the run to a writable folder and resume the copy")
+    return RunDirError(f"cannot write to {run_dir}: {reason}; {advice}")
+
+
 def resume(run_dir: Path, overrides: list[str]) -> int:
+    if not (run_dir / SUMMARY).is_file():  # before the lock, which would leave a file in any folder named
+        raise RunDirError(f"{run_dir} is not a backprop-lab run directory (no {SUMMARY})")
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(locked(run_dir))
+        except OSError as e:  # a read-only file system: nothing can be continued, nothing is changed
+            summary = _summary(run_dir)
+            if effective_status(summary) == "completed":
+                return _completed(run_dir, summary)
+            raise cannot_write(run_dir, e) from None
+        return _resume_locked(run_dir, overrides, held)
+
+
+def _summary(run_dir: Path) -> dict[str, Any]:
     try:
         summary = read_summary(run_dir)
     except FileNotFoundError:
-        raise RunDirError(f"{run_dir} is not a backprop-lab run directory (no summary.json)") from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunDirError(f"cannot read {run_dir / 'summary.json'}: {e}") from None
+        raise RunDirError(f"{run_dir} is not a backprop-lab run directory (no {SUMMARY})") from None
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"cannot read {run_dir / SUMMARY}: {e}") from None
+    if not isinstance(summary, dict):
+        raise RunDirError(f"cannot read {run_dir / SUMMARY}: it holds no run summary")
+    return summary
+
+
+def _completed(run_dir: Path, summary: dict[str, Any]) -> int:
+    print(f"{run_dir} already completed {summary.get('epochs_completed')}/{summary.get('epochs_planned')} "
+          f"epochs; nothing to do")
+    return 0
+
+
+def _resume_locked(run_dir: Path, overrides: list[str], held: contextlib.ExitStack) -> int:
+    summary = _summary(run_dir)
     status = effective_status(summary)
     done, planned = summary.get("epochs_completed"), summary.get("epochs_planned")
     if status == "completed":
-        print(f"{run_dir} already completed {done}/{planned} epochs; nothing to do")
-        return 0
+        return _completed(run_dir, summary)
     if status == "running":
         raise RunDirError(f"{run_dir} is still running (pid {summary.get('pid')} on {summary.get('host')})")
     if status == "diverged":
@@ -59,17 +102,60 @@ def resume(run_dir: Path, overrides: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - OmegaConf's errors for bad KEY=VALUE strings vary
         raise ConfigError(f"cannot read the overrides {' '.join(overrides)!r}: {str(e).splitlines()[0]}") from None
     cfg = from_container(asked)
-    changes = config_changes(saved, cfg)
+    changes = [c for c in config_changes(saved, cfg) if c.split(" ", 1)[0] not in RUNTIME_KEYS]
     if changes:
         raise ConfigError(f"resume refused: the config differs from the run's own in {', '.join(changes)}; "
-                          f"start a new run for a different config")
+                          f"start a new run for a different config (only {' and '.join(RUNTIME_KEYS)} may change)")
 
-    handler = logging.FileHandler(run_dir / LOG)  # the run's log continues, as Hydra wrote it
+    from .train import resolve_device
+
+    try:
+        device = str(resolve_device(cfg.device))
+    except ConfigError as e:
+        if any(o.split("=", 1)[0].strip() == "device" for o in overrides):
+            raise
+        raise ConfigError(f"{run_dir} was run with device={cfg.device}, which is not available on this machine; "
+                          f"continue it here with: backprop-lab resume {run_dir} device=cpu "
+                          f"(results then differ slightly from an uninterrupted run's)") from e
+
+    # Read now, so that a checkpoint that cannot be used is refused before anything is written.
+    checkpoint = load_checkpoint(run_dir, device)
+    if checkpoint["config_hash"] != summary.get("config_hash"):
+        raise RunDirError(f"{run_dir / CHECKPOINT} was written for another config than its {SUMMARY}; "
+                          f"it cannot be resumed")
+    del checkpoint
+
+    try:
+        handler = logging.FileHandler(run_dir / LOG)  # the run's log continues, as Hydra wrote it
+    except OSError as e:
+        raise cannot_write(run_dir, e) from None
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
+    held.callback(handler.close)
+    held.callback(root.removeHandler, handler)
+
+    # What the header, the summary panel, `show` and summary.json say: where the run is now
+    # (it may have been moved or copied) and the device it continues on.
+    moved = summary.get("run_dir") != str(run_dir)
+    before = summary.get("device")
+    other_device = before is not None and device != before
+    if moved:
+        summary["run_dir"] = str(run_dir)
+    if other_device:
+        summary.setdefault("device_changes", []).append({"after_epoch": done, "from": before, "to": device})
+    if moved or device != before:
+        summary["device"] = device
+        try:
+            RunWriter(run_dir, [], resume=True).write_summary(summary)
+        except OSError as e:
+            raise cannot_write(run_dir, e) from None
+
     print(f"resuming {run_dir} after epoch {done} of {planned}")
+    if other_device:
+        print(f"note: the epochs so far ran on {before}, the rest on {device}; results are no longer "
+              f"bitwise identical to an uninterrupted run's")
     try:
         run(cfg, run_dir, summary.get("overrides", []), resume=True)
     except SystemExit as e:

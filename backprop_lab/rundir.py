@@ -7,20 +7,24 @@
     checkpoint.pt  the state after the last completed epoch (parameters, shuffle RNG,
                    config hash, that epoch's metrics row), rewritten atomically each epoch
     .hydra/        Hydra's resolved config and overrides (written by Hydra itself)
+    .backprop-lab.lock  present only while `resume` continues the run: holds its pid and
+                   an exclusive flock, so a second resume of the same folder is refused
 
 A directory that already holds a run is refused, never overwritten.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -32,10 +36,54 @@ SUMMARY = "summary.json"
 WEIGHTS = "weights.pt"
 CHECKPOINT = "checkpoint.pt"
 LOG = "backprop-lab.log"  # named by hydra.job.name in conf/config.yaml
+LOCK = ".backprop-lab.lock"  # hidden: no reader of run directories looks for it
+CHECKPOINT_KEYS = ("params", "generator", "epoch", "config_hash", "row")
 
 
 class RunDirError(RuntimeError):
     """The run directory cannot be used; the message is one line meant for the user."""
+
+
+class RunDirBusy(RunDirError):
+    """Another process holds the run directory's lock."""
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory's lock: an exclusive, non-blocking flock on LOCK, which holds
+    our pid for the message of whoever is refused. RunDirBusy if another process holds it;
+    OSError if the lock file cannot be made (a read-only or full file system). The file is
+    removed on exit (the kernel drops the flock of a killed process; a stale file is reused)."""
+    path = run_dir / LOCK
+    for _ in range(100):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            who = f"another process (pid {holder})" if holder.isdigit() else "another process"
+            raise RunDirBusy(f"{run_dir} is being resumed by {who}; wait for it to finish or stop it first") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the holder before us may have removed the file between our open and our flock
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    else:
+        raise RunDirBusy(f"{run_dir} is being resumed by other processes; wait for them to finish")
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # while still holding the flock: see the inode check above
+        os.close(fd)
 
 
 def atomic_write(path: Path, write: Any, mode: str = "w") -> None:
@@ -127,16 +175,71 @@ class RunWriter:
         atomic_write(self.run_dir / CHECKPOINT, lambda f: torch.save(state, f), mode="wb")
 
 
-def load_checkpoint(run_dir: Path) -> dict[str, Any]:
+def missing_checkpoint(run_dir: Path) -> str:
+    return (f"cannot resume {run_dir}: its {CHECKPOINT} is missing (deleted, or the run is from a backprop-lab "
+            f"older than checkpoints), and resume needs it; the run's metrics and summary are intact")
+
+
+def load_checkpoint(run_dir: Path, device: str | None = None) -> dict[str, Any]:
+    """The checkpoint's state, with its CPU tensors; RunDirError with one line if it is missing
+    or unreadable. `device`: where training continues, see _fit_dropout_generator."""
     import torch
 
     path = run_dir / CHECKPOINT
     try:
-        return torch.load(path, weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise RunDirError(f"{run_dir} has no {CHECKPOINT}: it was not started by this version of backprop-lab") from None
+        raise RunDirError(missing_checkpoint(run_dir)) from None
+    except (IsADirectoryError, PermissionError) as e:
+        raise RunDirError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means the same to the user
-        raise RunDirError(f"cannot read {path}: {' '.join(str(e).split())[:200]}") from None
+        raise RunDirError(unreadable_checkpoint(path, _load_failure(path, e))) from None
+    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in CHECKPOINT_KEYS):
+        raise RunDirError(unreadable_checkpoint(path, "it holds no training state"))
+    _fit_dropout_generator(checkpoint, device)
+    return checkpoint
+
+
+def unreadable_checkpoint(path: Path, reason: str) -> str:
+    return (f"cannot read {path}: not a readable checkpoint (corrupt or truncated: {reason}); "
+            f"the run cannot be resumed, but its metrics and summary are intact")
+
+
+def _load_failure(path: Path, e: Exception) -> str:
+    """A few words for why torch.load failed; its own messages run to paragraphs, or to a bare key."""
+    text = " ".join(str(e).split())
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    if size == 0:
+        return "the file is empty"
+    if isinstance(e, EOFError):
+        return "the file ends too early"
+    if "PytorchStreamReader failed" in text:  # a torch zip archive cut short or damaged
+        detail = text.split("PytorchStreamReader failed", 1)[1].split(".")[0].strip()
+        detail = detail.removeprefix("reading zip archive:").strip()
+        return f"damaged torch archive, {detail}" if detail else "damaged torch archive"
+    if isinstance(e, KeyError) or "invalid load key" in text or "Weights only load failed" in text:
+        return "not a torch save file"
+    return (text.split(". ")[0] or type(e).__name__)[:100]
+
+
+def _fit_dropout_generator(checkpoint: dict[str, Any], device: str | None) -> None:
+    """A generator's state is device-specific (a CPU and a CUDA generator's states differ in
+    size), so one saved on another kind of device cannot be restored: it is replaced by a
+    fresh state for `device`, seeded from the saved one (the masks differ from then on, as
+    all results do after a device change)."""
+    saved = checkpoint.get("dropout_generator")
+    if saved is None or device is None:
+        return
+    import torch
+
+    fresh = torch.Generator(device=device)
+    if saved.numel() == fresh.get_state().numel():
+        return
+    seed = int.from_bytes(hashlib.sha256(saved.numpy().tobytes()).digest()[:8], "little") >> 1
+    checkpoint["dropout_generator"] = fresh.manual_seed(seed).get_state()
 
 
 def _csv_value(v: Any) -> Any:

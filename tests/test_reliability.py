@@ -241,3 +241,208 @@ def test_a_model_too_large_for_memory_is_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "784-1000000000-10 model does not fit in the memory" in lines[0], proc.stderr
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").glob("*/*/summary.json"))
+
+
+# --- resume: read-only folders, concurrent resumes, moved runs, devices, bad checkpoints ---
+
+
+@pytest.fixture(scope="module")
+def stopped_template(tmp_path_factory):
+    """A run stopped by Ctrl-C after the first of its two epochs (made in-process: cheap); tests
+    resume copies of it (`stopped`), each somewhere else than where it was made."""
+    from dataclasses import replace
+
+    from backprop_lab import cli, report
+    from backprop_lab.config import Config
+
+    cfg = Config()
+    cfg = replace(cfg, train=replace(cfg.train, epochs=2), data=replace(cfg.data, train_subset=500), device="cpu")
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    run_dir.mkdir()
+    real_epoch = report.Reporter.epoch
+
+    def epoch_then_ctrl_c(self, row):
+        real_epoch(self, row)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report.Reporter, "epoch", epoch_then_ctrl_c)
+        with pytest.raises(SystemExit) as info:
+            cli.run(cfg, run_dir, ["train.epochs=2", "data.train_subset=500", "device=cpu"])
+    assert info.value.code == 130
+    s = summary(run_dir)
+    assert s["status"] == "interrupted" and s["epochs_completed"] == 1
+    return run_dir
+
+
+@pytest.fixture
+def stopped(tmp_path, stopped_template):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(stopped_template, run_dir, symlinks=True)  # as `cp -a` would
+    return run_dir
+
+
+def files_of(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def resume_here(run_dir: Path, *overrides: str) -> int:
+    from backprop_lab import resume
+
+    return resume.main([str(run_dir), *overrides])
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_resume_on_a_read_only_file_system_is_one_line_and_changes_nothing(stopped, monkeypatch, capsys):
+    import builtins
+    import errno
+
+    inside = str(stopped)
+
+    def read_only(path) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    real_os_open, real_open = os.open, builtins.open
+
+    def os_open(path, flags, *a, **k):
+        if str(path).startswith(inside) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            read_only(path)
+        return real_os_open(path, flags, *a, **k)
+
+    def opener(real):
+        def open_(file, mode="r", *a, **k):
+            if str(file).startswith(inside) and any(c in mode for c in "wax+"):
+                read_only(file)
+            return real(file, mode, *a, **k)
+        return open_
+
+    before = files_of(stopped)
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(builtins, "open", opener(real_open))  # logging.FileHandler's too
+    assert resume_here(stopped) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"cannot write to {stopped}: read-only file system" in line and "resume the copy" in line
+    assert files_of(stopped) == before
+
+    # A completed run needs no writing: on read-only media it still says so.
+    monkeypatch.undo()
+    (stopped / "summary.json").write_text(json.dumps({**summary(stopped), "status": "completed"}))
+    monkeypatch.setattr(os, "open", os_open)
+    assert resume_here(stopped) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_a_second_resume_is_refused_while_one_holds_the_run(stopped, capsys):
+    import fcntl
+
+    before = files_of(stopped)
+    fd = os.open(stopped / ".backprop-lab.lock", os.O_RDWR | os.O_CREAT)  # as a resume in progress holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        assert resume_here(stopped) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert f"{stopped} is being resumed by another process (pid {os.getpid()})" in line
+        after = files_of(stopped)
+        after.pop(".backprop-lab.lock")
+        assert after == before
+    finally:
+        os.close(fd)
+    assert resume_here(stopped) == 0  # once it is let go
+    assert [r["epoch"] for r in metrics(stopped)] == ["1", "2"]
+    assert not (stopped / ".backprop-lab.lock").exists()
+
+
+def test_two_resumes_started_together_train_each_epoch_once(stopped):
+    env = {**os.environ, "COLUMNS": "120"}
+    procs = [subprocess.Popen([sys.executable, "-m", "backprop_lab", "resume", str(stopped)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.communicate()[1]) for p in procs]
+    assert [r["epoch"] for r in metrics(stopped)] == ["1", "2"]  # neither epoch twice
+    for code, err in results:
+        assert code in (0, 2), err
+        if code == 2:
+            assert "is being resumed by another process (pid " in one_error_line(err)
+    assert summary(stopped)["status"] == "completed"
+
+
+def test_a_moved_run_resumes_and_reports_its_new_path(stopped, stopped_template, capsys):
+    from backprop_lab import compare
+
+    assert summary(stopped)["run_dir"] == str(stopped_template)  # as `cp -a` leaves it
+    assert resume_here(stopped) == 0
+    out = capsys.readouterr().out
+    assert out.count(str(stopped)) == 3 and str(stopped_template) not in out  # "resuming", header, summary panel
+    assert summary(stopped)["run_dir"] == str(stopped)
+    assert compare.show_main([str(stopped)]) == 0
+    shown = capsys.readouterr().out
+    assert shown.count(str(stopped)) == 2 and str(stopped_template) not in shown
+    assert [r["epoch"] for r in metrics(stopped)] == ["1", "2"]
+    assert summary(stopped_template)["status"] == "interrupted"  # the original is left alone
+
+
+def as_if_made_on(run_dir: Path, config_device: str, device: str, dropout_state) -> None:
+    s = summary(run_dir)
+    s["config"]["device"], s["device"] = config_device, device
+    (run_dir / "summary.json").write_text(json.dumps(s))
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    checkpoint["dropout_generator"] = dropout_state
+    torch.save(checkpoint, run_dir / "checkpoint.pt")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_cuda_run_resumes_on_a_cpu_only_machine_with_device_cpu(stopped, capsys):
+    # as a run made with device=cuda: a CUDA generator's state is 16 bytes (seed, offset)
+    as_if_made_on(stopped, "cuda", "cuda", torch.tensor([7] * 8 + [0] * 8, dtype=torch.uint8))
+    before = files_of(stopped)
+    assert resume_here(stopped) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "device=cuda" in line and f"backprop-lab resume {stopped} device=cpu" in line
+    assert files_of(stopped) == before
+
+    assert resume_here(stopped, "device=cpu") == 0, capsys.readouterr().err
+    assert "no longer bitwise identical" in capsys.readouterr().out
+    s = summary(stopped)
+    assert s["status"] == "completed" and s["device"] == "cpu"
+    assert s["device_changes"] == [{"after_epoch": 1, "from": "cuda", "to": "cpu"}]
+    assert [r["epoch"] for r in metrics(stopped)] == ["1", "2"]
+
+
+def test_resume_takes_device_and_threads_but_refuses_hyperparameters(stopped, capsys):
+    as_if_made_on(stopped, "auto", "cpu", torch.Generator().manual_seed(1).get_state())  # device=auto, ran on the CPU
+    assert resume_here(stopped, "device=cpu", "optim.lr=0.5") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "resume refused" in line and "optim.lr (0.1 -> 0.5)" in line and "device" not in line.split("start")[0]
+    assert resume_here(stopped, "device=cpu", "threads=1") == 0, capsys.readouterr().err
+    assert summary(stopped)["status"] == "completed" and "device_changes" not in summary(stopped)
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda p: p.write_text("hello, not a checkpoint\n"), "not a torch save file"),
+    (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "damaged torch archive"),
+    (lambda p: p.write_bytes(b""), "the file is empty"),
+])
+def test_a_damaged_checkpoint_is_one_clear_line(stopped, capsys, damage, reason):
+    damage(stopped / "checkpoint.pt")
+    before = files_of(stopped)
+    assert resume_here(stopped) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"cannot read {stopped / 'checkpoint.pt'}: not a readable checkpoint (corrupt or truncated: {reason}" in line
+    assert "metrics and summary are intact" in line and len(line) < 300
+    assert files_of(stopped) == before
+
+
+def test_a_missing_checkpoint_is_named_as_missing(stopped, capsys):
+    (stopped / "checkpoint.pt").unlink()
+    before = files_of(stopped)
+    assert resume_here(stopped) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "checkpoint.pt is missing" in line and "resume needs it" in line and "version" not in line
+    assert files_of(stopped) == before
