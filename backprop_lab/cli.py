@@ -46,19 +46,19 @@ stderr = ErrorConsole()
 
 # --- a fresh run directory per run -------------------------------------------------------
 
-# Hydra names single runs by the second they start, so two runs started together would
-# share one folder. The config's hydra.run.dir goes through this resolver, which claims
-# the folder with an atomic mkdir and takes the next free `_N` suffix if it is taken.
+# Hydra names runs and sweeps by the second they start, so two started together would share
+# one folder. The config's hydra.run.dir and hydra.sweep.dir go through this resolver, which
+# claims the folder with an atomic mkdir and takes the next free `_N` suffix if it is taken.
 _claimed: dict[str, str] = {}
 
 
-def fresh_dir(path: str) -> str:
+def fresh_dir(path: str, kind: str = "run") -> str:
     if path in _claimed:  # Hydra may resolve the key more than once in one process
         return _claimed[path]
 
     def refuse_dir(folder: str, why: str) -> None:
-        error_line(f"cannot create the run directory {folder}: {why}; "
-                   f"run from a writable folder or set hydra.run.dir=<writable path>")
+        error_line(f"cannot create the {kind} directory {folder}: {why}; "
+                   f"run from a writable folder or set hydra.{kind}.dir=<writable path>")
         raise SystemExit(EXIT_BAD_INPUT)
 
     parent = Path(path).parent
@@ -379,6 +379,9 @@ def main() -> None:
 
         module, function = SUBCOMMANDS[argv[0]]
         sys.exit(getattr(importlib.import_module(module), function)(argv[1:]))
+    if "--version" in argv:  # Hydra's own flag would name only Hydra's version
+        print(f"backprop-lab {__version__} (Hydra {hydra.__version__})")
+        return
     try:
         check_command(argv)
         check_mode(argv)
@@ -407,7 +410,19 @@ def hydra_main(dcfg: DictConfig) -> float | None:
     except ConfigError as e:
         discard_if_empty(run_dir)
         return refuse(str(e), EXIT_BAD_INPUT, in_sweep)
+    note_sweep_preset(hydra_cfg)
     return run(cfg, run_dir, list(hydra_cfg.overrides.task), in_sweep)
+
+
+# hydra_main's module attribute is Hydra's wrapper, so joblib's launcher pickles hydra_main by
+# value, with every global it names: functions travel by reference, but an object such as the
+# stderr Console (it holds a lock) cannot travel at all. Hence this function.
+def note_sweep_preset(hydra_cfg: Any) -> None:
+    """A preset that defines a sweep, run without -m, trains one configuration: say so."""
+    swept = list(hydra_cfg.sweeper.get("params") or {})
+    if swept:
+        stderr.print(f"[yellow]note:[/yellow] this config sweeps over {', '.join(swept)} with -m; without -m "
+                     f"it trains one configuration")
 
 
 # --- hop 2: one run ----------------------------------------------------------------------
@@ -484,7 +499,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
 
     try:
         device = resolve_device(cfg.device)
-        checkpoint = load_checkpoint(run_dir) if resume else None
+        checkpoint = load_checkpoint(run_dir, str(device)) if resume else None
         # resume.py has compared the configs; this ties the checkpoint to this run's summary
         if checkpoint is not None and checkpoint["config_hash"] != read_summary(run_dir).get("config_hash"):
             raise RunDirError(f"{run_dir}/checkpoint.pt was written for another config; it cannot be resumed")

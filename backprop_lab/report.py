@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -180,4 +181,4 @@ class ErrorConsole(Console):
 
 def error_line(message: str) -> None:
     """One line on stderr, never wrapped: how every user-facing error ends."""
-    ErrorConsole().print(f"[bold red]error:[/bold red] {message}")
+    ErrorConsole().print(f"[bold red]error:[/bold red] {escape(message)}")  # the message's own [...] is text

@@ -217,6 +217,16 @@ def job_line(num: Any, overrides: list[str], run: compare.Run, job_return: JobRe
     return line + (f": {run.note}" if run.note else "")
 
 
+def other_config(run_dir: Path, cfg: DictConfig) -> str:
+    """How the run in run_dir differs from the job's config cfg ('' when it is the same run)."""
+    from .rundir import read_summary
+
+    try:
+        return ", ".join(config_changes(read_summary(run_dir).get("config") or {}, from_dictconfig(cfg)))
+    except (ConfigError, OSError, ValueError):  # an invalid job config or a broken summary: reported as they are
+        return ""
+
+
 class SweepReport(Callback):
     def __init__(self, console: Console | None = None, resume: Any = False, fail_fast: Any = False):
         self.console = console  # resume and fail_fast are read by each job from the Hydra config
@@ -273,6 +283,10 @@ class SweepReport(Callback):
         run = compare.load_run(run_dir, label=str(hydra_cfg.job.num))
         if not run_dir.exists() or (run.status == "incomplete" and run.epochs_completed is None):
             run.status, run.note = "refused", run.note if run_dir.exists() else "no run directory"
+        elif run.status == "completed" and job_return.cfg is not None:  # a resumed sweep's older job?
+            changes = other_config(run_dir, job_return.cfg)
+            if changes:  # sweep_job refused it: its folder's results are not this job's
+                run.status, run.note = "refused", f"its folder holds a run of another config: {changes}"
         self._console().print(job_line(hydra_cfg.job.num, list(job_return.overrides or []), run, job_return),
                               markup=False)
 

@@ -348,3 +348,28 @@ def test_a_run_dir_holding_other_runs_or_their_leftovers_is_refused(tmp_path):
     (tmp_path / "left" / "grads.csv").write_text("epoch,layer\n")
     line = refused_in_one_line(tmp_path, "hydra.run.dir=left", "train.epochs=1")
     assert "holds what an earlier run left (grads.csv)" in line
+
+
+def test_an_error_line_prints_square_brackets_as_they_are(capsys):
+    from backprop_lab.report import error_line
+
+    error_line("[enforce fail at alloc_cpu.cpp:127] out of memory; model.hidden_sizes=[256,128]")
+    assert capsys.readouterr().err.strip() == (
+        "error: [enforce fail at alloc_cpu.cpp:127] out of memory; model.hidden_sizes=[256,128]")
+
+
+def test_a_sweep_preset_without_multirun_says_it_trains_one_configuration(tmp_path):
+    proc = run_cli("experiment=vanishing_gradients", "train.epochs=1", "data.train_subset=128",
+                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert ("note: this config sweeps over model.activation, model.batch_norm with -m; "
+            "without -m it trains one configuration") in proc.stderr
+    plain = run_cli("train.epochs=1", "data.train_subset=128", f"hydra.run.dir={tmp_path / 'plain'}", cwd=tmp_path)
+    assert plain.returncode == 0 and "note:" not in plain.stderr
+
+
+def test_version_names_backprop_lab(tmp_path):
+    from backprop_lab import __version__
+
+    proc = run_cli("--version", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"backprop-lab {__version__} (Hydra ")

@@ -90,6 +90,15 @@ def test_resume_skips_completed_jobs_and_runs_only_the_others(tmp_path):
     assert summary(sweep / "1")["status"] == "completed"
     assert len(json.loads((sweep / "sweep_summary.json").read_text())["runs"]) == 2
 
+    # resumed with a grid whose job 0 is another config: refused, and reported as refused, not
+    # with the accuracy of the run its folder holds
+    other = run_cli("-m", "model.hidden_size=32", *TINY, f"hydra.sweep.dir={sweep}",
+                    "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path)
+    assert "cannot resume" in other.stderr and "model.hidden_size (16 -> 32)" in other.stderr
+    assert "job 0  model.hidden_size=32" in other.stdout
+    assert "refused: its folder holds a run of another config: model.hidden_size (16 -> 32)" in other.stdout
+    assert (sweep / "0" / "summary.json").read_text() == before
+
 
 def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path):
     sweep = tmp_path / "sweep"
