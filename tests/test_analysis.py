@@ -198,6 +198,7 @@ def write_blank_png(path: Path, width: int, height: int) -> None:
                      + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
+@pytest.mark.slow  # a subprocess run or two; `make test-slow` (and CI) run it
 def test_predict_refuses_an_image_too_large_to_be_a_digit(trained, tmp_path):
     # 400 million pixels: over twice Pillow's limit, where Image.open raises DecompressionBombError
     write_blank_png(tmp_path / "big.png", 20000, 20000)

@@ -120,6 +120,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_anything_is_measured
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+@pytest.mark.slow  # a subprocess run or two; `make test-slow` (and CI) run it
 def test_bench_into_a_folder_fails_at_once_on_the_command_line(tmp_path):
     proc = run_cli(*QUICK, "--json", str(tmp_path), cwd=tmp_path)  # the audit's `bench --quick --json /etc`
     assert proc.returncode == 2 and proc.stdout == ""

@@ -215,6 +215,7 @@ def test_a_bad_job_in_a_sweep_does_not_stop_the_others(tmp_path):
     assert proc.returncode == 0  # one job completed: the table tells which did not
 
 
+@pytest.mark.slow  # a subprocess run or two; `make test-slow` (and CI) run it
 def test_a_sweep_where_no_job_completes_exits_1(tmp_path):
     proc = run_cli("-m", "optim.lr=-1,1e30", "data.train_subset=300", "train.epochs=1",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
@@ -358,6 +359,7 @@ def test_an_error_line_prints_square_brackets_as_they_are(capsys):
         "error: [enforce fail at alloc_cpu.cpp:127] out of memory; model.hidden_sizes=[256,128]")
 
 
+@pytest.mark.slow  # a subprocess run or two; `make test-slow` (and CI) run it
 def test_a_sweep_preset_without_multirun_says_it_trains_one_configuration(tmp_path):
     proc = run_cli("experiment=vanishing_gradients", "train.epochs=1", "data.train_subset=128",
                    f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)

@@ -360,6 +360,7 @@ def test_a_second_resume_is_refused_while_one_holds_the_run(stopped, capsys):
     assert not (stopped / ".backprop-lab.lock").exists()
 
 
+@pytest.mark.slow  # a subprocess run or two; `make test-slow` (and CI) run it
 def test_two_resumes_started_together_train_each_epoch_once(stopped):
     env = {**os.environ, "COLUMNS": "120"}
     procs = [subprocess.Popen([sys.executable, "-m", "backprop_lab", "resume", str(stopped)], env=env,

@@ -178,6 +178,7 @@ def test_ctrl_c_stops_the_whole_sweep(tmp_path):
     assert "hydra.callbacks.sweep_report.resume=true" in err
 
 
+@pytest.mark.slow  # a subprocess run or two; `make test-slow` (and CI) run it
 def test_a_sweep_started_in_a_taken_folder_moves_to_a_fresh_one(tmp_path):
     """The default sweep folder is named to the second; a second sweep started in the same second
     must not share it (their jobs 0, 1, ... would overwrite each other). Here the name is taken
