@@ -168,7 +168,9 @@ def check_output_dir(key: str, value: Any, used: bool) -> None:
         # Hydra would rewrite the folder's .hydra/ files before any check of ours runs.
         refuse_existing_run(path)
         if path.is_dir():
-            inner = next(path.glob("**/summary.json"), None)  # e.g. hydra.run.dir=outputs
+            # e.g. hydra.run.dir=outputs (runs sit 2 levels down, sweep jobs 4); no deeper, so a
+            # folder such as a home directory is not searched through
+            inner = next((found for depth in range(1, 5) for found in path.glob("*/" * depth + "summary.json")), None)
             if inner is not None:
                 raise RunDirError(f"{key}={value} holds other runs ({inner.parent}); a run needs a folder of its own, "
                                   f"or `compare` would no longer find them: choose a new one, e.g. {path / 'try1'}")
