@@ -322,8 +322,18 @@ PLUGIN_MISTAKES = [  # each used to end in a traceback mid-sweep, or in Hydra's 
 
 
 @pytest.mark.parametrize("args,expected", PLUGIN_MISTAKES, ids=[" ".join(a) for a, _ in PLUGIN_MISTAKES])
-def test_plugin_settings_and_hydra_options_are_checked_up_front(tmp_path, args, expected):
-    assert expected in refused_in_one_line(tmp_path, *args, "train.epochs=1", "data.train_subset=100")
+def test_plugin_settings_and_hydra_options_are_checked_up_front(tmp_path, monkeypatch, capsys, args, expected):
+    """In-process, through the entry point itself (the subprocess tests above show the same path
+    ends the process with exit 2)."""
+    from backprop_lab import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["backprop-lab", *args, "train.epochs=1", "data.train_subset=100"])
+    with pytest.raises(SystemExit) as exit:
+        cli.main()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_an_error_line_on_a_closed_stderr_keeps_the_exit_status():

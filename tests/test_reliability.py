@@ -374,6 +374,7 @@ def test_two_resumes_started_together_train_each_epoch_once(stopped):
     assert summary(stopped)["status"] == "completed"
 
 
+@pytest.mark.slow  # `make test-slow` (and CI) run it
 def test_a_moved_run_resumes_and_reports_its_new_path(stopped, stopped_template, capsys):
     from backprop_lab import compare
 
@@ -416,6 +417,7 @@ def test_a_cuda_run_resumes_on_a_cpu_only_machine_with_device_cpu(stopped, capsy
     assert [r["epoch"] for r in metrics(stopped)] == ["1", "2"]
 
 
+@pytest.mark.slow  # `make test-slow` (and CI) run it
 def test_resume_takes_device_and_threads_but_refuses_hyperparameters(stopped, capsys):
     as_if_made_on(stopped, "auto", "cpu", torch.Generator().manual_seed(1).get_state())  # device=auto, ran on the CPU
     assert resume_here(stopped, "device=cpu", "optim.lr=0.5") == 2
