@@ -75,6 +75,15 @@ def describe_config(cfg: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def to_devnull(stream: Any) -> None:
+    """Point a closed pipe's file descriptor at /dev/null, so later writes (Python's final
+    flush too) go nowhere instead of failing again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError):
+        pass
+
+
 class OutputConsole(Console):
     """Rich's Console, except when the reader of stdout goes away (`backprop-lab | head`):
     rich then exits the process (SystemExit 1) in the middle of whatever it was printing;
@@ -82,10 +91,7 @@ class OutputConsole(Console):
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's final flush, too
-        except (OSError, ValueError):
-            pass
+        to_devnull(sys.stdout)
         raise BrokenPipeError(errno.EPIPE, "standard output was closed")
 
 
@@ -173,10 +179,7 @@ class ErrorConsole(Console):
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
-        try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())  # Python's final flush, too
-        except (OSError, ValueError):
-            pass
+        to_devnull(sys.stderr)
 
 
 def error_line(message: str) -> None:
