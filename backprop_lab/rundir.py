@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -60,7 +61,12 @@ def locked(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip()
+            holder = ""
+            for _ in range(20):  # the holder writes its pid just after its flock: give it a moment
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.01)
             os.close(fd)
             who = f"another process (pid {holder})" if holder.isdigit() else "another process"
             raise RunDirBusy(f"{run_dir} is being resumed by {who}; wait for it to finish or stop it first") from None
