@@ -28,7 +28,9 @@ never stops a sweep.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_JSON = "sweep_summary.json"
 STOP_FILE = ".fail_fast_stop"  # in the sweep root: the first failure, once fail_fast is on
 INTERRUPT_FILE = ".interrupted"  # in the sweep root: "SIGINT job 1 (...)", the signal that stopped a job
+KEPT_HYDRA = ".hydra.kept"  # in a job folder, while a resumed sweep runs: the run's own .hydra/
 OPTIONS = ("resume", "fail_fast")
 FAILED_SCORE = 0.0  # what a job that did not complete returns to the sweeper
 
@@ -98,6 +101,29 @@ def interrupted(sweep_dir: Path) -> tuple[str, str] | None:
     return name or "SIGINT", what
 
 
+# Hydra writes each job's .hydra/*.yaml before any code of ours runs in the job, so a resumed
+# sweep would overwrite the record of a run it then skips or refuses (one of another config,
+# say). on_multirun_start sets each earlier job's .hydra/ aside; the job puts it back.
+def set_hydra_files_aside(sweep_dir: Path) -> None:
+    for job in sweep_dir.iterdir():
+        if (job / ".hydra").is_dir() and not (job / KEPT_HYDRA).exists():  # an earlier crash's copy is older
+            if (job / "summary.json").is_file() or (job / "metrics.csv").is_file():
+                os.rename(job / ".hydra", job / KEPT_HYDRA)
+
+
+def put_hydra_files_back(job: Path, keep_old: bool = True) -> None:
+    """The run's own .hydra/ back in place of the one Hydra just wrote (keep_old), or, for a
+    job that starts afresh in the folder, the new one kept and the old one dropped."""
+    kept = job / KEPT_HYDRA
+    if not kept.is_dir():
+        return
+    if keep_old:
+        shutil.rmtree(job / ".hydra", ignore_errors=True)
+        os.rename(kept, job / ".hydra")
+    else:
+        shutil.rmtree(kept, ignore_errors=True)
+
+
 EXIT_OF_SIGNAL = {"SIGINT": 130, "SIGTERM": 143, "SIGPIPE": 141}
 
 
@@ -125,80 +151,89 @@ def launcher_threads(launcher: Any, cores: int) -> int | None:
 def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
     """One job of a sweep (called by cli.hydra_main): the sweep options, then cli.run."""
     from .cli import EXIT_BAD_INPUT, discard_if_empty, refuse, run
-    from .rundir import CHECKPOINT, METRICS, SUMMARY, WEIGHTS, effective_status, read_summary
+    from .rundir import CHECKPOINT, METRICS, SUMMARY, WEIGHTS, RunDirError, effective_status, locked, read_summary
 
     sweep_dir = Path(str(hydra_cfg.sweep.dir)).resolve()
-    num = hydra_cfg.job.num
-    overrides = list(hydra_cfg.overrides.task)
     opts = options(hydra_cfg)
-    what = f"job {num} ({' '.join(overrides) or 'no overrides'})"
+    what = f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task) or 'no overrides'})"
 
     def failed(reason: str) -> float:
         if opts["fail_fast"] is True:
             request_stop(sweep_dir, f"{what} {reason}")
         return FAILED_SCORE
 
+    # killed before its first summary.json: no epoch was completed, so it starts afresh
+    fresh_start = (opts["resume"] is True and not (run_dir / SUMMARY).exists() and (run_dir / METRICS).exists()
+                   and not (run_dir / WEIGHTS).exists() and len((run_dir / METRICS).read_text().splitlines()) <= 1)
+    put_hydra_files_back(run_dir, keep_old=not fresh_start)
     if interrupted(sweep_dir) or (opts["fail_fast"] is True and stop_reason(sweep_dir)):
         discard_if_empty(run_dir, claimed_only=False)
         return FAILED_SCORE  # on_job_end reports it as not run
-    try:
-        check_options(hydra_cfg)
-        cfg = from_dictconfig(dcfg)
-    except ConfigError as e:
-        refuse(str(e), EXIT_BAD_INPUT, in_sweep=True)
-        return failed("was refused")
-
-    resume = False
-    if (run_dir / SUMMARY).exists():
-        if not opts["resume"]:
-            refuse(f"{run_dir} already holds a run; it is kept as it is: to continue this sweep add "
-                   f"hydra.callbacks.sweep_report.resume=true, or choose another hydra.sweep.dir",
-                   EXIT_BAD_INPUT, in_sweep=True)
-            return failed("was refused")
+    with contextlib.ExitStack() as held:
+        if opts["resume"] is True and (run_dir / SUMMARY).exists():
+            try:  # as `backprop-lab resume` does: two sweeps resumed at once must not both train a job
+                held.enter_context(locked(run_dir))
+            except (OSError, RunDirError) as e:
+                refuse(str(e) if isinstance(e, RunDirError) else f"cannot resume {run_dir}: {e.strerror or e}",
+                       EXIT_BAD_INPUT, in_sweep=True)
+                return failed("was refused")
+        overrides = list(hydra_cfg.overrides.task)
         try:
-            summary = read_summary(run_dir)
-        except (OSError, ValueError) as e:
-            refuse(f"cannot resume {run_dir}: summary.json is unreadable ({e})", EXIT_BAD_INPUT, in_sweep=True)
+            check_options(hydra_cfg)
+            cfg = from_dictconfig(dcfg)
+        except ConfigError as e:
+            refuse(str(e), EXIT_BAD_INPUT, in_sweep=True)
             return failed("was refused")
-        changes = config_changes(summary.get("config") or {}, cfg)
-        if changes:
-            diff = ", ".join(changes)
-            refuse(f"cannot resume {run_dir}: it holds a run of another config: {diff}; "
-                   f"the sweep command must be the one that made this sweep", EXIT_BAD_INPUT, in_sweep=True)
-            return failed("was refused")
-        status = effective_status(summary)
-        if status in ("completed", "diverged"):  # final: the same config and seed give the same outcome
-            acc = summary.get("final_test_acc")
-            print(f"{what}: already {status} in {run_dir}; skipped", flush=True)
-            return float(acc) if status == "completed" and acc is not None else FAILED_SCORE
-        if status == "running":
-            refuse(f"{run_dir} is still running (pid {summary.get('pid')} on {summary.get('host')})",
-                   EXIT_BAD_INPUT, in_sweep=True)
-            return failed("was refused")
-        print(f"{what}: {status} in {run_dir} after {summary.get('epochs_completed')} epoch(s); resuming", flush=True)
-        resume = True
-    elif opts["resume"] and (run_dir / METRICS).exists() and not (run_dir / WEIGHTS).exists():
-        # killed before its first summary.json: no epoch was completed, so start it afresh
-        if len((run_dir / METRICS).read_text().splitlines()) <= 1:
+
+        resume = False
+        if (run_dir / SUMMARY).exists():
+            if not opts["resume"]:
+                refuse(f"{run_dir} already holds a run; it is kept as it is: to continue this sweep add "
+                       f"hydra.callbacks.sweep_report.resume=true, or choose another hydra.sweep.dir",
+                       EXIT_BAD_INPUT, in_sweep=True)
+                return failed("was refused")
+            try:
+                summary = read_summary(run_dir)
+            except (OSError, ValueError) as e:
+                refuse(f"cannot resume {run_dir}: summary.json is unreadable ({e})", EXIT_BAD_INPUT, in_sweep=True)
+                return failed("was refused")
+            changes = config_changes(summary.get("config") or {}, cfg)
+            if changes:
+                diff = ", ".join(changes)
+                refuse(f"cannot resume {run_dir}: it holds a run of another config: {diff}; "
+                       f"the sweep command must be the one that made this sweep", EXIT_BAD_INPUT, in_sweep=True)
+                return failed("was refused")
+            status = effective_status(summary)
+            if status in ("completed", "diverged"):  # final: the same config and seed give the same outcome
+                acc = summary.get("final_test_acc")
+                print(f"{what}: already {status} in {run_dir}; skipped", flush=True)
+                return float(acc) if status == "completed" and acc is not None else FAILED_SCORE
+            if status == "running":
+                refuse(f"{run_dir} is still running (pid {summary.get('pid')} on {summary.get('host')})",
+                       EXIT_BAD_INPUT, in_sweep=True)
+                return failed("was refused")
+            print(f"{what}: {status} in {run_dir} after {summary.get('epochs_completed')} epoch(s); resuming", flush=True)
+            resume = True
+        elif fresh_start:
             (run_dir / METRICS).unlink()
             (run_dir / CHECKPOINT).unlink(missing_ok=True)
 
-    threads = None if cfg.threads is not None else launcher_threads(hydra_cfg.launcher, cpu_cores())
-    if threads is not None:
-        import torch
+        threads = None if cfg.threads is not None else launcher_threads(hydra_cfg.launcher, cpu_cores())
+        if threads is not None:
+            import torch
 
-        torch.set_num_threads(threads)
-    acc = run(cfg, run_dir, overrides, in_sweep=True, resume=resume)
-    try:
-        summary = read_summary(run_dir)
-    except (OSError, ValueError):
-        summary = None
-    if summary is not None and summary.get("signal"):
-        request_interrupt(sweep_dir, summary["signal"], what)
-        return FAILED_SCORE  # run() returns None once a signal stopped it, even after training
-    if acc is None:
-        return failed(effective_status(summary) if summary is not None else "was refused")
-    return acc
+            torch.set_num_threads(threads)
+        acc = run(cfg, run_dir, overrides, in_sweep=True, resume=resume)
+        try:
+            summary = read_summary(run_dir)
+        except (OSError, ValueError):
+            summary = None
+        if summary is not None and summary.get("signal"):
+            request_interrupt(sweep_dir, summary["signal"], what)
+            return FAILED_SCORE  # run() returns None once a signal stopped it, even after training
+        if acc is None:
+            return failed(effective_status(summary) if summary is not None else "was refused")
+        return acc
 
 
 def job_line(num: Any, overrides: list[str], run: compare.Run, job_return: JobReturn | None = None) -> str:
@@ -249,7 +284,17 @@ class SweepReport(Callback):
             error_line(f"cannot create the sweep directory {sweep_dir}: {why}; run from a writable folder "
                        f"or set hydra.sweep.dir=<writable path>")
             raise SystemExit(2) from None
+        # e.g. hydra.sweep.dir=outputs: its runs sit 2 levels down, this sweep's jobs would sit 1 down
+        inner = next((found for depth in range(2, 5) for found in sweep_dir.glob("*/" * depth + "summary.json")), None)
+        if inner is not None:
+            error_line(f"hydra.sweep.dir={sweep_dir} holds other runs ({inner.parent}); a sweep needs a folder of its "
+                       f"own, or `compare` would mix its jobs with them: choose a new one, e.g. {sweep_dir / 'sweep1'}")
+            raise SystemExit(2)
         earlier = [d.name for d in sweep_dir.iterdir() if (d / "summary.json").is_file() or (d / "metrics.csv").is_file()]
+        if earlier and not (sweep_dir / "multirun.yaml").is_file():
+            error_line(f"hydra.sweep.dir={sweep_dir} holds runs ({len(earlier)}) but no sweep (no multirun.yaml); a "
+                       f"sweep needs a folder of its own: choose a new one, e.g. {sweep_dir / 'sweep1'}")
+            raise SystemExit(2)
         if earlier and not options(config.hydra)["resume"]:
             error_line(f"{sweep_dir} already holds a sweep ({len(earlier)} job folder(s)); it is kept as it is: choose "
                        f"another hydra.sweep.dir, or add hydra.callbacks.sweep_report.resume=true to continue it")
@@ -258,6 +303,7 @@ class SweepReport(Callback):
         (sweep_dir / INTERRUPT_FILE).unlink(missing_ok=True)
         if options(config.hydra)["resume"]:
             earlier = compare.collect([sweep_dir]) if sweep_dir.is_dir() else []
+            set_hydra_files_aside(sweep_dir)
             done = sum(r.status == "completed" for r in earlier)
             self._console().print(
                 f"resume: {sweep_dir} holds {len(earlier)} earlier job(s), {done} completed: completed ones "
@@ -292,6 +338,8 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        for job in sweep_dir.glob(f"*/{KEPT_HYDRA}"):  # the jobs of a resumed sweep that never started
+            put_hydra_files_back(job.parent)
         runs = self._report(sweep_dir)
         stopped = interrupted(sweep_dir)
         if stopped:

@@ -80,12 +80,15 @@ def test_resume_skips_completed_jobs_and_runs_only_the_others(tmp_path):
     assert "already holds a sweep" in again.stderr and "sweep_report.resume=true" in again.stderr
     assert (sweep / "0" / "summary.json").read_text() == before
 
+    hydra_files = hydra_files_of(sweep / "0")
     proc = run_cli("-m", "model.hidden_size=16,32", *TINY, f"hydra.sweep.dir={sweep}",
                    "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     clean(proc)
     assert "job 0 (model.hidden_size=16" in proc.stdout and "already completed" in proc.stdout
     assert (sweep / "0" / "summary.json").read_text() == before  # skipped, not retrained
+    assert hydra_files_of(sweep / "0") == hydra_files  # the run's own record, not this pass's
+    assert yaml.safe_load((sweep / "1" / ".hydra" / "overrides.yaml").read_text())[0] == "model.hidden_size=32"
     assert "784-16-10" not in proc.stdout and "784-32-10" in proc.stdout
     assert summary(sweep / "1")["status"] == "completed"
     assert len(json.loads((sweep / "sweep_summary.json").read_text())["runs"]) == 2
@@ -98,6 +101,55 @@ def test_resume_skips_completed_jobs_and_runs_only_the_others(tmp_path):
     assert "job 0  model.hidden_size=32" in other.stdout
     assert "refused: its folder holds a run of another config: model.hidden_size (16 -> 32)" in other.stdout
     assert (sweep / "0" / "summary.json").read_text() == before
+    assert hydra_files_of(sweep / "0") == hydra_files  # Hydra wrote hidden_size=32 there; put back
+    assert not list(sweep.glob("*/.hydra.kept"))
+
+
+@pytest.mark.slow
+def test_a_resumed_sweep_leaves_a_job_another_process_is_resuming(tmp_path):
+    import fcntl
+    import os
+
+    sweep = tmp_path / "sweep"
+    first = run_cli("-m", "model.hidden_size=16", "data.train_subset=300", "train.epochs=2", "device=cpu",
+                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    s = summary(sweep / "0")  # as if it had been stopped after its first epoch
+    (sweep / "0" / "summary.json").write_text(json.dumps({**s, "status": "interrupted", "epochs_completed": 1}))
+    fd = os.open(sweep / "0" / ".backprop-lab.lock", os.O_RDWR | os.O_CREAT)  # as `backprop-lab resume` holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        proc = run_cli("-m", "model.hidden_size=16", "data.train_subset=300", "train.epochs=2", "device=cpu",
+                       f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 1  # its only job was refused
+    assert f"is being resumed by another process (pid {os.getpid()})" in proc.stderr
+    assert "784-16-10" not in proc.stdout  # not trained
+    assert summary(sweep / "0")["epochs_completed"] == 1
+
+
+def hydra_files_of(job: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((job / ".hydra").iterdir())}
+
+
+def test_a_sweep_folder_holding_other_runs_is_refused(tmp_path):
+    run = tmp_path / "outputs" / "2026-11-30" / "10-00-00"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+    before = sorted(tmp_path.rglob("*"))
+    proc = run_cli("-m", "model.hidden_size=8,16", *TINY, "hydra.sweep.dir=outputs", cwd=tmp_path, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "hydra.sweep.dir=outputs holds other runs (outputs/2026-11-30/10-00-00)" in lines[0]
+    # a folder of single runs is not a sweep to resume either
+    proc = run_cli("-m", "model.hidden_size=8,16", *TINY, "hydra.sweep.dir=outputs/2026-11-30",
+                   "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "holds runs (1) but no sweep (no multirun.yaml)" in lines[0]
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path):
@@ -141,6 +193,7 @@ def test_a_sweep_folder_that_cannot_be_made_is_one_line(tmp_path, blocker):
 def test_a_sweep_folder_is_not_reused_without_resume(tmp_path):
     earlier = tmp_path / "sweep" / "0"  # an earlier sweep's job folder, as a sweep leaves it
     earlier.mkdir(parents=True)
+    (earlier.parent / "multirun.yaml").write_text("hydra: {}\n")
     (earlier / "summary.json").write_text(json.dumps({"status": "completed", "final_test_acc": 0.938}))
     (earlier / "metrics.csv").write_text("epoch,test_acc\n1,0.938\n")
     before = {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file()}
