@@ -332,6 +332,23 @@ def check_mode(argv: list[str]) -> None:
                           "backprop-lab resume RUN_DIR; to repeat one, give the overrides in RUN_DIR/.hydra/overrides.yaml")
 
 
+def check_shown_config(argv: list[str]) -> None:
+    """`--cfg job` prints the config a run would use; one it would refuse is refused here too,
+    rather than printed as if it were fine (exit 0)."""
+    args, _ = parse_hydra_args(argv)
+    if args.cfg not in ("job", "all") or args.config_name or args.config_dir:
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        try:
+            dcfg = compose("config", overrides=args.overrides)
+        except HydraException:
+            return  # Hydra reports it itself, as it would without --cfg
+    from_dictconfig(dcfg)
+
+
 def check_command(argv: list[str]) -> None:
     """A first word that is neither an option nor an override is most likely a mistyped
     command: name the commands rather than fail to parse it as an override."""
@@ -388,6 +405,7 @@ def main() -> None:
         check_command(argv)
         check_mode(argv)
         check_overrides(argv)
+        check_shown_config(argv)
         if "--help" in argv or "-h" in argv:
             print_help(argv)
             return

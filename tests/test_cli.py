@@ -318,6 +318,8 @@ PLUGIN_MISTAKES = [  # each used to end in a traceback mid-sweep, or in Hydra's 
     (("--experimental-rerun", "x.pickle"), "to continue a run use backprop-lab resume RUN_DIR"),
     (("--config-name", "nope"), "--config-name nope: there is no nope.yaml in"),
     (("--config-dir", "/nonexistent-backprop-lab"), "--config-dir /nonexistent-backprop-lab: no such folder"),
+    (("--cfg", "job", "optim.lr=abc"), "optim.lr='abc' is not valid"),  # not printed as if a run would take it
+    (("--cfg", "all", "model.hidden_size=-3"), "model.hidden_size=-3 is not valid"),
 ]
 
 
