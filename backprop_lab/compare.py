@@ -20,6 +20,10 @@ job whose config was rejected: only Hydra's files and the log's error line), or 
 (unparseable or incomplete files), with a one-line warning on stderr saying what is wrong.
 grads.csv and confusion.csv are extras: when one is unreadable, a warning says so and the
 rest is shown as usual (the run keeps its status; its |dW1| is `-`, and it has no gradient panel).
+Damage that leaves metrics.csv usable is a warning too, and the run keeps its status: a last row
+cut off mid-line (the machine lost power while it was written) is left out, and fewer rows than
+summary.json's epochs_completed are shown as they are. `show` prints where a moved or copied run
+is now, as compare lists it, and the folder it ran in below that.
 The sweep callback (sweep.py) uses `collect`, `print_table`, `write_csv` and `write_json` for
 its end-of-sweep table and files, so there is one implementation of each.
 
@@ -34,6 +38,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 import textwrap
 from dataclasses import dataclass, field
@@ -48,8 +53,7 @@ from rich.table import Table
 from .analysis import CONFUSION_CSV, Confusion, from_counts
 from .config import dotted
 from .report import COLUMN_KEYS, Reporter, error_line
-from .rundir import (GRADS, GRADS_COLUMNS, LOG, METRICS, SUMMARY, effective_status, read_layers, read_metrics,
-                     read_summary)
+from .rundir import GRADS, GRADS_COLUMNS, LOG, METRICS, SUMMARY, effective_status, read_summary
 
 EXIT_NO_RUNS = 1  # like grep: "nothing found" is a result, not an error, but a script should notice it
 EXIT_BAD_INPUT = 2  # a path, option or file that cannot be used
@@ -114,29 +118,72 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _checked_csv(run_dir: Path, name: str, columns: Sequence[str], read: Any) -> list[dict[str, float]]:
-    """`read(run_dir)` after checking that `name` has a header with every one of `columns`;
-    RunError with one line for an empty, short, garbled or unreadable file."""
+QUOTED_CHARS = 40  # how much of a damaged line a message quotes: enough to recognise it, never a screenful
+
+
+def _quote(line: str) -> str:
+    return repr(line if len(line) <= QUOTED_CHARS else line[:QUOTED_CHARS] + "...")
+
+
+def _read_numbers(run_dir: Path, name: str, columns: Sequence[str]) -> tuple[list[dict[str, float]], str | None]:
+    """The rows of `name` as floats, checked to have a header with every one of `columns`, and
+    None, or, when the last row was cut off mid-line, a message saying so (that row left out).
+    RunError with one line, naming the line at fault, for an empty, short, garbled or unreadable file.
+
+    The writer ends every row with a line break and fsyncs it, so a last line without one was
+    being written when the process or the machine stopped; the rows before it are whole."""
     try:
         with open(run_dir / name, newline="") as f:
-            header = next(csv.reader(f), None)
-        if header is None:
-            raise RunError(f"{name} is empty (not even its header)")
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise RunError(f"{name} lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)}")
-        return read(run_dir)
-    except RunError:  # a ValueError too, but already the message to give
-        raise
-    except (ValueError, TypeError) as e:  # float('') or float(None): a short, long or garbled row
-        raise RunError(f"{name} has a row that is not all numbers ({e})") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
         raise RunError(f"cannot read {name}: {getattr(e, 'strerror', None) or e}") from None
+    if not text:
+        raise RunError(f"{name} is empty (not even its header)")
+    # The csv module's line breaks only (str.splitlines also splits at \f and others), so that
+    # the line numbers in messages are the ones an editor shows.
+    lines = re.split(r"\r\n|\r|\n", text)
+    cut = None
+    if lines[-1] and len(lines) > 1:
+        cut = (f"{name} line {len(lines)}, its last, was cut off mid-row (the machine or the run stopped "
+               f"while writing it): {_quote(lines[-1])}")
+    lines = lines[:-1] if len(lines) > 1 else lines  # the cut row, or the "" after the final line break
+    try:
+        header = next(csv.reader(lines[:1]), [])
+    except csv.Error:
+        header = []
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise RunError(f"{name} lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)}")
+    rows = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue  # a blank line, as csv.DictReader skips them
+        try:
+            values = next(csv.reader([line]))
+            if len(values) != len(header):
+                raise ValueError
+            rows.append({key: float(v) for key, v in zip(header, values)})
+        except (ValueError, csv.Error):
+            raise RunError(f"{name} line {number} is not a row of {len(header)} numbers: {_quote(line)}") from None
+    return rows, cut
 
 
-def load_metrics(run_dir: Path) -> list[dict[str, float]]:
-    """metrics.csv, checked to have every column and only numbers, or RunError."""
-    return _checked_csv(run_dir, METRICS, COLUMN_KEYS, read_metrics)
+def load_metrics(run_dir: Path) -> tuple[list[dict[str, float]], str | None]:
+    """metrics.csv, checked to have every column and only numbers, or RunError; with the rows,
+    a message when its last row was cut off mid-line (the rows before it are returned)."""
+    return _read_numbers(run_dir, METRICS, COLUMN_KEYS)
+
+
+def fewer_epochs(held: int, summary: dict[str, Any]) -> str | None:
+    """What is wrong when metrics.csv holds fewer than the epochs summary.json records, else None.
+    The writer appends each row before it rewrites the summary, so this never happens to a
+    healthy run, live or killed: the file was truncated, or copied from an earlier state.
+    `held` counts a row that was cut off: that one is already warned about."""
+    recorded = summary["epochs_completed"]
+    if held >= recorded:
+        return None
+    holds = "no epochs (only its header line)" if not held else f"{held} epoch{'s' * (held != 1)}"
+    return f"{METRICS} holds {holds}, but {SUMMARY} records {recorded} completed"
 
 
 def load_layers(run_dir: Path) -> list[dict[str, float]]:
@@ -144,7 +191,9 @@ def load_layers(run_dir: Path) -> list[dict[str, float]]:
     from 1, or RunError; [] for a run from before grads.csv existed."""
     if not (run_dir / GRADS).exists():
         return []
-    rows = _checked_csv(run_dir, GRADS, GRADS_COLUMNS, read_layers)
+    rows, cut = _read_numbers(run_dir, GRADS, GRADS_COLUMNS)
+    if cut:  # an extra: shown whole or left out, as any unreadable grads.csv
+        raise RunError(cut)
     if not all(r[k].is_integer() and r[k] >= 1 for r in rows for k in ("epoch", "layer")):
         raise RunError(f"{GRADS} has an epoch or layer that is not a whole number from 1")
     return rows
@@ -239,6 +288,7 @@ class Run:
     metrics: list[dict[str, float]] | None = None
     layers: list[dict[str, float]] = field(default_factory=list)  # grads.csv rows; [] if it has none
     layers_error: str | None = None  # why grads.csv could not be read (the run keeps its status)
+    metrics_warnings: list[str] = field(default_factory=list)  # damage to metrics.csv that leaves it usable
 
     @property
     def grad_norm_1(self) -> float | None:
@@ -259,10 +309,12 @@ def load_run(run_dir: Path, label: str, group: Path | None = None) -> Run:
         run.layers = load_layers(run_dir)
     except RunError as e:
         run.layers_error = str(e)
-    metrics_error = None
+    metrics_error = cut = None
     if (run_dir / METRICS).exists():
         try:
-            run.metrics = load_metrics(run_dir)
+            run.metrics, cut = load_metrics(run_dir)
+            if cut:
+                run.metrics_warnings.append(f"{cut}; only the rows before it are read")
         except RunError as e:
             metrics_error = str(e)
 
@@ -297,7 +349,11 @@ def load_run(run_dir: Path, label: str, group: Path | None = None) -> Run:
         run.status, run.note, run.problem = "corrupt", metrics_error, True
     elif run.metrics is None and summary["epochs_completed"]:
         run.status, run.note, run.problem = "corrupt", f"{METRICS} is missing", True
-    elif run.status == "incomplete":
+    else:
+        short = fewer_epochs(len(run.metrics or []) + bool(cut), summary)
+        if short:  # the results are summary.json's; only --plot's curves are short
+            run.metrics_warnings.append(f"{short}; listed as {SUMMARY} records it")
+    if run.status == "incomplete":
         done = len(run.metrics or [])
         run.note = f"still marked running, but its process is gone (killed?); {done} completed epoch{'s' * (done != 1)} in {METRICS}"
     return run
@@ -429,20 +485,50 @@ def parse_filter(text: str, runs: Sequence[Run]) -> tuple[str, str]:
 
 def matches(run: Run, key: str, wanted: str) -> bool:
     """`wanted` as typed on the command line against the run's value: numbers compare as
-    numbers (lr=0.1 matches 0.1 and 1e-1), true/false and null as YAML spells them."""
+    numbers (lr=0.1 matches 0.1 and 1e-1), true/false and null as YAML spells them, and a list
+    item by item as YAML (and so Hydra) reads it, so [32,16] matches [32, 16] however spaced."""
     if key != "status" and not run.config:
         return False
     value = run.value(key)
+    if _same(value, wanted):
+        return True
+    # Only for these: YAML's reading of a scalar (yes, 1_0, 0x10) would stray from the rules above.
+    return isinstance(value, (list, dict, str)) and _same(value, _yaml(wanted))
+
+
+def _yaml(text: str) -> Any:
+    import yaml  # Hydra's dependency; only needed for lists and quoted text
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    """`value` from a run's config against `wanted`: text, or what YAML read from it."""
+    if isinstance(value, list):
+        if isinstance(wanted, str):
+            return str(value) == wanted  # as the table prints it
+        return isinstance(wanted, list) and len(wanted) == len(value) and all(map(_same, value, wanted))
+    if isinstance(value, dict):
+        if isinstance(wanted, str):
+            return str(value) == wanted
+        return (isinstance(wanted, dict) and {str(k) for k in wanted} == set(value)
+                and all(_same(value[str(k)], v) for k, v in wanted.items()))
+    if isinstance(wanted, (list, dict)):
+        return False
+    text = "null" if wanted is None else str(wanted).lower() if isinstance(wanted, bool) else str(wanted)
     if value is None:
-        return wanted.lower() in ("null", "none", "")
+        return text.lower() in ("null", "none", "")
     if isinstance(value, bool):
-        return wanted.lower() == str(value).lower()
+        return text.lower() == str(value).lower()
     if isinstance(value, (int, float)):
         try:
-            return float(wanted) == float(value)
+            return float(text) == float(value)
         except ValueError:
             return False
-    return str(value) == wanted
+    return str(value) == text
 
 
 def best_per_sweep(runs: Sequence[Run]) -> list[Run]:
@@ -720,6 +806,8 @@ def compare_main(argv: list[str]) -> int:
             warning_line(f"{run.path}: {run.note}; listed as {run.status}")
         if run.layers_error:
             warning_line(f"{run.path}: {run.layers_error}; listed without its |dW1|")
+        for message in run.metrics_warnings:
+            warning_line(f"{run.path}: {message}")
     runs = [r for r in runs if all(matches(r, key, value) for key, value in filters)]
     if args.best:
         runs = best_per_sweep(runs)
@@ -773,7 +861,7 @@ def show_main(argv: list[str]) -> int:
     parser.add_argument("--plot", action="store_true", help="redraw RUN_DIR/curves.png from metrics.csv")
     args = parser.parse_args(argv)
     try:
-        summary, rows = load_for_show(args.run_dir)
+        summary, rows, warnings = load_for_show(args.run_dir)
         if args.plot:
             from .analysis import CURVES_PNG, plot_curves
 
@@ -784,8 +872,15 @@ def show_main(argv: list[str]) -> int:
     except OSError as e:
         error_line(f"cannot write {args.run_dir / 'curves.png'}: {e.strerror or e}")
         return EXIT_BAD_INPUT
+    for message in warnings:
+        warning_line(f"{args.run_dir}: {message}")
+    recorded = moved_from(summary, args.run_dir)
+    if recorded:  # the header and the panel say where the run is now, so that its paths can be used
+        summary = {**summary, "run_dir": str(args.run_dir.resolve())}
     reporter = Reporter(Console())
     reporter.start(summary)
+    if recorded:
+        reporter.console.print(f"  ran in {recorded} (moved or copied here since)", highlight=False, markup=False)
     if rows:
         reporter.table(rows)
         reporter.console.print()  # training's progress bar leaves this line between table and panel
@@ -834,7 +929,9 @@ def layer_table(rows: Sequence[dict[str, float]]) -> Table:
     return table
 
 
-def load_for_show(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, float]]]:
+def load_for_show(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, float]], list[str]]:
+    """summary.json and metrics.csv's rows, and warnings about damage that leaves them usable;
+    RunError, one line, when the run cannot be shown."""
     if not run_dir.exists():
         raise RunError(f"{run_dir} does not exist")
     if not run_dir.is_dir():
@@ -848,9 +945,26 @@ def load_for_show(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, float]]
         raise RunError(f"{run_dir} is not a run directory (no {SUMMARY}){hint}")
     try:
         summary = load_summary(run_dir)
-        rows = load_metrics(run_dir) if (run_dir / METRICS).exists() else []
+        rows, cut = load_metrics(run_dir) if (run_dir / METRICS).exists() else ([], None)
     except RunError as e:
         raise RunError(f"{run_dir}: {e}") from None
-    if not rows and summary["epochs_completed"]:
+    if not (run_dir / METRICS).exists() and summary["epochs_completed"]:
         raise RunError(f"{run_dir}: {METRICS} is missing, but {SUMMARY} records {summary['epochs_completed']} epochs")
-    return summary, rows
+    warnings = [f"{cut}; shown without it"] if cut else []
+    short = fewer_epochs(len(rows) + bool(cut), summary)
+    if short:
+        warnings.append(f"{short}; the per-epoch table shows those {len(rows)}" if rows else
+                        f"{short}; shown without the per-epoch table")
+    return summary, rows, warnings
+
+
+def moved_from(summary: dict[str, Any], run_dir: Path) -> str | None:
+    """Where the run was recorded to be, when that is not run_dir (moved or copied since;
+    `resume` records the new place). compare, too, lists a run where it is now."""
+    recorded = summary["run_dir"]
+    try:
+        if os.path.samefile(recorded, run_dir):
+            return None
+    except OSError:  # nothing there any more: moved
+        pass
+    return recorded

@@ -8,6 +8,7 @@ import io
 import json
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -176,6 +177,34 @@ def test_filter_top_and_best(outputs, capsys):
     assert code == 1 and "no runs match" in err
 
 
+def with_hidden_sizes(run_dir: Path, sizes: list[int] | None) -> Path:
+    """A run of a deeper network: model.hidden_sizes as the trainer records it (a JSON list)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["config"]["model"]["hidden_sizes"] = sizes
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return run_dir
+
+
+@pytest.mark.parametrize("typed,expected", [
+    ("[32,16]", ["a"]),  # as a Hydra override spells it
+    ("[32, 16]", ["a"]),  # as the table prints it
+    (" [ 32 ,16 ] ", ["a"]),
+    ("[3.2e1,16.0]", ["a"]),  # numbers in a list compare as numbers, as on their own
+    ("[64]", ["b"]),
+    ("null", ["c"]),
+    ("[16,32]", []),
+    ("[32]", []),
+])
+def test_filter_matches_a_list_however_it_is_spaced(tmp_path, capsys, typed, expected):
+    for name, sizes in (("a", [32, 16]), ("b", [64]), ("c", None)):
+        with_hidden_sizes(make_run(tmp_path / "runs" / name, [0.5, 0.6]), sizes)
+    code, out, err = run_compare(capsys, str(tmp_path / "runs"), "--filter", f"model.hidden_sizes={typed}")
+    if expected:
+        assert code == 0 and labels(out) == expected, err
+    else:
+        assert code == 1 and "no runs match" in err
+
+
 @pytest.mark.parametrize("bad", ["hidden", "nope=1", "=3"])
 def test_malformed_or_unknown_filter_is_a_clear_error(outputs, capsys, bad):
     code, out, err = run_compare(capsys, "--filter", bad)
@@ -327,7 +356,8 @@ def test_show_prints_the_confusion_matrix(outputs, capsys):
 
 
 @pytest.mark.parametrize("name,text,expected", [
-    ("grads.csv", ",".join(GRADS_COLUMNS) + "\n1,1,oops,2.0,0.1\n", "grads.csv has a row that is not all numbers"),
+    ("grads.csv", ",".join(GRADS_COLUMNS) + "\n1,1,oops,2.0,0.1\n",
+     "grads.csv line 2 is not a row of 5 numbers: '1,1,oops,2.0,0.1'"),
     ("grads.csv", "epoch,layer\n1,1\n", "grads.csv lacks the columns grad_norm, weight_norm, update_ratio"),
     ("grads.csv", ",".join(GRADS_COLUMNS) + "\n0.5,1,1.0,2.0,0.1\n", "not a whole number from 1"),
     ("confusion.csv", "true,pred_0\n0,5\n", "confusion.csv lacks its header"),
@@ -364,7 +394,7 @@ def broken(tmp_path: Path, what: str) -> Path:
     ("sweep-root", "is not a run directory (no summary.json); it holds 3 runs"),
     ("bad-json", "summary.json is not valid JSON"),
     ("old-format", "summary.json lacks config.model.hidden_size"),
-    ("bad-metrics", "metrics.csv has a row that is not all numbers"),
+    ("bad-metrics", "metrics.csv line 2 is not a row of 7 numbers: '1,2.0,oops,1.9,0.3,0.1,100'"),
     ("missing-column", "metrics.csv lacks the columns train_loss"),
 ])
 def test_show_refuses_what_it_cannot_read_in_one_line(outputs, tmp_path, capsys, case, expected):
@@ -374,6 +404,70 @@ def test_show_refuses_what_it_cannot_read_in_one_line(outputs, tmp_path, capsys,
     assert code == 2 and out == ""
     (line,) = err.strip().splitlines()
     assert line.startswith("error: ") and expected in line
+
+
+def damage_metrics(run: Path, how: str) -> str:
+    """Cut a 3-epoch run's metrics.csv as a lost machine or a careless copy would; returns
+    the line that was cut off mid-row, if any."""
+    text = (run / "metrics.csv").read_text()
+    lines = text.splitlines(keepends=True)
+    if how == "header-only":
+        (run / "metrics.csv").write_text(lines[0])
+    elif how == "row-boundary":
+        (run / "metrics.csv").write_text("".join(lines[:3]))
+    elif how == "mid-row":
+        (run / "metrics.csv").write_text(text[:-20])
+        return text[:-20].splitlines()[-1]
+    return ""
+
+
+@pytest.mark.parametrize("how,epochs,warning", [
+    ("header-only", [], "metrics.csv holds no epochs (only its header line), but summary.json records 3 "
+                        "completed; shown without the per-epoch table"),
+    ("row-boundary", ["1", "2"], "metrics.csv holds 2 epochs, but summary.json records 3 completed; "
+                                 "the per-epoch table shows those 2"),
+    ("mid-row", ["1", "2"], "metrics.csv line 4, its last, was cut off mid-row (the machine or the run stopped "
+                            "while writing it): {cut!r}; shown without it"),
+])
+def test_show_of_a_damaged_metrics_csv_shows_what_is_whole_and_says_what_is_not(tmp_path, capsys, how, epochs,
+                                                                                warning):
+    run = make_run(tmp_path / "run", [0.5, 0.6, 0.7], planned=3)
+    cut = damage_metrics(run, how)
+    assert show_main([str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"warning: {run}: " + warning.format(cut=cut)]  # one line, not "missing"
+    assert re.findall(r"^\s+(\d+)\s+\d\.\d{4}\s+\d+\.\d\d%", out, re.M) == epochs
+    assert "status            completed" in out and "epochs            3/3" in out
+
+
+def test_compare_lists_a_run_with_a_damaged_metrics_csv_under_its_own_status(tmp_path, capsys):
+    cut = damage_metrics(make_run(tmp_path / "runs/cut", [0.5, 0.6, 0.7], planned=3), "mid-row")
+    damage_metrics(make_run(tmp_path / "runs/short", [0.5, 0.6, 0.7], planned=3), "row-boundary")
+    code, out, err = run_compare(capsys, str(tmp_path / "runs"))
+    assert code == 0
+    assert {row[0]: row[-1] for row in table(out)[1]} == {"cut": "completed", "short": "completed"}
+    assert err.splitlines() == [
+        f"warning: {tmp_path / 'runs/cut'}: metrics.csv line 4, its last, was cut off mid-row (the machine or the "
+        f"run stopped while writing it): {cut!r}; only the rows before it are read",
+        f"warning: {tmp_path / 'runs/short'}: metrics.csv holds 2 epochs, but summary.json records 3 completed; "
+        f"listed as summary.json records it",
+    ]
+
+
+def test_show_of_a_moved_or_copied_run_prints_where_it_is_now(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")  # long tmp paths stay on one line of the panel
+    first = make_run(tmp_path / "first", [0.5, 0.6])
+    moved = first.rename(tmp_path / "moved")
+    copied = shutil.copytree(moved, tmp_path / "copied")
+    for run in (moved, copied):
+        assert show_main([str(run)]) == 0
+        out = capsys.readouterr().out
+        assert f"  run directory {run.resolve()}\n  ran in {first} (moved or copied here since)\n" in out
+        assert f"│ run directory     {run.resolve()} │" in out  # the panel, too
+    assert run_compare(capsys, str(copied), "--json", "-")[1].count(f'"run_dir": "{copied.resolve()}"') == 1
+    fresh = make_run(tmp_path / "fresh", [0.5, 0.6])  # where it ran: as training printed it, nothing added
+    assert show_main([str(fresh)]) == 0
+    assert "ran in" not in capsys.readouterr().out
 
 
 def test_show_and_compare_do_not_import_torch(outputs):
