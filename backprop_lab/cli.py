@@ -514,7 +514,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
 
     from .data import DataError, load_mnist
     from .report import COLUMN_KEYS, Reporter
-    from .rundir import METRICS, RunWriter, check_usable, config_hash, load_checkpoint, read_metrics, read_summary
+    from .rundir import RunWriter, check_usable, config_hash, load_checkpoint, read_summary
     from .train import Diverged, Stopped, arch_of, make_state, planned_epochs, resolve_device, train
 
     try:
@@ -585,10 +585,11 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         summary.update(status="running", error=None, finished_at=None)
         row = checkpoint["row"]
         if row is not None and summary["epochs_completed"] < checkpoint["epoch"]:
-            rows = read_metrics(run_dir) if (run_dir / METRICS).exists() else []
-            if not rows or rows[-1]["epoch"] < checkpoint["epoch"]:  # killed between the checkpoint and the row
-                writer.append(row)
-                writer.append_layers(checkpoint["epoch"], checkpoint.get("layers", []))
+            # killed after the checkpoint, before the summary: the epoch's rows may be missing,
+            # partial or cut mid-line, so they are written again from the checkpoint
+            writer.keep_rows_before(checkpoint["epoch"])
+            writer.append(row)
+            writer.append_layers(checkpoint["epoch"], checkpoint.get("layers", []))
             # killed before the summary caught up: it does now, from the checkpoint's row
             summary.update(epochs_completed=checkpoint["epoch"], final_test_acc=row["test_acc"],
                            final_test_loss=row["test_loss"], train_seconds=summary["train_seconds"] + row["seconds"])

@@ -153,6 +153,25 @@ class RunWriter:
             f.flush()
             os.fsync(f.fileno())
 
+    def keep_rows_before(self, epoch: int) -> None:
+        """Drop metrics.csv's and grads.csv's rows of `epoch` and later, and a last line cut
+        off mid-row, before a resumed run writes that epoch's rows again from its checkpoint
+        (a kill between the checkpoint and the summary can leave them missing, partial or cut).
+        A whole line that is not a row of numbers is kept: nothing is dropped that is not redone."""
+        for name in (METRICS, GRADS):
+            path = self.run_dir / name
+            try:
+                with open(path, newline="") as f:  # the csv module's \r\n kept as written
+                    lines = f.read().splitlines(keepends=True)
+            except FileNotFoundError:
+                continue
+            kept = [line for n, line in enumerate(lines)
+                    if n == 0 or (line.endswith("\n") and not _epoch_at_least(line, epoch))]
+            if kept and not kept[0].endswith("\n"):  # the header itself was cut
+                kept = [",".join(self.columns if name == METRICS else GRADS_COLUMNS) + "\r\n"]
+            if kept != lines:
+                atomic_write(path, lambda f: f.write("".join(kept)))
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         atomic_write(self.run_dir / SUMMARY, lambda f: json.dump(summary, f, indent=2) or f.write("\n"))
 
@@ -268,6 +287,14 @@ def read_layers(run_dir: Path) -> list[dict[str, float]]:
             return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     except FileNotFoundError:
         return []
+
+
+def _epoch_at_least(line: str, epoch: int) -> bool:
+    """A metrics.csv or grads.csv line (both start with the epoch) of `epoch` or later."""
+    try:
+        return float(line.split(",", 1)[0]) >= epoch
+    except ValueError:
+        return False
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

@@ -339,6 +339,24 @@ def test_resume_on_a_read_only_file_system_is_one_line_and_changes_nothing(stopp
     assert "nothing to do" in capsys.readouterr().out
 
 
+def test_resume_after_a_kill_mid_row_rewrites_the_epoch_from_its_checkpoint(stopped, capsys):
+    assert resume_here(stopped) == 0  # both epochs now; checkpoint.pt holds epoch 2 and its rows
+    whole = {name: (stopped / name).read_bytes() for name in ("metrics.csv", "grads.csv")}
+    # as if killed while epoch 2's rows were being written: metrics.csv's row cut mid-line,
+    # grads.csv with only part of its rows and the last of them cut, summary.json still at epoch 1
+    for name, keep in (("metrics.csv", 30), ("grads.csv", 60)):
+        text = whole[name]
+        last = text.rstrip(b"\r\n").rfind(b"\n") + 1 if name == "metrics.csv" else text.find(b"\n2,") + 1
+        (stopped / name).write_bytes(text[:last + keep])
+    assert not (stopped / "metrics.csv").read_bytes().endswith(b"\n")
+    s = summary(stopped)
+    (stopped / "summary.json").write_text(json.dumps({**s, "epochs_completed": 1, "status": "interrupted"}))
+    assert resume_here(stopped) == 0
+    assert {name: (stopped / name).read_bytes() for name in whole} == whole  # each row once, none cut
+    assert summary(stopped)["epochs_completed"] == 2 and summary(stopped)["status"] == "completed"
+    capsys.readouterr()
+
+
 def test_a_second_resume_is_refused_while_one_holds_the_run(stopped, capsys):
     import fcntl
 
