@@ -49,6 +49,7 @@ SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_JSON = "sweep_summary.json"
 STOP_FILE = ".fail_fast_stop"  # in the sweep root: the first failure, once fail_fast is on
 INTERRUPT_FILE = ".interrupted"  # in the sweep root: "SIGINT job 1 (...)", the signal that stopped a job
+REFUSED_FILE = ".refused_jobs"  # in the sweep root: "FOLDER<tab>why" for each job refused this pass whose folder holds an earlier run
 KEPT_HYDRA = ".hydra.kept"  # in a job folder, while a resumed sweep runs: the run's own .hydra/
 OPTIONS = ("resume", "fail_fast")
 FAILED_SCORE = 0.0  # what a job that did not complete returns to the sweeper
@@ -124,6 +125,32 @@ def put_hydra_files_back(job: Path, keep_old: bool = True) -> None:
         shutil.rmtree(kept, ignore_errors=True)
 
 
+def job_key(sweep_dir: Path, run_dir: Path) -> str:
+    """The job folder's path within the sweep folder ('' for one outside it)."""
+    try:
+        return str(run_dir.resolve().relative_to(sweep_dir.resolve()))
+    except (OSError, ValueError):
+        return ""
+
+
+def record_refused(sweep_dir: Path, run_dir: Path, why: str) -> None:
+    """A job refused in this pass whose folder holds an earlier run: that run is not this
+    job's result, so the report lists the job as refused, not with the earlier run's status."""
+    try:
+        with open(sweep_dir / REFUSED_FILE, "a") as f:  # one short line per write: parallel jobs don't interleave
+            f.write(f"{job_key(sweep_dir, run_dir)}\t{why}\n")
+    except OSError:
+        pass
+
+
+def refused_jobs(sweep_dir: Path) -> dict[str, str]:
+    try:
+        lines = (sweep_dir / REFUSED_FILE).read_text().splitlines()
+    except OSError:
+        return {}
+    return dict(line.split("\t", 1) for line in lines if "\t" in line)
+
+
 EXIT_OF_SIGNAL = {"SIGINT": 130, "SIGTERM": 143, "SIGPIPE": 141}
 
 
@@ -162,6 +189,11 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
             request_stop(sweep_dir, f"{what} {reason}")
         return FAILED_SCORE
 
+    def refused_holding_a_run(message: str, why: str) -> float:
+        refuse(message, EXIT_BAD_INPUT, in_sweep=True)
+        record_refused(sweep_dir, run_dir, why)
+        return failed("was refused")
+
     # killed before its first summary.json: no epoch was completed, so it starts afresh
     fresh_start = (opts["resume"] is True and not (run_dir / SUMMARY).exists() and (run_dir / METRICS).exists()
                    and not (run_dir / WEIGHTS).exists() and len((run_dir / METRICS).read_text().splitlines()) <= 1)
@@ -174,9 +206,10 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
             try:  # as `backprop-lab resume` does: two sweeps resumed at once must not both train a job
                 held.enter_context(locked(run_dir))
             except (OSError, RunDirError) as e:
-                refuse(str(e) if isinstance(e, RunDirError) else f"cannot resume {run_dir}: {e.strerror or e}",
-                       EXIT_BAD_INPUT, in_sweep=True)
-                return failed("was refused")
+                return refused_holding_a_run(
+                    str(e) if isinstance(e, RunDirError) else f"cannot resume {run_dir}: {e.strerror or e}",
+                    "its folder's run is being resumed by another process" if isinstance(e, RunDirError)
+                    else f"its folder cannot be written ({e.strerror or e})")
         overrides = list(hydra_cfg.overrides.task)
         try:
             check_options(hydra_cfg)
@@ -188,30 +221,30 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
         resume = False
         if (run_dir / SUMMARY).exists():
             if not opts["resume"]:
-                refuse(f"{run_dir} already holds a run; it is kept as it is: to continue this sweep add "
-                       f"hydra.callbacks.sweep_report.resume=true, or choose another hydra.sweep.dir",
-                       EXIT_BAD_INPUT, in_sweep=True)
-                return failed("was refused")
+                return refused_holding_a_run(
+                    f"{run_dir} already holds a run; it is kept as it is: to continue this sweep add "
+                    f"hydra.callbacks.sweep_report.resume=true, or choose another hydra.sweep.dir",
+                    "its folder already holds a run")
             try:
                 summary = read_summary(run_dir)
             except (OSError, ValueError) as e:
-                refuse(f"cannot resume {run_dir}: summary.json is unreadable ({e})", EXIT_BAD_INPUT, in_sweep=True)
-                return failed("was refused")
+                return refused_holding_a_run(f"cannot resume {run_dir}: summary.json is unreadable ({e})",
+                                             "its folder's summary.json is unreadable")
             changes = config_changes(summary.get("config") or {}, cfg)
             if changes:
                 diff = ", ".join(changes)
-                refuse(f"cannot resume {run_dir}: it holds a run of another config: {diff}; "
-                       f"the sweep command must be the one that made this sweep", EXIT_BAD_INPUT, in_sweep=True)
-                return failed("was refused")
+                return refused_holding_a_run(f"cannot resume {run_dir}: it holds a run of another config: {diff}; "
+                                             f"the sweep command must be the one that made this sweep",
+                                             f"its folder holds a run of another config: {diff}")
             status = effective_status(summary)
             if status in ("completed", "diverged"):  # final: the same config and seed give the same outcome
                 acc = summary.get("final_test_acc")
                 print(f"{what}: already {status} in {run_dir}; skipped", flush=True)
                 return float(acc) if status == "completed" and acc is not None else FAILED_SCORE
             if status == "running":
-                refuse(f"{run_dir} is still running (pid {summary.get('pid')} on {summary.get('host')})",
-                       EXIT_BAD_INPUT, in_sweep=True)
-                return failed("was refused")
+                return refused_holding_a_run(
+                    f"{run_dir} is still running (pid {summary.get('pid')} on {summary.get('host')})",
+                    "its folder's run is still running")
             print(f"{what}: {status} in {run_dir} after {summary.get('epochs_completed')} epoch(s); resuming", flush=True)
             resume = True
         elif fresh_start:
@@ -252,16 +285,6 @@ def job_line(num: Any, overrides: list[str], run: compare.Run, job_return: JobRe
     return line + (f": {run.note}" if run.note else "")
 
 
-def other_config(run_dir: Path, cfg: DictConfig) -> str:
-    """How the run in run_dir differs from the job's config cfg ('' when it is the same run)."""
-    from .rundir import read_summary
-
-    try:
-        return ", ".join(config_changes(read_summary(run_dir).get("config") or {}, from_dictconfig(cfg)))
-    except (ConfigError, OSError, ValueError):  # an invalid job config or a broken summary: reported as they are
-        return ""
-
-
 class SweepReport(Callback):
     def __init__(self, console: Console | None = None, resume: Any = False, fail_fast: Any = False):
         self.console = console  # resume and fail_fast are read by each job from the Hydra config
@@ -299,8 +322,8 @@ class SweepReport(Callback):
             error_line(f"{sweep_dir} already holds a sweep ({len(earlier)} job folder(s)); it is kept as it is: choose "
                        f"another hydra.sweep.dir, or add hydra.callbacks.sweep_report.resume=true to continue it")
             raise SystemExit(2)
-        (sweep_dir / STOP_FILE).unlink(missing_ok=True)
-        (sweep_dir / INTERRUPT_FILE).unlink(missing_ok=True)
+        for name in (STOP_FILE, INTERRUPT_FILE, REFUSED_FILE):  # an earlier pass's
+            (sweep_dir / name).unlink(missing_ok=True)
         if options(config.hydra)["resume"]:
             earlier = compare.collect([sweep_dir]) if sweep_dir.is_dir() else []
             set_hydra_files_aside(sweep_dir)
@@ -327,12 +350,11 @@ class SweepReport(Callback):
             self._console().print(head + f"not run: {why}", markup=False)
             return
         run = compare.load_run(run_dir, label=str(hydra_cfg.job.num))
-        if not run_dir.exists() or (run.status == "incomplete" and run.epochs_completed is None):
+        held = refused_jobs(sweep_dir).get(job_key(sweep_dir, run_dir))
+        if held:  # sweep_job refused it: its folder's results are not this job's
+            run.status, run.note = "refused", held
+        elif not run_dir.exists() or (run.status == "incomplete" and run.epochs_completed is None):
             run.status, run.note = "refused", run.note if run_dir.exists() else "no run directory"
-        elif run.status == "completed" and job_return.cfg is not None:  # a resumed sweep's older job?
-            changes = other_config(run_dir, job_return.cfg)
-            if changes:  # sweep_job refused it: its folder's results are not this job's
-                run.status, run.note = "refused", f"its folder holds a run of another config: {changes}"
         self._console().print(job_line(hydra_cfg.job.num, list(job_return.overrides or []), run, job_return),
                               markup=False)
 
@@ -360,9 +382,14 @@ class SweepReport(Callback):
         console = self._console()
         if not sweep_dir.is_dir():
             return []  # nothing ran (e.g. every job was rejected before Hydra made a folder)
-        runs = compare.sort_runs(compare.collect([sweep_dir]), "test_acc")
+        runs = compare.collect([sweep_dir])
         if not runs:
             return []
+        held = refused_jobs(sweep_dir)
+        # the earlier run in the folder of a job refused this pass is not that job's result
+        runs = [compare.Run(path=r.path, label=r.label, group=r.group, status="refused", note=held[key])
+                if (key := job_key(sweep_dir, r.path)) in held else r for r in runs]
+        runs = compare.sort_runs(runs, "test_acc")
         keys = compare.differing_keys(runs)
         console.print()
         compare.print_table(console, runs, keys, title=f"sweep {sweep_dir}: {len(runs)} jobs, best test acc first")

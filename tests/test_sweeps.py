@@ -103,6 +103,21 @@ def test_resume_skips_completed_jobs_and_runs_only_the_others(tmp_path):
     assert (sweep / "0" / "summary.json").read_text() == before
     assert hydra_files_of(sweep / "0") == hydra_files  # Hydra wrote hidden_size=32 there; put back
     assert not list(sweep.glob("*/.hydra.kept"))
+    listed = {r["run"]: r for r in json.loads((sweep / "sweep_summary.json").read_text())["runs"]}
+    assert listed["0"]["status"] == "refused" and listed["0"]["final_test_acc"] is None  # not the old run's result
+    assert listed["1"]["status"] == "completed"
+    assert other.returncode == 0  # job 1 of this sweep folder is completed
+
+    # every job of the command refused (the command changed): the sweep says so, and exits 1
+    changed = run_cli("-m", "model.hidden_size=16,32", "data.train_subset=300", "train.epochs=2", "device=cpu",
+                      f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path)
+    assert changed.returncode == 1
+    job_lines = [line for line in changed.stdout.splitlines() if line.startswith("job ") and "  ->  " in line]
+    assert len(job_lines) == 2
+    assert all("refused: its folder holds a run of another config: train.epochs (1 -> 2)" in j for j in job_lines)
+    statuses = [r["status"] for r in json.loads((sweep / "sweep_summary.json").read_text())["runs"]]
+    assert statuses == ["refused", "refused"]
+    assert (sweep / "0" / "summary.json").read_text() == before
 
 
 @pytest.mark.slow
