@@ -465,6 +465,9 @@ def discard_if_empty(run_dir: Path, claimed_only: bool = True) -> None:
         return
     if run_dir.is_dir() and all(p.name in {".hydra", LOG} for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
+        if claimed_only:  # the day's folder too, if this run was to be its first (a sweep's folder stays)
+            with contextlib.suppress(OSError):
+                run_dir.parent.rmdir()
 
 
 EXIT_SIGPIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose output pipe closed
@@ -515,10 +518,11 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     from .data import DataError, load_mnist
     from .report import COLUMN_KEYS, Reporter
     from .rundir import RunWriter, check_usable, config_hash, load_checkpoint, read_summary
-    from .train import Diverged, Stopped, arch_of, make_state, planned_epochs, resolve_device, train
+    from .train import Diverged, Stopped, arch_of, check_fits, make_state, planned_epochs, resolve_device, train
 
     try:
         device = resolve_device(cfg.device)
+        check_fits(cfg, device)
         checkpoint = load_checkpoint(run_dir, str(device)) if resume else None
         # resume.py has compared the configs; this ties the checkpoint to this run's summary
         if checkpoint is not None and checkpoint["config_hash"] != read_summary(run_dir).get("config_hash"):
@@ -538,6 +542,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         if not isinstance(e, MemoryError) and "alloc" not in str(e).lower():
             raise
         if not resume:
+            (run_dir / "metrics.csv").unlink(missing_ok=True)  # its header only: RunWriter made it
             discard_if_empty(run_dir)
         sizes = "-".join(str(n) for n in arch_of(cfg).sizes)
         return refuse(f"the {sizes} model does not fit in the memory of {device} ({first_line(e)}); "

@@ -109,6 +109,38 @@ def sgd_of(cfg: Config) -> network.SGD:
     return network.SGD(lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
 
 
+def memory_needed(cfg: Config) -> int:
+    """Bytes training takes beyond the data, roughly: the parameters with a gradient (and a
+    momentum buffer) of each, and a few activations of every layer for the largest block of
+    rows (the 1,000-image gradient probe and test chunks)."""
+    sizes = arch_of(cfg).sizes
+    weights = sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    copies = 3 if cfg.optim.momentum else 2
+    rows = max(cfg.data.batch_size, PROBE)
+    return 4 * (copies * weights + 4 * rows * sum(sizes[1:]))  # float32
+
+
+def memory_available() -> int | None:
+    """What the kernel says can be allocated without swapping (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def check_fits(cfg: Config, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a model that cannot train in this machine's memory:
+    the kernel would kill the process part way, with no message and a run left `running`."""
+    available = memory_available() if device.type == "cpu" else None  # a GPU says so itself, as an error
+    need = memory_needed(cfg)
+    if available is not None and need > available:
+        sizes = "-".join(str(n) for n in arch_of(cfg).sizes)
+        raise ConfigError(f"the {sizes} model does not fit in the memory of cpu (training it takes about "
+                          f"{need / 1e9:,.1f} GB; {available / 1e9:,.1f} GB are available); "
+                          f"choose smaller model.hidden_size/model.hidden_sizes")
+
+
 def planned_epochs(cfg: Config, n_train: int) -> int:
     """train.epochs, or with train.steps the epochs those minibatches span (the last may be partial)."""
     if cfg.train.steps is None:

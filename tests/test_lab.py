@@ -248,3 +248,20 @@ def test_a_lab_run_writes_grads_csv_and_describes_itself(tmp_path):
     weights = torch.load(run_dir / "weights.pt", weights_only=True)
     assert {"W1", "gamma1", "beta1", "mean1", "var1", "W3", "b3"} <= set(weights)
     assert "confusion matrix (test set)" in proc.stdout
+
+
+def test_a_model_the_kernel_would_kill_mid_run_is_refused_before_it_starts(monkeypatch):
+    from backprop_lab import train as train_module
+    from backprop_lab.config import ConfigError
+
+    monkeypatch.setattr(train_module, "memory_available", lambda: 24 * 10**9)  # this project's CI machine
+    cpu = torch.device("cpu")
+    # 784-3,000,000-10: 19 GB of weights and gradients, 48 GB of activations on the 1,000-row probe
+    with pytest.raises(ConfigError, match=r"^the 784-3000000-10 model does not fit in the memory of cpu "
+                                          r"\(training it takes about 67\.1 GB; 24\.0 GB are available\)"):
+        train_module.check_fits(lab_config("model.hidden_size=3000000"), cpu)
+    for fits in ("experiment=article", "model.hidden_size=2048", "model.hidden_sizes=[1024,1024,1024]"):
+        train_module.check_fits(lab_config(fits), cpu)
+    assert train_module.memory_needed(lab_config("optim.momentum=0.9")) > train_module.memory_needed(lab_config())
+    monkeypatch.setattr(train_module, "memory_available", lambda: None)  # not Linux: left to the allocator
+    train_module.check_fits(lab_config("model.hidden_size=3000000"), cpu)
