@@ -296,7 +296,7 @@ def check_overrides(argv: list[str]) -> None:
             if not valid(o.value()):
                 raise ConfigError(f"{key}={o.value()} is not valid: expected {expected}")
         if key.split(".")[0].split("/")[0] == "hydra" or o.is_add() or o.is_force_add() or o.is_delete():
-            continue  # Hydra's own settings, and deliberate additions checked later
+            continue  # Hydra's own settings (check_hydra_settings), and deliberate additions checked later
         if key in groups:
             for choice in values:
                 if choice is None:
@@ -305,6 +305,52 @@ def check_overrides(argv: list[str]) -> None:
                     raise ConfigError(f"{key}={choice} is not a known preset; available: {', '.join(groups[key])}")
         elif key not in known_keys():
             raise ConfigError(unknown_key_message(key))
+    if not (args.config_name or args.config_dir):
+        check_hydra_settings(overrides)
+
+
+# Set in every composition (Hydra's own, or conf/config.yaml's), and checked on their own.
+ALWAYS_THERE = {"hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.callbacks.sweep_report.resume",
+                "hydra.callbacks.sweep_report.fail_fast"}
+
+
+def check_hydra_settings(overrides: list[Any]) -> None:
+    """A misspelled or mistyped hydra.* setting (hydra.run.dirr, hydra.sweeper.n_trial, one of a
+    launcher not chosen) as one line. Composing is the only faithful check, since the
+    launcher and sweeper chosen decide which keys exist; it costs ~0.2 s, so only when needed."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    settings = [o for o in overrides if o.key_or_group.startswith("hydra.") and not (o.is_add() or o.is_force_add())
+                and not o.is_delete() and o.key_or_group not in ALWAYS_THERE]
+    if not settings:
+        return
+    single = [o.input_line for o in overrides if not o.is_sweep_override()]  # what decides the config's shape
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        try:
+            compose("config", overrides=single, return_hydra_config=True)
+            return
+        except HydraException as e:
+            failed = next((o for o in settings if f"'{o.key_or_group}'" in str(e) or o.input_line in str(e)), None)
+            if failed is None:
+                return  # not about a hydra.* setting: Hydra reports it as it would have
+            why = str(e.__cause__ or e).strip().splitlines()[0]
+            base = compose("config", overrides=[line for line in single if line != failed.input_line],
+                           return_hydra_config=True)
+    key = failed.key_or_group
+    if OmegaConf.select(base, key, default=None) is not None or "Key '" not in why:
+        raise ConfigError(f"{failed.input_line} is not valid: {why}")
+    close = difflib.get_close_matches(key, dotted_keys(base.hydra, "hydra"), n=1, cutoff=0.75)
+    hint = f"did you mean '{close[0]}'?" if close else "backprop-lab --hydra-help lists Hydra's options"
+    raise ConfigError(f"'{key}' is not one of Hydra's settings ({why}); {hint}")
+
+
+def dotted_keys(node: Any, prefix: str) -> list[str]:
+    keys = []
+    for k in node.keys() if OmegaConf.is_dict(node) else ():
+        child = node._get_node(k)  # not node[k]: that would resolve ${...}, and make folders
+        keys += dotted_keys(child, f"{prefix}.{k}") if OmegaConf.is_dict(child) else [f"{prefix}.{k}"]
+    return keys
 
 
 def check_mode(argv: list[str]) -> None:

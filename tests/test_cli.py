@@ -319,6 +319,13 @@ PLUGIN_MISTAKES = [  # each used to end in a traceback mid-sweep, or in Hydra's 
     (("--config-dir", "/nonexistent-backprop-lab"), "--config-dir /nonexistent-backprop-lab: no such folder"),
     (("--cfg", "job", "optim.lr=abc"), "optim.lr='abc' is not valid"),  # not printed as if a run would take it
     (("--cfg", "all", "model.hidden_size=-3"), "model.hidden_size=-3 is not valid"),
+    (("hydra.run.dirr=x",), "'hydra.run.dirr' is not one of Hydra's settings (Key 'dirr' not in 'RunDir'); "
+                            "did you mean 'hydra.run.dir'?"),
+    (("-m", "hydra.callbacks.sweep_report.fail_fst=true"), "did you mean 'hydra.callbacks.sweep_report.fail_fast'?"),
+    (("-m", "hparams_search=mlp", "hydra.sweeper.n_trial=3"), "did you mean 'hydra.sweeper.n_trials'?"),
+    (("hydra.launcher.n_jobs=2",), "'hydra.launcher.n_jobs' is not one of Hydra's settings (Key 'n_jobs' not in "
+                                   "'BasicLauncherConf')"),  # joblib's, and joblib is not chosen
+    (("hydra.job.chdir=abc",), "hydra.job.chdir=abc is not valid: Value 'abc' is not a valid bool"),
 ]
 
 
@@ -386,3 +393,16 @@ def test_version_names_backprop_lab(tmp_path):
 
     proc = run_cli("--version", cwd=tmp_path)
     assert proc.returncode == 0 and proc.stdout.startswith(f"backprop-lab {__version__} (Hydra ")
+
+
+@pytest.mark.parametrize("args", [
+    ("hydra.job.chdir=false", "hydra.verbose=true"),
+    ("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optim.lr=0.1,0.2"),
+    ("-m", "hparams_search=mlp", "hydra.sweeper.n_trials=2", "optim.lr=tag(log, interval(0.01, 1))"),
+])
+def test_valid_hydra_settings_pass_the_up_front_checks(tmp_path, monkeypatch, args):
+    from backprop_lab import cli
+
+    monkeypatch.chdir(tmp_path)
+    cli.check_overrides(list(args))  # raises ConfigError on a refusal
+    assert list(tmp_path.iterdir()) == []  # checking made no folder
