@@ -593,6 +593,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         sizes = "-".join(str(n) for n in arch_of(cfg).sizes)
         return refuse(f"the {sizes} model does not fit in the memory of {device} ({first_line(e)}); "
                       f"choose smaller model.hidden_size/model.hidden_sizes", EXIT_BAD_INPUT, in_sweep)
+    machine = f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
     if checkpoint is None:
         summary: dict[str, Any] = {
             "status": "running",
@@ -621,8 +622,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                 "hydra": hydra.__version__,
                 "python": platform.python_version(),
             },
-            "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, "
-            f"torch threads {torch.get_num_threads()}",
+            "machine": machine,
             "started_at": now(),
             "finished_at": None,
             "run_dir": str(run_dir),
@@ -633,7 +633,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         state.load(checkpoint)
         summary = read_summary(run_dir)
         summary.setdefault("resumed_at", []).append(now())
-        summary.update(status="running", error=None, finished_at=None)
+        # what it continues on: `resume ... threads=N` (or another machine) may differ from the start
+        summary.update(status="running", error=None, finished_at=None, machine=machine)
         row = checkpoint["row"]
         if row is not None and summary["epochs_completed"] < checkpoint["epoch"]:
             # killed after the checkpoint, before the summary: the epoch's rows may be missing,

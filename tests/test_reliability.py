@@ -455,8 +455,13 @@ def test_resume_takes_device_and_threads_but_refuses_hyperparameters(stopped, ca
     assert resume_here(stopped, "device=cpu", "optim.lr=0.5") == 2
     line = one_error_line(capsys.readouterr().err)
     assert "resume refused" in line and "optim.lr (0.1 -> 0.5)" in line and "device" not in line.split("start")[0]
-    assert resume_here(stopped, "device=cpu", "threads=1") == 0, capsys.readouterr().err
+    threads = torch.get_num_threads()
+    try:
+        assert resume_here(stopped, "device=cpu", "threads=1") == 0, capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)  # the run set it for this whole process
     assert summary(stopped)["status"] == "completed" and "device_changes" not in summary(stopped)
+    assert summary(stopped)["machine"].endswith("torch threads 1")  # what it continued on
 
 
 @pytest.mark.parametrize("damage,reason", [
