@@ -18,7 +18,6 @@ The terminal renderings (the rich confusion table, a test digit as text art) are
 
 from __future__ import annotations
 
-import argparse
 import csv
 import re
 from dataclasses import dataclass
@@ -296,15 +295,15 @@ def predict_main(argv: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .report import error_line
+    from .report import SubcommandParser, error_line
 
-    parser = argparse.ArgumentParser(
+    parser = SubcommandParser(
         prog="backprop-lab predict",
         description="Classify digit images (PNG/JPEG, any size, dark-on-light or light-on-dark) with a saved run.",
         epilog="Example: backprop-lab predict outputs/2026-11-30/02-46-00 my_seven.png",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    parser.add_argument("images", nargs="*", type=Path, metavar="IMAGE")
+    parser.add_argument("images", nargs="*", default=[], type=Path, metavar="IMAGE")  # default: not named as missing
     parser.add_argument("--from-test", metavar="N", type=int, action="append", default=[],
                         help="also classify MNIST test image N (0-9999) and draw it; repeatable")
     # intermixed: IMAGE files may come before or after --from-test N, as a user would type them

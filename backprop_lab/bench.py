@@ -50,10 +50,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .backprop import N_CLASSES, N_INPUTS, Params, backward, forward, init_params, one_hot, sgd_step
-from .compare import plot_format_problem
+from .compare import output_problem, plot_format_problem
 from .config import DEVICE_PATTERN, Config, ConfigError
 from .data import MNIST, SHIPPED_ROOT, DataError, load_mnist, read_idx
-from .report import error_line
+from .report import SubcommandParser, error_line
 from .rundir import LOG
 from .train import EpochMetrics, make_state, resolve_device, train
 
@@ -364,7 +364,7 @@ def peak_rss(cmd: list[str], cwd: str, err: Any) -> int:
 
 def measure_memory(device: torch.device, tmp: str, say: Callable) -> dict[str, Any]:
     """Peak RSS of one full article run in a child process of its own (see PEAK_RSS_LAUNCHER)."""
-    say("memory: a full experiment=article run (about 20 s)")
+    say("memory: a full experiment=article run (about 20-50 s)")
     cmd = [sys.executable, "-m", "backprop_lab", "experiment=article", f"device={device}", f"hydra.run.dir={tmp}/article"]
     start = time.perf_counter()
     with open(Path(tmp) / "article.err", "w+") as err:
@@ -499,7 +499,7 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="backprop-lab bench", usage="%(prog)s [options]", description=__doc__.splitlines()[0])
+    p = SubcommandParser(prog="backprop-lab bench", usage="%(prog)s [options]", description=__doc__.splitlines()[0])
 
     def positive(text: str) -> int:
         if not text.isdigit() or int(text) < 1:
@@ -511,7 +511,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=positive, help="torch CPU threads (default: torch's own, one per core)")
     p.add_argument("--json", default="bench.json", help="where the figures go; '-' for stdout (default bench.json)")
     p.add_argument("--plot", help="PNG of the scaling table (matplotlib)")
-    p.add_argument("--memory", action="store_true", help="also a full experiment=article run for peak RSS (~20 s)")
+    p.add_argument("--memory", action="store_true", help="also a full experiment=article run for peak RSS (~20-50 s)")
     p.add_argument("--quick", action="store_true",
                    help=f"{QUICK_SUBSET} training and test images, 1 epoch, no memory/start-up/scaling (scaling runs if --plot asks)")
     p.add_argument("--no-scaling", action="store_true", help="skip the hidden/batch-size table")
@@ -527,27 +527,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def output_problem(flag: str, dest: str, example: str) -> str | None:
-    """Why a file could not be written at dest, or None. Asked before anything is measured, so
-    that a wrong path costs no benchmark (the figures would otherwise be lost at the end)."""
-    path = Path(dest).expanduser()
-    folder = path.resolve().parent
-    if path.is_dir():
-        return f"{flag} {dest} is a folder; give a file name, e.g. {flag} {path / example}"
-    if not folder.is_dir():
-        what = "is a file, not a folder" if folder.exists() else "does not exist"
-        return f"{flag} {dest}: its folder {folder} {what}; give a path in an existing folder"
-    if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
-        return f"{flag} {dest}: no permission to write there; give a path in a folder you can write to"
-    return None
-
-
 def outputs_problem(args: argparse.Namespace) -> str | None:
     """The first reason --json or --plot could not be written, or None."""
     problems = [] if args.json == "-" else [output_problem("--json", args.json, "bench.json")]
     if args.plot:  # the format first: matplotlib would only refuse it at the end
         problems += [plot_format_problem(args.plot), output_problem("--plot", args.plot, "scaling.png")]
     return next((problem for problem in problems if problem), None)
+
+
+def bench_device(name: str) -> torch.device:
+    """resolve_device, with its hint in bench's terms: a run's hint names the config key
+    (`device=cpu or device=auto`), but bench takes --device and has no `auto`."""
+    try:
+        return resolve_device(name)
+    except ConfigError as e:
+        reason = str(e).split("; use ", 1)[0].replace(f"device={name}", f"--device {name}", 1)
+        raise ConfigError(f"{reason}; use --device cpu") from None
 
 
 def main(argv: list[str]) -> int:
@@ -560,7 +555,7 @@ def main(argv: list[str]) -> int:
     say = lambda text: Console(stderr=True, soft_wrap=True).print(f"[dim]bench: {text}[/dim]")  # noqa: E731
     load = os.getloadavg() if hasattr(os, "getloadavg") else None  # how busy the machine was: read with the figures
     try:
-        device = resolve_device(args.device)
+        device = bench_device(args.device)
         if args.threads:  # on a shared machine, fewer threads than cores can avoid waiting on busy ones
             torch.set_num_threads(args.threads)
         cfg = replace(Config(), device=args.device)

@@ -52,7 +52,7 @@ from rich.table import Table
 
 from .analysis import CONFUSION_CSV, Confusion, from_counts
 from .config import dotted
-from .report import COLUMN_KEYS, Reporter, error_line
+from .report import COLUMN_KEYS, Reporter, SubcommandParser, error_line, plural
 from .rundir import GRADS, GRADS_COLUMNS, LOG, METRICS, SUMMARY, effective_status, read_summary
 
 EXIT_NO_RUNS = 1  # like grep: "nothing found" is a result, not an error, but a script should notice it
@@ -182,7 +182,7 @@ def fewer_epochs(held: int, summary: dict[str, Any]) -> str | None:
     recorded = summary["epochs_completed"]
     if held >= recorded:
         return None
-    holds = "no epochs (only its header line)" if not held else f"{held} epoch{'s' * (held != 1)}"
+    holds = "no epochs (only its header line)" if not held else plural(held, "epoch")
     return f"{METRICS} holds {holds}, but {SUMMARY} records {recorded} completed"
 
 
@@ -355,7 +355,7 @@ def load_run(run_dir: Path, label: str, group: Path | None = None) -> Run:
             run.metrics_warnings.append(f"{short}; listed as {SUMMARY} records it")
     if run.status == "incomplete":
         done = len(run.metrics or [])
-        run.note = f"still marked running, but its process is gone (killed?); {done} completed epoch{'s' * (done != 1)} in {METRICS}"
+        run.note = f"still marked running, but its process is gone (killed?); {plural(done, 'completed epoch')} in {METRICS}"
     return run
 
 
@@ -650,11 +650,17 @@ def write_csv(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> None:
         writer.writerow(["run", *keys, *RESULT_FIELDS, "run_dir"])
         for rec, run in zip(records(runs), runs):
             config = [rec["config"].get(k) for k in keys]
-            writer.writerow(["" if v is None else v for v in
-                             [rec["run"], *config, *(rec[n] for n in RESULT_FIELDS), rec["run_dir"]]])
+            writer.writerow([_csv_cell(v) for v in [rec["run"], *config, *(rec[n] for n in RESULT_FIELDS), rec["run_dir"]]])
     finally:
         if close:
             f.close()
+
+
+def _csv_cell(value: Any) -> Any:
+    """As the table and the YAML config spell it: true/false, not Python's True/False; empty for null."""
+    if value is None:
+        return ""
+    return str(value).lower() if isinstance(value, bool) else value
 
 
 def write_json(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> None:
@@ -715,6 +721,22 @@ def plot_format_problem(dest: str) -> str | None:
     return None
 
 
+def output_problem(flag: str, dest: str, example: str) -> str | None:
+    """Why a file could not be written at dest, or None. Asked before anything is read,
+    printed or measured, so that a wrong path costs nothing (bench's figures, or compare's
+    table, would otherwise come first and the file fail at the end)."""
+    path = Path(dest).expanduser()
+    folder = path.resolve().parent
+    if path.is_dir():
+        return f"{flag} {dest} is a folder; give a file name, e.g. {flag} {path / example}"
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        return f"{flag} {dest}: its folder {folder} {what}; give a path in an existing folder"
+    if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
+        return f"{flag} {dest}: no permission to write there; give a path in a folder you can write to"
+    return None
+
+
 def grads_plot_path(dest: str) -> Path:
     """curves.png -> curves-grads.png, in the same folder (the suffix kept; .png if there is none)."""
     path = Path(dest)
@@ -761,8 +783,19 @@ def write_grads_plot(dest: Path, runs: Sequence[Run], keys: Sequence[str]) -> tu
 # --- the commands ----------------------------------------------------------------------------
 
 
+def outputs_problem(args: argparse.Namespace) -> str | None:
+    """The first reason --csv, --json or --plot could not be written, or None."""
+    if args.csv == "-" and args.json == "-":  # the two would run together into one stream
+        return "--csv - and --json - would both write to standard output; give a file name for one of them"
+    problems = [output_problem(flag, dest, example) for flag, dest, example in
+                (("--csv", args.csv, "runs.csv"), ("--json", args.json, "runs.json")) if dest and dest != "-"]
+    if args.plot:  # the format first: matplotlib would only refuse it at the end
+        problems += [plot_format_problem(args.plot), output_problem("--plot", args.plot, "curves.png")]
+    return next((problem for problem in problems if problem), None)
+
+
 def compare_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = SubcommandParser(
         prog="backprop-lab compare",
         description="Compare saved runs: every run directory under PATH, in one table. Reads files only.",
         epilog="Columns for --sort: run, test_acc, best_test_acc, test_loss, epochs, time, grad_norm_1, status, "
@@ -782,7 +815,7 @@ def compare_main(argv: list[str]) -> int:
                              "FILE-grads.png: each layer's gradient norm per epoch, one panel per run")
     args = parser.parse_args(argv)
     roots = args.paths or [Path("outputs")]
-    problem = args.plot and plot_format_problem(args.plot)
+    problem = outputs_problem(args)
     if problem:
         error_line(problem)
         return EXIT_BAD_INPUT
@@ -813,13 +846,13 @@ def compare_main(argv: list[str]) -> int:
         runs = best_per_sweep(runs)
     runs = sort_runs(runs, args.sort)[: args.top]
     if not runs:
-        error_line(f"no runs match {' '.join(args.filter) or '--best'} ({found} runs found)")
+        error_line(f"no runs match {' '.join(args.filter) or '--best'} ({plural(found, 'run')} found)")
         return EXIT_NO_RUNS
 
     keys = differing_keys(runs)
     to_stdout = "-" in (args.csv, args.json)
     if not to_stdout:  # the table would break a CSV or JSON stream on stdout
-        title = f"{len(runs)} run{'s' * (len(runs) != 1)} under {', '.join(map(str, roots))}"
+        title = f"{plural(len(runs), 'run')} under {', '.join(map(str, roots))}"
         print_table(Console(), runs, keys, title=title + (f", sorted by {args.sort}" if args.sort != "run" else ""))
     try:
         if args.csv:
@@ -852,7 +885,7 @@ def _positive_int(text: str) -> int:
 
 
 def show_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
+    parser = SubcommandParser(
         prog="backprop-lab show",
         description="Print a saved run's header, per-epoch table, confusion matrix and summary, as training "
                     "printed them, then its per-layer gradient statistics.",
@@ -941,7 +974,7 @@ def load_for_show(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, float]]
             raise RunError(f"{run_dir} has {METRICS} but no {SUMMARY} (the run stopped before writing it); "
                            f"`backprop-lab compare {run_dir}` lists what it has")
         inside = find_run_dirs(run_dir)
-        hint = f"; it holds {len(inside)} runs: try `backprop-lab compare {run_dir}`" if inside else ""
+        hint = f"; it holds {plural(len(inside), 'run')}: try `backprop-lab compare {run_dir}`" if inside else ""
         raise RunError(f"{run_dir} is not a run directory (no {SUMMARY}){hint}")
     try:
         summary = load_summary(run_dir)
@@ -949,7 +982,8 @@ def load_for_show(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, float]]
     except RunError as e:
         raise RunError(f"{run_dir}: {e}") from None
     if not (run_dir / METRICS).exists() and summary["epochs_completed"]:
-        raise RunError(f"{run_dir}: {METRICS} is missing, but {SUMMARY} records {summary['epochs_completed']} epochs")
+        raise RunError(f"{run_dir}: {METRICS} is missing, but {SUMMARY} records "
+                       f"{plural(summary['epochs_completed'], 'epoch')}")
     warnings = [f"{cut}; shown without it"] if cut else []
     short = fewer_epochs(len(rows) + bool(cut), summary)
     if short:

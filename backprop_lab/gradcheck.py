@@ -31,7 +31,6 @@ when every parameter passes, 1 when one fails, 2 on a bad override or a model to
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -187,11 +186,11 @@ def main(argv: list[str]) -> int:
 
     from .cli import CONF_DIR, check_overrides, first_line
     from .config import from_dictconfig
-    from .report import error_line
+    from .report import SubcommandParser, error_line
     from .rundir import RunDirError
     from .train import arch_of
 
-    parser = argparse.ArgumentParser(prog="backprop-lab gradcheck", description=__doc__.splitlines()[0],
+    parser = SubcommandParser(prog="backprop-lab gradcheck", description=__doc__.splitlines()[0],
                                      epilog="Example: backprop-lab gradcheck model.hidden_sizes=[64,32] "
                                             "model.activation=tanh model.batch_norm=true model.dropout=0.2")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="as for a run, e.g. experiment=book_ch10")

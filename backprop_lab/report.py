@@ -6,11 +6,12 @@ The reporter only renders records it is given; it computes nothing and writes no
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -30,6 +31,11 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 COLUMN_KEYS = [key for key, _, _ in COLUMNS]
 WIDTH = 11
+
+
+def plural(n: int, noun: str) -> str:
+    """'1 run', '2 runs': every count printed here takes a regular plural."""
+    return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 def format_loss(v: float) -> str:
@@ -71,7 +77,7 @@ def describe_config(cfg: dict[str, Any]) -> str:
         parts.append(f"weight decay {optim['weight_decay']:g}")
     parts.append(f"batch {data.get('batch_size', 64)}")
     steps, epochs = train.get("steps"), train.get("epochs", 20)
-    parts.append(f"{steps:,} steps" if steps else f"{epochs} epoch{'s' * (epochs != 1)}")
+    parts.append(plural(steps, "step") if steps else plural(epochs, "epoch"))
     return ", ".join(parts)
 
 
@@ -106,7 +112,7 @@ class Reporter:
         self.console.print(f"[bold]backprop-lab: {describe_config(summary['config'])}[/bold]", highlight=False)
         self.console.print(
             f"  device {summary['device']}, seed {summary['seed']}, "
-            f"{summary['data']['train_size']:,} training images",
+            + plural(summary["data"]["train_size"], "training image"),
             highlight=False,
         )
         self.console.print(f"  run directory {summary['run_dir']}", highlight=False)
@@ -185,3 +191,13 @@ class ErrorConsole(Console):
 def error_line(message: str) -> None:
     """One line on stderr, never wrapped: how every user-facing error ends."""
     ErrorConsole().print(f"[bold red]error:[/bold red] {escape(message)}")  # the message's own [...] is text
+
+
+class SubcommandParser(argparse.ArgumentParser):
+    """argparse's parser for the subcommands, except that a usage error ends as every other
+    error here does, in one line (argparse prints the usage first, which buries the reason):
+    `error: <argparse's message>; see backprop-lab <sub> --help`, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        error_line(f"{message}; see {self.prog} --help")
+        raise SystemExit(2)

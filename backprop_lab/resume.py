@@ -11,7 +11,6 @@ resume of the same run out for as long as this one lasts.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import logging
@@ -22,7 +21,8 @@ from omegaconf import OmegaConf
 
 from .cli import EXIT_BAD_INPUT, error_line, run
 from .config import ConfigError, config_changes, from_container, with_defaults
-from .rundir import (CHECKPOINT, LOG, SUMMARY, RunDirError, RunWriter, effective_status, load_checkpoint,
+from .report import SubcommandParser
+from .rundir import (CHECKPOINT, LOG, METRICS, SUMMARY, RunDirError, RunWriter, effective_status, load_checkpoint,
                      locked, read_summary)
 
 # Where the run computes, not what it computes: these may differ from the run's own config.
@@ -31,14 +31,15 @@ RUNTIME_KEYS = ("device", "threads")
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="backprop-lab resume", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="the interrupted run's directory")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+    parser = SubcommandParser(prog="backprop-lab resume", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the interrupted run's directory")
+    # default=[]: without it argparse counts an empty KEY=VALUE list as missing, and names it
+    # beside RUN_DIR when RUN_DIR is left out
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help=f"must agree with the run's own config, except {' and '.join(RUNTIME_KEYS)}")
     args = parser.parse_args(argv)
-    run_dir = args.run_dir.resolve()  # the run's real, current place, wherever it was made
     try:
-        return resume(run_dir, args.overrides)
+        return resume(args.run_dir, args.overrides)
     except (ConfigError, RunDirError) as e:
         error_line(str(e))
         return EXIT_BAD_INPUT
@@ -51,9 +52,27 @@ def cannot_write(run_dir: Path, e: OSError) -> RunDirError:
     return RunDirError(f"cannot write to {run_dir}: {reason}; {advice}")
 
 
-def resume(run_dir: Path, overrides: list[str]) -> int:
-    if not (run_dir / SUMMARY).is_file():  # before the lock, which would leave a file in any folder named
-        raise RunDirError(f"{run_dir} is not a backprop-lab run directory (no {SUMMARY})")
+def not_resumable(path: Path) -> str | None:
+    """Why path holds no run that could be resumed, naming it as the user typed it; None if
+    it holds a summary.json (whether that run can continue is decided from there)."""
+    if not path.exists():
+        return f"{path} does not exist"
+    if not path.is_dir():
+        return f"{path} is not a directory"
+    if (path / SUMMARY).is_file():
+        return None
+    left = [name for name in (METRICS, CHECKPOINT) if (path / name).is_file()]
+    if left:
+        return (f"{path} has {' and '.join(left)} but no {SUMMARY} (the run stopped before writing one; "
+                f"compare lists it as incomplete): it cannot be resumed; start a new run")
+    return f"{path} is not a backprop-lab run directory (no {SUMMARY})"
+
+
+def resume(given: Path, overrides: list[str]) -> int:
+    problem = not_resumable(given)  # before the lock, which would leave a file in any folder named
+    if problem:
+        raise RunDirError(problem)
+    run_dir = given.resolve()  # the run's real, current place, wherever it was made
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(locked(run_dir))

@@ -43,7 +43,7 @@ from rich.console import Console
 
 from . import compare
 from .config import ConfigError, config_changes, from_dictconfig
-from .report import error_line
+from .report import error_line, plural
 
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_JSON = "sweep_summary.json"
@@ -392,7 +392,7 @@ class SweepReport(Callback):
         runs = compare.sort_runs(runs, "test_acc")
         keys = compare.differing_keys(runs)
         console.print()
-        compare.print_table(console, runs, keys, title=f"sweep {sweep_dir}: {len(runs)} jobs, best test acc first")
+        compare.print_table(console, runs, keys, title=f"sweep {sweep_dir}: {plural(len(runs), 'job')}, best test acc first")
         compare.write_csv(str(sweep_dir / SUMMARY_CSV), runs, keys)
         compare.write_json(str(sweep_dir / SUMMARY_JSON), runs, keys)
         console.print(f"wrote {SUMMARY_CSV} and {SUMMARY_JSON} in {sweep_dir}", markup=False)

@@ -88,11 +88,24 @@ def test_scaling_plot_labels_few_minor_ticks_over_a_wide_range():
 
 
 @pytest.mark.parametrize("args", [["--epochs", "0"], ["--device", "gpu"], ["--frobnicate"], ["--quick", "--no-scaling", "--plot", "x.png"]])
-def test_bad_arguments_give_a_usage_error_without_a_traceback(capsys, args):
+def test_bad_arguments_give_a_one_line_usage_error_without_a_traceback(capsys, args):
     with pytest.raises(SystemExit) as exit:
         main(args)  # in-process: argparse answers before anything is measured
     assert exit.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("backprop-lab bench: error:")
+    (line,) = capsys.readouterr().err.strip().splitlines()  # no usage text before it
+    assert line.startswith("error: ") and line.endswith("; see backprop-lab bench --help")
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_an_absent_device_is_refused_with_bench_s_own_option_as_the_hint(capsys, monkeypatch, device):
+    import backprop_lab.bench as bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench, "load_mnist", lambda *a, **k: pytest.fail("the benchmark started measuring"))
+    assert main(["--quick", "--device", device, "--json", "-"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (f"error: --device {device} is not available: this machine has no CUDA device; "
+                                 f"use --device cpu\n")  # bench takes no device=... and no auto
 
 
 @pytest.mark.parametrize("case", ["json folder", "json under a file", "json folder missing", "plot format",

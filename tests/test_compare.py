@@ -261,6 +261,57 @@ def test_unsupported_plot_extension_is_one_line_before_anything_is_written(outpu
     assert code == 0 and (tmp_path / "curves.SVG").read_bytes().lstrip().startswith(b"<?xml")
 
 
+@pytest.mark.parametrize("case", ["plot folder missing", "csv folder missing", "json is a folder", "csv under a file",
+                                  "both on stdout"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_table(outputs, capsys, tmp_path, case):
+    (tmp_path / "afile").write_text("")
+    args, expected = {
+        "plot folder missing": (["--plot", "/nonexist/x.png"], "--plot /nonexist/x.png: its folder /nonexist does not exist"),
+        "csv folder missing": (["--csv", str(tmp_path / "nope" / "r.csv")], "nope does not exist"),
+        "json is a folder": (["--json", str(tmp_path)], f"--json {tmp_path} is a folder; give a file name"),
+        "csv under a file": (["--csv", str(tmp_path / "afile" / "r.csv")], "afile is a file, not a folder"),
+        "both on stdout": (["--csv", "-", "--json", "-"], "--csv - and --json - would both write to standard output"),
+    }[case]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = run_compare(capsys, *args)
+    assert code == 2 and out == ""  # not the table first, then the failure
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and expected in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_csv_spells_booleans_as_the_table_and_the_config_do(tmp_path, capsys):
+    for name, fused in (("a", True), ("b", False)):
+        run = make_run(tmp_path / "runs" / name, [0.5, 0.6])
+        summary = json.loads((run / "summary.json").read_text())
+        summary["config"]["train"]["fused"] = fused
+        (run / "summary.json").write_text(json.dumps(summary))
+    code, out, _ = run_compare(capsys, str(tmp_path / "runs"))
+    assert code == 0 and [row[1] for row in table(out)[1]] == ["true", "false"]
+    code, out, _ = run_compare(capsys, str(tmp_path / "runs"), "--csv", "-")
+    assert [r["train.fused"] for r in csv.DictReader(io.StringIO(out))] == ["true", "false"]
+
+
+def test_a_count_of_one_is_singular(tmp_path, capsys):
+    make_run(tmp_path / "sweep" / "0", [0.5, 0.6])
+    code, _, err = run_compare(capsys, str(tmp_path / "sweep"), "--filter", "optim.lr=5")
+    assert code == 1 and err == "error: no runs match optim.lr=5 (1 run found)\n"
+    assert show_main([str(tmp_path / "sweep")]) == 2
+    assert "; it holds 1 run: try" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("main,args,expected", [
+    (compare_main, ["--top", "0"], "argument --top: expected a positive integer, got '0'; see backprop-lab compare --help"),
+    (compare_main, ["--frobnicate"], "unrecognized arguments: --frobnicate; see backprop-lab compare --help"),
+    (show_main, [], "the following arguments are required: RUN_DIR; see backprop-lab show --help"),
+])
+def test_a_usage_error_is_one_line(capsys, main, args, expected):
+    with pytest.raises(SystemExit) as exit:
+        main(args)
+    assert exit.value.code == 2
+    assert capsys.readouterr() == ("", f"error: {expected}\n")  # no usage text before it
+
+
 def test_grads_column_sorts_and_the_grads_figure_has_a_panel_per_run(outputs, capsys, tmp_path):
     from matplotlib.image import imread
 

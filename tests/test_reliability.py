@@ -127,7 +127,7 @@ def test_resume_refuses_a_different_config_and_completed_runs(tmp_path, uninterr
     same = run_cli("resume", str(run_dir), "optim.lr=0.1", cwd=tmp_path)  # agreeing keys are fine
     assert same.returncode == 0, same.stderr
     missing = run_cli("resume", str(tmp_path / "nowhere"), cwd=tmp_path)
-    assert missing.returncode == 2 and "not a backprop-lab run directory" in missing.stderr
+    assert missing.returncode == 2 and "nowhere does not exist" in missing.stderr
 
 
 def test_divergence_names_epoch_and_batch(tmp_path):
