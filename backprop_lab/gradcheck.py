@@ -18,7 +18,7 @@ relative criterion alone fails correct but tiny gradients, such as the first bia
 sigmoid network (largest |gradient| ~1e-5, of which 1e-5 is 1e-10). The floor is
 FD_ROUNDOFF eps max(|L|, 1) / FD_EPS: max(|L|, 1) because a small loss can still be the
 difference of terms of order 1 (log-sum-exp less the true logit); FD_ROUNDOFF = 8 is eight times
-the largest noise measured over every model the config allows (0.9 eps |L| / FD_EPS). The
+the largest noise measured over every model the config allows (about 1 eps |L| / FD_EPS). The
 truncation error, FD_EPS^2 f''' / 6, is ~1e-13 for these losses and needs no term of its own. For
 a loss of order 1 a gradient 1 % wrong is still caught down to a largest |gradient| of ~5e-7, one
 twice too large down to ~5e-9; autograd, held to 1e-9 relative with no floor, catches both at

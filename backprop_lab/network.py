@@ -15,7 +15,8 @@ layer. One example per row, m examples per batch, n[l] units in layer l:
           = (out - Y) * out * (1 - out)       sigmoid + mean squared error (1/2m) sum ||out - Y||^2
     dW[l] = a[l-1]^T dz[l] / m,   db[l] = mean_rows(dz[l])
     da[l-1] = dz[l] W[l]^T (* mask[l-1] / (1 - p))
-    dz[l-1] = da[l-1] * f'(a[l-1])            through batch norm when it is on (see bn_backward)
+    dz[l-1] = da[l-1] * f'(y[l-1])            f' read off f(y[l-1]), the activation before dropout;
+                                              through batch norm when it is on (see bn_backward)
 
 With one ReLU hidden layer, softmax and cross-entropy this is exactly backprop.py; the tests
 hold the two to each other and both to torch.autograd. As there, the deltas dz are m times

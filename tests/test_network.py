@@ -28,7 +28,7 @@ def problem(arch: nw.Arch, m=24, seed=0, init="normal", scale=0.3):
 
 
 TORCH_ACT = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh,
-             "leaky_relu": lambda z: F.leaky_relu(z, nw.LEAK)}
+             "leaky_relu": lambda z: F.leaky_relu(z, 0.01)}  # the slope network.py documents
 
 
 def reference_loss(arch: nw.Arch, params, X, y, train=True, masks=None):
@@ -39,7 +39,7 @@ def reference_loss(arch: nw.Arch, params, X, y, train=True, masks=None):
         if arch.batch_norm:
             z = F.linear(a, params[f"W{l}"].T)
             z = F.batch_norm(z, params[f"mean{l}"].clone(), params[f"var{l}"].clone(), params[f"gamma{l}"],
-                             params[f"beta{l}"], training=train, eps=nw.BN_EPS)
+                             params[f"beta{l}"], training=train)  # torch's eps
         else:
             z = F.linear(a, params[f"W{l}"].T, params[f"b{l}"])
         a = TORCH_ACT[arch.activation](z)
@@ -124,7 +124,7 @@ def test_evaluate_sums_the_loss_and_counts_hits_over_every_row(arch, chunk):
             z = F.linear(a, params[f"W{l}"].T, params.get(f"b{l}"))
             if arch.batch_norm:
                 z = F.batch_norm(z, params[f"mean{l}"], params[f"var{l}"], params[f"gamma{l}"], params[f"beta{l}"],
-                                 training=False, eps=nw.BN_EPS)
+                                 training=False)
             a = TORCH_ACT[arch.activation](z)
         logits = F.linear(a, params[f"W{arch.n_layers}"].T, params[f"b{arch.n_layers}"])
     assert correct.item() == (logits.argmax(dim=1) == y).sum().item()
@@ -134,7 +134,7 @@ def test_evaluate_sums_the_loss_and_counts_hits_over_every_row(arch, chunk):
 def test_running_statistics_follow_torch_batchnorm1d():
     arch = nw.Arch(sizes=(12, 9, 10), batch_norm=True)
     X, _, _, params = problem(arch)
-    bn = torch.nn.BatchNorm1d(9, eps=nw.BN_EPS, momentum=nw.BN_MOMENTUM).double()
+    bn = torch.nn.BatchNorm1d(9).double()  # its own eps and momentum, which network.py says it follows
     for step in range(3):
         Xs = X + step
         nw.update_running_stats(arch, params, nw.forward(arch, params, Xs))
