@@ -125,6 +125,21 @@ def put_hydra_files_back(job: Path, keep_old: bool = True) -> None:
         shutil.rmtree(kept, ignore_errors=True)
 
 
+def shown(overrides: Any) -> str:
+    """A job's overrides as the user would type them: Hydra's sweepers write a swept boolean
+    as Python's True/False, where the config, the tables and the command line say true/false."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, words = OverridesParser.create(), []
+    for line in overrides or []:
+        try:
+            value = parser.parse_override(line).value()
+        except Exception:  # any Hydra parse error: show it as it was given
+            value = None
+        words.append(f"{line.split('=', 1)[0]}={str(value).lower()}" if isinstance(value, bool) else line)
+    return " ".join(words)
+
+
 def job_key(sweep_dir: Path, run_dir: Path) -> str:
     """The job folder's path within the sweep folder ('' for one outside it)."""
     try:
@@ -182,7 +197,7 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
 
     sweep_dir = Path(str(hydra_cfg.sweep.dir)).resolve()
     opts = options(hydra_cfg)
-    what = f"job {hydra_cfg.job.num} ({' '.join(hydra_cfg.overrides.task) or 'no overrides'})"
+    what = f"job {hydra_cfg.job.num} ({shown(hydra_cfg.overrides.task) or 'no overrides'})"
 
     def failed(reason: str) -> float:
         if opts["fail_fast"] is True:
@@ -271,7 +286,7 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
 
 def job_line(num: Any, overrides: list[str], run: compare.Run, job_return: JobReturn | None = None) -> str:
     """e.g. `job 1  model.hidden_size=16  ->  test acc 11.35%, completed, 0.0 s`."""
-    head = f"job {num}  {' '.join(overrides) or '(no overrides)'}  ->  "
+    head = f"job {num}  {shown(overrides) or '(no overrides)'}  ->  "
     if job_return is not None and job_return.status == JobStatus.FAILED:
         e = job_return._return_value  # the exception the task raised; `.return_value` would re-raise it
         return head + f"failed: {type(e).__name__}: {e}"
@@ -345,7 +360,7 @@ class SweepReport(Callback):
         reason = stop_reason(sweep_dir)
         stopped = interrupted(sweep_dir)
         if (reason or stopped) and not run_dir.exists():
-            head = f"job {hydra_cfg.job.num}  {' '.join(job_return.overrides or []) or '(no overrides)'}  ->  "
+            head = f"job {hydra_cfg.job.num}  {shown(job_return.overrides) or '(no overrides)'}  ->  "
             why = f"the sweep was stopped by {stopped[0]} ({stopped[1]})" if stopped else f"fail-fast, {reason}"
             self._console().print(head + f"not run: {why}", markup=False)
             return

@@ -266,3 +266,12 @@ def test_a_sweep_started_in_a_taken_folder_moves_to_a_fresh_one(tmp_path):
     assert sizes == [16, 32]
     assert f"sweeps/{year}_1" in proc.stdout  # the sweep table names the folder it used
 
+
+
+def test_job_lines_spell_swept_booleans_as_the_command_line_does():
+    from backprop_lab.sweep import shown
+
+    # Hydra's basic sweeper hands a job `model.batch_norm=True` for `model.batch_norm=true,false`
+    assert shown(["model.batch_norm=True", "optim.lr=0.1", "data.root=null", "loss='True'", "+x=[1,2]"]) == \
+        "model.batch_norm=true optim.lr=0.1 data.root=null loss='True' +x=[1,2]"
+    assert shown([]) == ""
