@@ -280,15 +280,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def read_layers(run_dir: Path) -> list[dict[str, float]]:
-    """grads.csv as rows of floats ([] for runs from before it existed)."""
-    try:
-        with open(run_dir / GRADS, newline="") as f:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    except FileNotFoundError:
-        return []
-
-
 def _epoch_at_least(line: str, epoch: int) -> bool:
     """A metrics.csv or grads.csv line (both start with the epoch) of `epoch` or later."""
     try:
