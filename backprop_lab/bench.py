@@ -535,16 +535,6 @@ def outputs_problem(args: argparse.Namespace) -> str | None:
     return next((problem for problem in problems if problem), None)
 
 
-def bench_device(name: str) -> torch.device:
-    """resolve_device, with its hint in bench's terms: a run's hint names the config key
-    (`device=cpu or device=auto`), but bench takes --device and has no `auto`."""
-    try:
-        return resolve_device(name)
-    except ConfigError as e:
-        reason = str(e).split("; use ", 1)[0].replace(f"device={name}", f"--device {name}", 1)
-        raise ConfigError(f"{reason}; use --device cpu") from None
-
-
 def main(argv: list[str]) -> int:
     args = parse(argv)
     problem = outputs_problem(args)
@@ -555,7 +545,7 @@ def main(argv: list[str]) -> int:
     say = lambda text: Console(stderr=True, soft_wrap=True).print(f"[dim]bench: {text}[/dim]")  # noqa: E731
     load = os.getloadavg() if hasattr(os, "getloadavg") else None  # how busy the machine was: read with the figures
     try:
-        device = bench_device(args.device)
+        device = resolve_device(args.device, option="--device ", instead="--device cpu")  # bench has no auto
         if args.threads:  # on a shared machine, fewer threads than cores can avoid waiting on busy ones
             torch.set_num_threads(args.threads)
         cfg = replace(Config(), device=args.device)

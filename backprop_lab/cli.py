@@ -563,7 +563,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
 
     from .data import DataError, load_mnist
     from .report import COLUMN_KEYS, Reporter
-    from .rundir import RunWriter, check_usable, config_hash, load_checkpoint, read_summary
+    from .rundir import METRICS, RunWriter, check_usable, config_hash, load_checkpoint, read_summary
     from .train import Diverged, Stopped, arch_of, check_fits, make_state, planned_epochs, resolve_device, train
 
     try:
@@ -588,7 +588,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         if not isinstance(e, MemoryError) and "alloc" not in str(e).lower():
             raise
         if not resume:
-            (run_dir / "metrics.csv").unlink(missing_ok=True)  # its header only: RunWriter made it
+            (run_dir / METRICS).unlink(missing_ok=True)  # its header only: RunWriter made it
             discard_if_empty(run_dir)
         sizes = "-".join(str(n) for n in arch_of(cfg).sizes)
         return refuse(f"the {sizes} model does not fit in the memory of {device} ({first_line(e)}); "

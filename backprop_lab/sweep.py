@@ -129,12 +129,13 @@ def shown(overrides: Any) -> str:
     """A job's overrides as the user would type them: Hydra's sweepers write a swept boolean
     as Python's True/False, where the config, the tables and the command line say true/false."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
     parser, words = OverridesParser.create(), []
     for line in overrides or []:
         try:
             value = parser.parse_override(line).value()
-        except Exception:  # any Hydra parse error: show it as it was given
+        except HydraException:  # shown as it was given
             value = None
         words.append(f"{line.split('=', 1)[0]}={str(value).lower()}" if isinstance(value, bool) else line)
     return " ".join(words)

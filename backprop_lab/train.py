@@ -75,7 +75,9 @@ class Stopped(Exception):
 DIVERGENCE_CHECK_EVERY = 100  # batches; each check costs a few kernels and a read from the device
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "device=", instead: str = "device=cpu or device=auto") -> torch.device:
+    """The torch device `name` names, or ConfigError naming it as the user gave it (`option`,
+    the config key or bench's --device) and what to give `instead`."""
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -86,9 +88,9 @@ def resolve_device(name: str) -> torch.device:
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= count:
             have = f"{count} CUDA device(s)" if count else "no CUDA device"
-            raise ConfigError(f"device={name} is not available: this machine has {have}; use device=cpu or device=auto")
+            raise ConfigError(f"{option}{name} is not available: this machine has {have}; use {instead}")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError("device=mps is not available on this machine; use device=cpu or device=auto")
+        raise ConfigError(f"{option}mps is not available on this machine; use {instead}")
     return torch.device(name)
 
 
