@@ -559,8 +559,9 @@ def test_sweep_reports_each_job_and_writes_its_summary(tmp_path):
                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr and "Callback" not in proc.stderr
-    for job, size in (("0", 16), ("1", 32)):
-        assert json.loads((sweep / job / "summary.json").read_text())["status"] == "completed"
+    for job, size in (("0", 16), ("1", 32)):  # every job ran, each with its own value
+        job_summary = json.loads((sweep / job / "summary.json").read_text())
+        assert job_summary["status"] == "completed" and job_summary["config"]["model"]["hidden_size"] == size
         line = next(line for line in proc.stdout.splitlines() if line.startswith(f"job {job} "))
         assert f"model.hidden_size={size}" in line and re.search(r"test acc \d+\.\d\d%, completed, [\d.]+ s", line)
     # each job's line comes right after its own summary panel, before the next job starts
