@@ -103,9 +103,14 @@ def load_mnist(
     """Load, verify and normalise MNIST; `train_subset` keeps the first N training images;
     `image_size=14` mean-pools each 2x2 block (after normalising: the mean is linear, so the same)."""
     folder = folder_of(root)
-    if root is not None and folder.exists() and not folder.is_dir():
-        raise DataError(f"data.root={str(root)!r} is a file, not a folder holding the MNIST files")
-    found = find_files(folder)
+    try:  # a folder the user cannot read raises here (Path.exists and is_file pass only "not found")
+        if root is not None and folder.exists() and not folder.is_dir():
+            raise DataError(f"data.root={str(root)!r} is a file, not a folder holding the MNIST files")
+        found = find_files(folder)
+    except OSError as e:
+        raise DataError(f"cannot look for the MNIST files in {e.filename or folder}: {e.strerror or e}; make "
+                        f"it readable, or point data.root at another folder (null: the copy shipped with "
+                        f"backprop-lab)") from e
     if len(found) < len(CANONICAL_MD5) and download_missing and root is not None:
         download(folder)
         found = find_files(folder)

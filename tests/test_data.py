@@ -196,3 +196,21 @@ def test_failed_download_keeps_the_users_folder_and_every_file(tmp_path, monkeyp
     with pytest.raises(D.DataError):
         D.load_mnist(mine, download_missing=True)
     assert (mine / "MNIST" / "raw" / "partial.gz").is_file() and (mine / "notes.txt").is_file()
+
+
+def test_a_folder_that_cannot_be_read_is_one_clear_line(tmp_path, monkeypatch):
+    """chmod does not stop root (CI may run as root), so the refusal the kernel would give a
+    user is raised by the probe itself: Path.is_file passes on only "not found" errors."""
+    copy_shipped(tmp_path)
+    real_is_file = Path.is_file
+
+    def denied(path):
+        if str(path).startswith(str(tmp_path)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_file(path)
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    with pytest.raises(D.DataError) as info:
+        D.load_mnist(tmp_path)
+    msg = str(info.value)
+    assert "Permission denied" in msg and str(tmp_path) in msg and "data.root" in msg and "\n" not in msg
