@@ -155,6 +155,10 @@ LAB_BAD = [
     (["model.hidden_size=64", "model.hidden_sizes=[100,50]"], "model.hidden_size=64 and model.hidden_sizes=[100, 50] both given"),
     (["data.image_size=20"], "data.image_size=20 is not valid: expected 28"),
     (["train.steps=0"], "train.steps=0 is not valid"),
+    (["model.batch_norm=true", "data.batch_size=1"],
+     "model.batch_norm=true needs at least 2 images per batch, but every batch has 1"),
+    (["model.batch_norm=true", "data.train_subset=1001", "data.batch_size=100"],
+     "but the last batch of each epoch (1,001 images in batches of 100) has 1; choose another data.batch_size"),
 ]
 
 
