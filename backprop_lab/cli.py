@@ -750,11 +750,22 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     except OSError as e:
         summary.update(status="failed", error=f"cannot write to the run directory {run_dir}: {e.strerror or e}")
         exit_code = EXIT_FAILED
-    except KeyboardInterrupt:  # a second signal while the weights were being written
-        summary.update(status="interrupted", error=f"stopped while saving the weights; the trained epochs are "
-                       f"in the checkpoint; finish with: backprop-lab resume {run_dir}")
-        writer.write_summary(summary)
-        exit_code = EXIT_SIGINT
+    except KeyboardInterrupt:  # a second signal while the weights or the last summary were being written
+        name = signal.Signals(stop.signum or signal.SIGINT).name
+        summary["signal"] = name  # a sweep stops its later jobs on it
+        exit_code = EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT
+        if summary.get("weights") is None:
+            summary.update(status="interrupted", error=f"stopped by {name} while saving the weights; the trained "
+                           f"epochs are in the checkpoint; finish with: backprop-lab resume {run_dir}")
+        if summary["finished_at"] is None:
+            summary.update(wall_seconds=summary["wall_seconds"] + time.perf_counter() - wall_start, finished_at=now())
+        for sig in previous:  # one more signal must not cut this last write short as well
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            writer.write_summary(summary)
+        except OSError as e:
+            summary.update(status="failed", error=f"cannot write to the run directory {run_dir}: {e.strerror or e}")
+            exit_code = EXIT_FAILED
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

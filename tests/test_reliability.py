@@ -486,3 +486,39 @@ def test_a_missing_checkpoint_is_named_as_missing(stopped, capsys):
     line = one_error_line(capsys.readouterr().err)
     assert "checkpoint.pt is missing" in line and "resume needs it" in line and "version" not in line
     assert files_of(stopped) == before
+
+
+def test_a_second_signal_while_the_weights_are_saved_is_recorded_resumably(tmp_path, monkeypatch, capsys):
+    """Two signals arrive while weights.pt is being written: the run is recorded as interrupted
+    by that signal (a sweep stops on it), in one line, and resume finishes it."""
+    from dataclasses import replace
+
+    from backprop_lab import cli, rundir
+    from backprop_lab.config import Config
+
+    sig, code = signal.SIGTERM, 143  # SIGINT takes the same path; its code was the one used for both
+    real_save = rundir.RunWriter.save_weights
+
+    def signalled_twice(self, params):
+        os.kill(os.getpid(), sig)  # the first asks to stop after the batch; training is over
+        os.kill(os.getpid(), sig)  # the second stops at once
+        real_save(self, params)
+
+    monkeypatch.setattr(rundir.RunWriter, "save_weights", signalled_twice)
+    cfg = Config()
+    cfg = replace(cfg, train=replace(cfg.train, epochs=2), data=replace(cfg.data, train_subset=500), device="cpu")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(SystemExit) as info:
+        cli.run(cfg, run_dir, [])
+    assert info.value.code == code
+    err = capsys.readouterr().err
+    name = signal.Signals(sig).name
+    assert f"error: stopped by {name} while saving the weights" in err and "Traceback" not in err
+    s = summary(run_dir)
+    assert s["status"] == "interrupted" and s["signal"] == name and s["epochs_completed"] == 2
+    assert s["finished_at"] is not None and not (run_dir / "weights.pt").exists()
+    assert not isinstance(signal.getsignal(sig), cli.StopRequest)  # the handlers were put back
+    monkeypatch.setattr(rundir.RunWriter, "save_weights", real_save)
+    assert cli.run(cfg, run_dir, [], resume=True) is not None  # what `backprop-lab resume` runs, once checked
+    assert summary(run_dir)["status"] == "completed" and (run_dir / "weights.pt").is_file()
