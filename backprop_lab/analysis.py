@@ -112,7 +112,7 @@ def write_reports(run_dir: Path, arch: Arch, params: Params, data: MNIST) -> Con
     plot_errors(run_dir / ERRORS_PNG, data.X_test.cpu(), y_true, probs)
     from .rundir import read_metrics
 
-    plot_curves(run_dir / CURVES_PNG, read_metrics(run_dir))
+    plot_curves(run_dir / CURVES_PNG, read_metrics(run_dir), arch.loss)
     return conf
 
 
@@ -169,14 +169,17 @@ def plot_errors(path: Path, X: Tensor, y_true: Tensor, probs: Tensor) -> None:
     fig.savefig(path, dpi=DPI)
 
 
-def plot_curves(path: Path, rows: Sequence[dict[str, float]]) -> None:
+LOSS_TITLES = {"cross_entropy": "cross-entropy loss", "mse": "mean squared error loss"}
+
+
+def plot_curves(path: Path, rows: Sequence[dict[str, float]], loss: str = "cross_entropy") -> None:
     fig = _figure(CURVES_SIZE)
     loss_ax, acc_ax = fig.subplots(1, 2)
     epochs = [r["epoch"] for r in rows]
     for split, style in (("train", "--"), ("test", "-")):
         loss_ax.plot(epochs, [r[f"{split}_loss"] for r in rows], style, marker=".", label=split)
         acc_ax.plot(epochs, [100 * r[f"{split}_acc"] for r in rows], style, marker=".", label=split)
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="cross-entropy loss")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title=LOSS_TITLES.get(loss, f"{loss} loss"))
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)

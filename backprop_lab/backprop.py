@@ -18,7 +18,8 @@ One example per row, m examples per batch, H hidden units, 10 classes:
     W <- W - lr * dW            (for W1, b1, W2, b2)
 
 Code names follow the equations. `backward` is pure: it reads the forward cache and
-returns fresh gradients; `sgd_step` is the only function that changes parameters.
+returns fresh gradients; `sgd_step`, and `fused_step` (the same step with fewer kernels,
+which training uses), are the only functions that change parameters.
 Nothing here requires grad: autograd is the tests' oracle, never part of training.
 This module knows nothing of configs, files or devices beyond the tensors it is given.
 """

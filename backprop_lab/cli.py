@@ -521,9 +521,11 @@ EXIT_SIGPIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose output p
 
 class StopRequest:
     """Signal handler for SIGINT and SIGTERM: the first asks training to stop after the
-    current batch; a second one stops at once (the files stay consistent either way,
-    since every file is appended or replaced whole). Once training is over (`trained`),
-    the first stops at once: all that is left then is the optional plots."""
+    current batch; a second one stops at once. Either way summary.json, checkpoint.pt and
+    weights.pt are whole, since each is replaced atomically; a second signal in the middle
+    of an append can cut the last row of metrics.csv or grads.csv, which `resume` writes
+    again from the checkpoint and `show`/`compare` leave out with a warning. Once training
+    is over (`trained`), the first stops at once: all that is left then is the optional plots."""
 
     def __init__(self) -> None:
         self.signum: int | None = None

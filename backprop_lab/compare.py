@@ -898,7 +898,7 @@ def show_main(argv: list[str]) -> int:
         if args.plot:
             from .analysis import CURVES_PNG, plot_curves
 
-            plot_curves(args.run_dir / CURVES_PNG, rows)
+            plot_curves(args.run_dir / CURVES_PNG, rows, (summary.get("config") or {}).get("loss", "cross_entropy"))
     except RunError as e:
         error_line(str(e))
         return EXIT_BAD_INPUT

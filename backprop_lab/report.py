@@ -1,7 +1,8 @@
 """Terminal rendering with rich: a progress bar per epoch, one table row per epoch, a summary.
 
 The reporter only renders records it is given; it computes nothing and writes no files.
-`COLUMNS` is the one list of per-epoch columns: the table, metrics.csv and the log use it.
+`COLUMNS` lists the per-epoch columns of the table and metrics.csv, in the order of
+train.EpochMetrics's fields (as_dict), which the tests hold equal.
 """
 
 from __future__ import annotations

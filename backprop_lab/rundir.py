@@ -4,8 +4,9 @@
     grads.csv      per epoch and layer: gradient norm, weight norm, update-to-weight ratio
     summary.json   status and headline results; rewritten atomically (temp file + rename)
     weights.pt     the final parameters, a dict of CPU tensors for torch.load
-    checkpoint.pt  the state after the last completed epoch (parameters, shuffle RNG,
-                   config hash, that epoch's metrics row), rewritten atomically each epoch
+    checkpoint.pt  the state after the last completed epoch (parameters, momentum buffers,
+                   the shuffle and dropout generators, config hash, that epoch's metrics
+                   row and per-layer statistics), rewritten atomically each epoch
     .hydra/        Hydra's resolved config and overrides (written by Hydra itself)
     .backprop-lab.lock  present only while `resume` continues the run: holds its pid and
                    an exclusive flock, so a second resume of the same folder is refused

@@ -15,8 +15,10 @@ dropout, momentum, L2) through network.forward / backward / sgd_update. After ea
 probe batch (the first 1,000 training images), a few milliseconds.
 
 It stops early for two reasons only, both as exceptions that name the epoch and batch:
-`Diverged` (a logit became NaN or infinite) and `Stopped` (the caller asked, e.g. Ctrl-C);
-in both cases the parameters are left as they were after the last full batch.
+`Diverged` (a logit became NaN or infinite) and `Stopped` (the caller asked, e.g. Ctrl-C).
+After `Stopped` the parameters are as the last full batch left them. `Diverged` is found at
+the next check (every 100 batches and at the epoch's end), so by then the parameters may
+hold NaN; the caller's checkpoint of the last completed epoch is what remains good.
 """
 
 from __future__ import annotations

@@ -261,3 +261,16 @@ def test_ctrl_c_twice_while_the_plots_are_drawn_keeps_the_completed_run(tmp_path
     assert "analysis plots skipped (SIGINT); the run is complete" in proc.stderr
     assert (tmp_path / "run" / "weights.pt").exists()
     assert '"status": "completed"' in (tmp_path / "run" / "summary.json").read_text()
+
+
+@pytest.mark.parametrize("loss,title", [("mse", "mean squared error loss"), ("cross_entropy", "cross-entropy loss")])
+def test_the_curves_name_the_runs_loss(tmp_path, monkeypatch, loss, title):
+    from matplotlib.figure import Figure
+
+    from backprop_lab.analysis import plot_curves
+
+    titles = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: titles.append([ax.get_title() for ax in fig.axes]))
+    rows = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.1 / e, "train_acc": 0.5, "test_acc": 0.5} for e in (1, 2)]
+    plot_curves(tmp_path / "curves.png", rows, loss)
+    assert titles == [[title, "accuracy"]]

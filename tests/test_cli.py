@@ -44,6 +44,15 @@ def test_quick_run_exits_cleanly_and_prints_the_table(quick_run):
     assert "summary" in proc.stdout and str(run_dir) in proc.stdout
 
 
+def test_the_table_and_metrics_csv_have_a_column_for_each_epoch_record_value():
+    from backprop_lab.report import COLUMN_KEYS
+    from backprop_lab.train import EpochMetrics
+
+    row = EpochMetrics(epoch=1, train_loss=0.5, train_acc=0.9, test_loss=0.4, test_acc=0.91, seconds=1.0,
+                       samples_per_s=6e4, batch_seconds=0.9, layers=({"layer": 1.0},)).as_dict()
+    assert list(row) == COLUMN_KEYS  # the run writer refuses a row with a key it has no column for
+
+
 def test_quick_run_writes_a_self_describing_directory(quick_run):
     _, run_dir = quick_run
     rows = read_metrics(run_dir)
