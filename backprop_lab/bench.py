@@ -135,12 +135,6 @@ def autograd_model(params: Params) -> torch.nn.Sequential:
     return model
 
 
-def model_params(model: torch.nn.Sequential) -> Params:
-    """The inverse of `autograd_model`, so the hand-written `evaluate` can score a model."""
-    with torch.no_grad():
-        return Params(model[0].weight.T.clone(), model[0].bias.clone(), model[2].weight.T.clone(), model[2].bias.clone())
-
-
 def autograd_train_epoch(model, optimizer, X: torch.Tensor, y: torch.Tensor, batch: int, generator) -> None:
     """One epoch the usual PyTorch way; the shuffle is drawn exactly as train.train draws it."""
     loss_fn = torch.nn.CrossEntropyLoss()

@@ -38,7 +38,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .backprop import cross_entropy, softmax
+from .backprop import cross_entropy, cross_entropy_delta, relu, softmax
 
 Params = dict[str, Tensor]
 LEAK = 0.01  # leaky_relu's slope for z < 0
@@ -73,10 +73,6 @@ class Arch:
 
 
 # --- activations: value and derivative, the derivative read off the value a = f(y) --------
-
-
-def relu(y: Tensor) -> Tensor:
-    return y.clamp_min(0)
 
 
 def relu_grad(a: Tensor) -> Tensor:
@@ -125,10 +121,6 @@ def mse(z: Tensor, Y: Tensor) -> Tensor:
 
 def mse_delta(out: Tensor, Y: Tensor) -> Tensor:
     return (out - Y) * out * (1 - out)  # (m,10): dL/dout times sigmoid'(z)
-
-
-def cross_entropy_delta(out: Tensor, Y: Tensor) -> Tensor:
-    return out - Y  # (m,10)
 
 
 # (output, loss) -> (output function, loss from logits z[L], delta from the output)

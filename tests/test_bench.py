@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from backprop_lab.backprop import Params, evaluate
-from backprop_lab.bench import autograd_model, autograd_train_epoch, main, model_params
+from backprop_lab.bench import autograd_model, autograd_train_epoch, main
 from backprop_lab.config import Config
 from backprop_lab.bench import make_params
 from backprop_lab.train import make_state, train
@@ -23,6 +23,12 @@ from backprop_lab.train import make_state, train
 from .conftest import run_cli
 
 QUICK = ["bench", "--quick", "--device", "cpu"]
+
+
+def model_params(model: torch.nn.Sequential) -> Params:
+    """The inverse of bench.autograd_model, so the hand-written `evaluate` can score a model."""
+    with torch.no_grad():
+        return Params(model[0].weight.T.clone(), model[0].bias.clone(), model[2].weight.T.clone(), model[2].bias.clone())
 
 
 @pytest.fixture(scope="module")
