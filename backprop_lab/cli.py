@@ -650,7 +650,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             if summary["best_test_acc"] is None or row["test_acc"] > summary["best_test_acc"]:
                 summary.update(best_test_acc=row["test_acc"], best_epoch=checkpoint["epoch"])
     summary.update(pid=os.getpid(), host=platform.node())  # lets a reader tell a live run from a killed one
-    start_epoch = summary["epochs_completed"] + 1 if checkpoint is None else checkpoint["epoch"] + 1
+    start_epoch = 1 if checkpoint is None else checkpoint["epoch"] + 1
 
     def save_checkpoint(epoch: int, row: dict[str, float] | None, layers: Any = ()) -> None:
         writer.save_checkpoint({**state.state_dict(), "epoch": epoch, "config_hash": summary["config_hash"],

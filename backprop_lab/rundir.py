@@ -100,7 +100,7 @@ def atomic_write(path: Path, write: Any, mode: str = "w") -> None:
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp makes 0600 files; give the usual mode
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
@@ -115,6 +115,10 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Read once: reading it means setting it for a moment, which a thread creating a file then would see.
+UMASK = _umask()
 
 
 def refuse_existing_run(run_dir: Path) -> None:

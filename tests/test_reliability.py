@@ -522,3 +522,12 @@ def test_a_second_signal_while_the_weights_are_saved_is_recorded_resumably(tmp_p
     monkeypatch.setattr(rundir.RunWriter, "save_weights", real_save)
     assert cli.run(cfg, run_dir, [], resume=True) is not None  # what `backprop-lab resume` runs, once checked
     assert summary(run_dir)["status"] == "completed" and (run_dir / "weights.pt").is_file()
+
+
+def test_files_replaced_atomically_get_the_mode_a_plain_write_would(tmp_path):
+    from backprop_lab import rundir
+
+    rundir.atomic_write(tmp_path / "summary.json", lambda f: f.write("{}"))
+    (tmp_path / "plain.json").write_text("{}")
+    mode = lambda p: (tmp_path / p).stat().st_mode & 0o777  # noqa: E731
+    assert mode("summary.json") == mode("plain.json") != 0o600  # not mkstemp's private 0600
