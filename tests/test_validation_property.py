@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -22,19 +23,56 @@ def hydra_once():
         yield
 
 
+def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_finite(v) -> bool:
+    return isinstance(v, float) and math.isfinite(v)
+
+
+# The documented range of every key (README's table of keys), stated here independently of config.RULES.
+DOCUMENTED = {
+    "model.hidden_size": lambda v: is_int(v) and v >= 1,
+    "model.hidden_sizes": lambda v: v is None or (isinstance(v, tuple) and len(v) >= 1 and all(is_int(h) and h >= 1 for h in v)),
+    "model.activation": lambda v: v in ("relu", "sigmoid", "tanh", "leaky_relu"),
+    "model.output": lambda v: v in ("softmax", "sigmoid"),
+    "model.init": lambda v: v in ("normal", "uniform", "xavier", "he"),
+    "model.init_scale": lambda v: is_finite(v) and v > 0,
+    "model.batch_norm": lambda v: isinstance(v, bool),
+    "model.dropout": lambda v: is_finite(v) and 0 <= v < 1,
+    "optim.lr": lambda v: is_finite(v) and v > 0,
+    "optim.momentum": lambda v: is_finite(v) and 0 <= v < 1,
+    "optim.nesterov": lambda v: isinstance(v, bool),
+    "optim.weight_decay": lambda v: is_finite(v) and v >= 0,
+    "train.epochs": lambda v: is_int(v) and v >= 1,
+    "train.steps": lambda v: v is None or (is_int(v) and v >= 1),
+    "train.fused": lambda v: isinstance(v, bool),
+    "data.root": lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
+    "data.batch_size": lambda v: is_int(v) and v >= 1,
+    "data.train_subset": lambda v: v is None or (is_int(v) and 1 <= v <= 60000),
+    "data.download": lambda v: isinstance(v, bool),
+    "data.image_size": lambda v: v in (28, 14) and is_int(v),
+    "loss": lambda v: v in ("cross_entropy", "mse"),
+    "device": lambda v: v in ("auto", "cpu", "mps", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()),
+    "seed": lambda v: is_int(v) and 0 <= v <= 2**63 - 1,
+    "threads": lambda v: v is None or (is_int(v) and v >= 1),
+}
+
+
 def assert_valid(cfg: Config) -> None:
-    """The documented ranges, stated here independently of config.RULES."""
-    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
-    assert is_int(cfg.model.hidden_size) and cfg.model.hidden_size >= 1
-    assert isinstance(cfg.model.init_scale, float) and math.isfinite(cfg.model.init_scale) and cfg.model.init_scale > 0
-    assert isinstance(cfg.optim.lr, float) and math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0
-    assert is_int(cfg.train.epochs) and cfg.train.epochs >= 1
-    assert isinstance(cfg.train.fused, bool) and isinstance(cfg.data.download, bool)
-    assert is_int(cfg.data.batch_size) and cfg.data.batch_size >= 1
-    assert cfg.data.train_subset is None or (is_int(cfg.data.train_subset) and 1 <= cfg.data.train_subset <= 60000)
-    assert cfg.data.root is None or (isinstance(cfg.data.root, str) and cfg.data.root.strip())
-    assert cfg.device in ("auto", "cpu", "mps", "cuda") or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit())
-    assert is_int(cfg.seed) and cfg.seed >= 0
+    values = {key: functools.reduce(getattr, key.split("."), cfg) for key in known_keys()}  # the typed values
+    for key, value in values.items():
+        assert DOCUMENTED[key](value), f"{key}={value!r} was accepted"
+    # the rules between keys
+    assert (values["model.output"], values["loss"]) in (("softmax", "cross_entropy"), ("sigmoid", "mse"))
+    assert not values["optim.nesterov"] or values["optim.momentum"] > 0
+    n, b = values["data.train_subset"] or 60000, values["data.batch_size"]
+    assert not values["model.batch_norm"] or (b > 1 and n % b != 1)
+
+
+def test_every_key_has_a_documented_range_here():
+    assert set(DOCUMENTED) == set(known_keys())
 
 
 def outcome(overrides: list[str]) -> None:
