@@ -202,21 +202,26 @@ def test_fused_step_equals_forward_backward_step_float64():
         assert rel_err(getattr(fused, name), getattr(plain, name)) < 1e-13, name
 
 
-def test_fused_and_plain_training_agree_float32(small_mnist):
+@pytest.mark.parametrize("n", [2000, 10], ids=["last batch of 16", "one batch of 10"])
+def test_fused_and_plain_training_agree_float32(small_mnist, n):
+    """Batches of 64, the last one partial; or a training set smaller than one batch."""
     from dataclasses import replace
 
     from backprop_lab.config import Config
     from backprop_lab.train import make_state, train
 
+    data = replace(small_mnist, X_train=small_mnist.X_train[:n], Y_train=small_mnist.Y_train[:n],
+                   y_train=small_mnist.y_train[:n])
     results = {}
     for fused in (True, False):
         cfg = Config()
-        cfg = replace(cfg, train=replace(cfg.train, epochs=1, fused=fused))
+        cfg = replace(cfg, train=replace(cfg.train, epochs=2, fused=fused))
         state = make_state(cfg, torch.device("cpu"))
-        results[fused] = (list(train(cfg, small_mnist, state))[0], state.params)
+        results[fused] = (list(train(cfg, data, state))[-1], state.params)
     (m1, p1), (m2, p2) = results[True], results[False]
     assert abs(m1.train_loss - m2.train_loss) < 1e-4 and abs(m1.test_acc - m2.test_acc) < 0.005
-    assert rel_err(p1["W1"], p2["W1"]) < 1e-4
+    assert rel_err(p1["W1"], p2["W1"]) < 1e-4 and rel_err(p1["b2"], p2["b2"]) < 1e-4
+    assert (m1.train_acc * n) == pytest.approx(round(m1.train_acc * n))  # over the n images trained, each once
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
