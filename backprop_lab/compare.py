@@ -52,12 +52,11 @@ from rich.table import Table
 
 from .analysis import CONFUSION_CSV, Confusion, from_counts
 from .config import dotted
-from .report import COLUMN_KEYS, Reporter, SubcommandParser, error_line, plural
+from .report import COLUMN_KEYS, STATUS_COLOURS, Reporter, SubcommandParser, error_line, plural
 from .rundir import GRADS, GRADS_COLUMNS, LOG, METRICS, SUMMARY, effective_status, read_summary
 
 EXIT_NO_RUNS = 1  # like grep: "nothing found" is a result, not an error, but a script should notice it
 EXIT_BAD_INPUT = 2  # a path, option or file that cannot be used
-STATUS_COLOURS = {"completed": "green", "running": "cyan", "interrupted": "yellow", "incomplete": "yellow"}
 
 
 class RunError(ValueError):

@@ -31,6 +31,8 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("samples_per_s", "samples/s", "{:,.0f}"),
 ]
 COLUMN_KEYS = [key for key, _, _ in COLUMNS]
+# A run's status as the summary panel and compare's table colour it; any other (failed, diverged, ...) is red.
+STATUS_COLOURS = {"completed": "green", "running": "cyan", "interrupted": "yellow", "incomplete": "yellow"}
 WIDTH = 11
 
 
@@ -159,7 +161,7 @@ class Reporter:
 
     def summary(self, summary: dict[str, Any], status: str | None = None) -> None:
         status = status or summary["status"]
-        colour = {"completed": "green", "interrupted": "yellow"}.get(status, "red")
+        colour = STATUS_COLOURS.get(status, "red")
         lines = [f"status            [{colour}]{status}[/{colour}]"]
         if summary.get("final_test_acc") is not None:
             lines += [
