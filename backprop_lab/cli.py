@@ -637,6 +637,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         summary.setdefault("resumed_at", []).append(now())
         # what it continues on: `resume ... threads=N` (or another machine) may differ from the start
         summary.update(status="running", error=None, finished_at=None, machine=machine)
+        summary.pop("signal", None)  # what stopped the earlier part; a sweep would stop on it again
         row = checkpoint["row"]
         if row is not None and summary["epochs_completed"] < checkpoint["epoch"]:
             # killed after the checkpoint, before the summary: the epoch's rows may be missing,
@@ -651,6 +652,10 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                 summary.update(best_test_acc=row["test_acc"], best_epoch=checkpoint["epoch"])
     summary.update(pid=os.getpid(), host=platform.node())  # lets a reader tell a live run from a killed one
     start_epoch = 1 if checkpoint is None else checkpoint["epoch"] + 1
+    wall_before = summary["wall_seconds"]  # of the earlier parts of a resumed run
+
+    def wall_seconds() -> float:  # kept current each epoch, so a killed part's time is not lost
+        return wall_before + time.perf_counter() - wall_start
 
     def save_checkpoint(epoch: int, row: dict[str, float] | None, layers: Any = ()) -> None:
         writer.save_checkpoint({**state.state_dict(), "epoch": epoch, "config_hash": summary["config_hash"],
@@ -682,6 +687,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                     final_test_acc=m.test_acc,
                     final_test_loss=m.test_loss,
                     train_seconds=summary["train_seconds"] + m.seconds,
+                    wall_seconds=wall_seconds(),
                 )
                 if summary["best_test_acc"] is None or m.test_acc > summary["best_test_acc"]:
                     summary.update(best_test_acc=m.test_acc, best_epoch=m.epoch)
@@ -747,7 +753,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                 else:
                     log.warning("analysis plots failed", exc_info=True)
                     stderr.print(f"[yellow]warning:[/yellow] could not write the analysis plots: {type(e).__name__}: {e}")
-        summary.update(wall_seconds=summary["wall_seconds"] + time.perf_counter() - wall_start, finished_at=now())
+        summary.update(wall_seconds=wall_seconds(), finished_at=now())
         writer.write_summary(summary)
     except OSError as e:
         summary.update(status="failed", error=f"cannot write to the run directory {run_dir}: {e.strerror or e}")
@@ -760,7 +766,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             summary.update(status="interrupted", error=f"stopped by {name} while saving the weights; the trained "
                            f"epochs are in the checkpoint; finish with: backprop-lab resume {run_dir}")
         if summary["finished_at"] is None:
-            summary.update(wall_seconds=summary["wall_seconds"] + time.perf_counter() - wall_start, finished_at=now())
+            summary.update(wall_seconds=wall_seconds(), finished_at=now())
         for sig in previous:  # one more signal must not cut this last write short as well
             signal.signal(sig, signal.SIG_IGN)
         try:

@@ -71,7 +71,10 @@ def test_signal_stops_cleanly_and_resume_is_bitwise_identical(tmp_path, uninterr
 
     resumed = run_cli("resume", str(run_dir), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
-    assert summary(run_dir)["status"] == "completed" and summary(run_dir)["epochs_completed"] == 3
+    done = summary(run_dir)
+    assert done["status"] == "completed" and done["epochs_completed"] == 3
+    assert "signal" not in done  # it stopped the first part, not the run (a sweep would stop on it again)
+    assert done["wall_seconds"] > done["train_seconds"]  # both parts' wall time, the stopped one too
     assert metrics(run_dir) == metrics(uninterrupted)  # rows kept, then appended, all equal
     mine = torch.load(run_dir / "weights.pt", weights_only=True)
     whole = torch.load(uninterrupted / "weights.pt", weights_only=True)

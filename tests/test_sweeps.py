@@ -221,17 +221,17 @@ def test_a_sweep_folder_is_not_reused_without_resume(tmp_path):
     assert {p: p.read_bytes() for p in (tmp_path / "sweep").rglob("*") if p.is_file()} == before
 
 
-@pytest.mark.slow  # three full-data jobs' worth of start-up, about 15 s
-def test_ctrl_c_stops_the_whole_sweep(tmp_path):
+@pytest.mark.slow  # a sweep stopped, then resumed: about 30 s
+def test_ctrl_c_stops_the_whole_sweep_and_one_resume_finishes_it(tmp_path):
     import signal
     import subprocess
     import sys
     import time
 
     sweep = tmp_path / "sweep"
-    proc = subprocess.Popen([sys.executable, "-m", "backprop_lab", "-m", "optim.lr=0.05,0.1,0.2", "train.epochs=20",
-                             f"hydra.sweep.dir={sweep}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    command = ["-m", "optim.lr=0.05,0.1,0.2", "data.train_subset=10000", "train.epochs=10", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, "-m", "backprop_lab", *command], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (sweep / "0" / "metrics.csv").exists() and time.time() < deadline:  # job 0 is training
         time.sleep(0.05)
@@ -244,6 +244,14 @@ def test_ctrl_c_stops_the_whole_sweep(tmp_path):
     assert "job 1  optim.lr=0.1" in out and "not run: the sweep was stopped by SIGINT" in out
     assert err.strip().splitlines()[-1].startswith("error: sweep stopped by SIGINT in job 0")
     assert "hydra.callbacks.sweep_report.resume=true" in err
+
+    # the command it names finishes every job in one pass: the signal that stopped job 0 is history
+    resumed = run_cli(*command, "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    for job in ("0", "1", "2"):
+        s = json.loads((sweep / job / "summary.json").read_text())
+        assert s["status"] == "completed" and s["epochs_completed"] == 10 and "signal" not in s
+    assert "not run" not in resumed.stdout
 
 
 @pytest.mark.slow  # a subprocess run or two; `make test-slow` (and CI) run it
