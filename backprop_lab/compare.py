@@ -370,10 +370,19 @@ def _fill_from_metrics(run: Run) -> None:
 
 # --- finding runs --------------------------------------------------------------------------
 
+# A sweep's root folder: Hydra's basic sweeper writes multirun.yaml there and the Optuna sweeper
+# optimization_results.yaml (at the end only); sweep.SweepReport marks every sweep it starts.
+SWEEP_MARKS = ("multirun.yaml", "optimization_results.yaml", ".backprop-lab-sweep")
+
+
+def is_sweep_root(path: Path) -> bool:
+    return any((path / mark).is_file() for mark in SWEEP_MARKS)
+
+
 
 def is_run_dir(path: Path) -> bool:
     """summary.json or metrics.csv; or, for a sweep job refused before it wrote either,
-    Hydra's .hydra/ folder with the log (a sweep root has multirun.yaml instead)."""
+    Hydra's .hydra/ folder with the log (a sweep root has none of these)."""
     return (path / SUMMARY).is_file() or (path / METRICS).is_file() or (
         (path / ".hydra").is_dir() and (path / LOG).is_file()
     )
@@ -411,7 +420,7 @@ def collect(roots: Sequence[Path]) -> list[Run]:
                 label = str(root)
             else:
                 label = f"{root.as_posix().rstrip('/')}/{rel}" if len(roots) > 1 else rel
-            group = run_dir.parent if (run_dir.parent / "multirun.yaml").is_file() else run_dir
+            group = run_dir.parent if is_sweep_root(run_dir.parent) else run_dir
             runs.append(load_run(run_dir, label, group))
     return runs
 

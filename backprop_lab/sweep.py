@@ -50,6 +50,7 @@ SUMMARY_JSON = "sweep_summary.json"
 STOP_FILE = ".fail_fast_stop"  # in the sweep root: the first failure, once fail_fast is on
 INTERRUPT_FILE = ".interrupted"  # in the sweep root: "SIGINT job 1 (...)", the signal that stopped a job
 REFUSED_FILE = ".refused_jobs"  # in the sweep root: "FOLDER<tab>why" for each job refused this pass whose folder holds an earlier run
+SWEEP_MARK = compare.SWEEP_MARKS[-1]  # in the sweep root: the sweeper that started it
 KEPT_HYDRA = ".hydra.kept"  # in a job folder, while a resumed sweep runs: the run's own .hydra/
 OPTIONS = ("resume", "fail_fast")
 FAILED_SCORE = 0.0  # what a job that did not complete returns to the sweeper
@@ -330,9 +331,10 @@ class SweepReport(Callback):
                        f"own, or `compare` would mix its jobs with them: choose a new one, e.g. {sweep_dir / 'sweep1'}")
             raise SystemExit(2)
         earlier = [d.name for d in sweep_dir.iterdir() if (d / "summary.json").is_file() or (d / "metrics.csv").is_file()]
-        if earlier and not (sweep_dir / "multirun.yaml").is_file():
-            error_line(f"hydra.sweep.dir={sweep_dir} holds runs ({len(earlier)}) but no sweep (no multirun.yaml); a "
-                       f"sweep needs a folder of its own: choose a new one, e.g. {sweep_dir / 'sweep1'}")
+        if earlier and not compare.is_sweep_root(sweep_dir):
+            error_line(f"hydra.sweep.dir={sweep_dir} holds runs ({len(earlier)}) but no sweep (none of "
+                       f"{', '.join(compare.SWEEP_MARKS)}); a sweep needs a folder of its own: choose a new one, "
+                       f"e.g. {sweep_dir / 'sweep1'}")
             raise SystemExit(2)
         if earlier and not options(config.hydra)["resume"]:
             error_line(f"{sweep_dir} already holds a sweep ({len(earlier)} job folder(s)); it is kept as it is: choose "
@@ -340,6 +342,13 @@ class SweepReport(Callback):
             raise SystemExit(2)
         for name in (STOP_FILE, INTERRUPT_FILE, REFUSED_FILE):  # an earlier pass's
             (sweep_dir / name).unlink(missing_ok=True)
+        # whatever the sweeper (Optuna writes no multirun.yaml), so a resume and `compare` know the folder
+        try:
+            (sweep_dir / SWEEP_MARK).write_text(f"{config.hydra.sweeper.get('_target_', 'sweeper')}\n")
+        except OSError as e:
+            error_line(f"cannot write in the sweep directory {sweep_dir}: {e.strerror or e}; run from a writable "
+                       f"folder or set hydra.sweep.dir=<writable path>")
+            raise SystemExit(2) from None
         if options(config.hydra)["resume"]:
             earlier = compare.collect([sweep_dir]) if sweep_dir.is_dir() else []
             set_hydra_files_aside(sweep_dir)

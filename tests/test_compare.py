@@ -177,6 +177,19 @@ def test_filter_top_and_best(outputs, capsys):
     assert code == 1 and "no runs match" in err
 
 
+@pytest.mark.parametrize("mark", ["optimization_results.yaml", ".backprop-lab-sweep"],
+                         ids=["a finished Optuna search", "a sweep stopped before its sweeper wrote anything"])
+def test_best_keeps_one_run_of_any_sweeper(tmp_path, capsys, mark):
+    """Only Hydra's basic sweeper writes multirun.yaml; Optuna's trials are a sweep all the same."""
+    search = tmp_path / "search"
+    for trial, accs in enumerate([[0.5, 0.6], [0.7, 0.8], [0.4, 0.3]]):
+        make_run(search / str(trial), accs, lr=0.01 * (trial + 1))
+    (search / mark).write_text("best_value: 0.8\n")
+    make_run(tmp_path / "single", [0.2, 0.3])
+    _, out, _ = run_compare(capsys, str(tmp_path), "--best")
+    assert labels(out) == ["search/1", "single"]
+
+
 def with_hidden_sizes(run_dir: Path, sizes: list[int] | None) -> Path:
     """A run of a deeper network: model.hidden_sizes as the trainer records it (a JSON list)."""
     summary = json.loads((run_dir / "summary.json").read_text())

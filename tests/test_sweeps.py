@@ -67,6 +67,25 @@ def test_optuna_search_names_the_best_parameters(tmp_path):
     assert all(0.02 <= summary(sweep / job)["config"]["optim"]["lr"] <= 0.04 for job in accs)  # ours, not the preset's
 
 
+@pytest.mark.slow  # two Optuna passes, about 20 s
+def test_an_optuna_search_resumes_its_trials_and_compare_groups_them(tmp_path):
+    """Optuna writes no multirun.yaml: the folder is still known as a sweep, so `resume=true`
+    continues it (the seeded sampler proposes the same trials again) and --best keeps one trial."""
+    search = tmp_path / "search"
+    command = ["-m", "hparams_search=mlp", *TINY, f"hydra.sweep.dir={search}"]
+    first = run_cli(*command, "hydra.sweeper.n_trials=2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = {job: (search / job / "summary.json").read_text() for job in ("0", "1")}
+    more = run_cli(*command, "hydra.sweeper.n_trials=3", "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    clean(more)
+    assert more.stdout.count("already completed") == 2 and summary(search / "2")["status"] == "completed"
+    assert {job: (search / job / "summary.json").read_text() for job in ("0", "1")} == before  # skipped, not retrained
+    best = run_cli("compare", str(tmp_path), "--best", "--json", "-", cwd=tmp_path)
+    assert best.returncode == 0, best.stderr
+    assert len(json.loads(best.stdout)["runs"]) == 1
+
+
 @pytest.mark.slow
 def test_resume_skips_completed_jobs_and_runs_only_the_others(tmp_path):
     sweep = tmp_path / "sweep"
