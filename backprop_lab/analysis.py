@@ -295,10 +295,9 @@ def load_run(run_dir: Path) -> tuple[Arch, Params, Config]:
 def predict_main(argv: list[str]) -> int:
     import numpy as np
     import torch
-    from rich.console import Console
     from rich.table import Table
 
-    from .report import SubcommandParser, error_line
+    from .report import OutputConsole, SubcommandParser, error_line
 
     parser = SubcommandParser(
         prog="backprop-lab predict",
@@ -349,7 +348,7 @@ def predict_main(argv: list[str]) -> int:
     for name, ps, cs in zip(names, top_p.tolist(), top_c.tolist()):
         table.add_row(name, *(f"[bold]{c}[/bold]  {p:6.1%}" if i == 0 else f"{c}  {p:6.1%}"
                               for i, (c, p) in enumerate(zip(cs, ps))))
-    console = Console()
+    console = OutputConsole()
     if args.from_test:
         from .views import digit_art, digit_text
 

@@ -33,7 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from . import __version__
 from .config import ConfigError, from_dictconfig, known_keys, list_keys, unknown_key_message
-from .report import ErrorConsole, error_line
+from .report import ErrorConsole, error_line, plural, to_devnull
 from .rundir import LOG, RunDirError, refuse_existing_run
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -438,7 +438,15 @@ def print_help(argv: list[str]) -> None:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
+    try:
+        dispatch(sys.argv[1:])
+    except BrokenPipeError:  # `backprop-lab ... | head`: the reader has what it wanted; end as a shell's SIGPIPE would
+        to_devnull(sys.stdout)
+        sys.exit(EXIT_SIGPIPE)
+
+
+def dispatch(argv: list[str]) -> None:
+    """A subcommand, or Hydra's command line: one run, a sweep, or what --help/--cfg/... print."""
     if argv and argv[0] in SUBCOMMANDS:
         import importlib
 
@@ -540,6 +548,13 @@ class StopRequest:
 
     def requested(self) -> bool:
         return self.signum is not None
+
+
+def saved(epochs: int) -> str:
+    """What a stopped run keeps, e.g. 'the 2 completed epochs are saved'."""
+    if epochs == 0:
+        return "no epoch was completed yet"
+    return f"the {plural(epochs, 'completed epoch')} {'is' if epochs == 1 else 'are'} saved"
 
 
 def first_line(e: BaseException) -> str:
@@ -704,16 +719,16 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         where = f" at epoch {e.epoch}, batch {e.batch}" if isinstance(e, Stopped) else ""
         summary.update(
             status="interrupted",
-            error=f"stopped by {signal.Signals(signum).name}{where}; the {summary['epochs_completed']} completed "
-            f"epoch(s) are saved; continue with: backprop-lab resume {run_dir}",
+            error=f"stopped by {signal.Signals(signum).name}{where}; {saved(summary['epochs_completed'])}; "
+            f"continue with: backprop-lab resume {run_dir}",
         )
         exit_code = EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
         summary["signal"] = signal.Signals(signum).name
     except BrokenPipeError:  # `backprop-lab ... | head` (report.OutputConsole has muted stdout): stop as SIGPIPE would
         summary.update(
             status="interrupted",
-            error=f"standard output was closed (broken pipe); the {summary['epochs_completed']} completed epoch(s) "
-            f"are saved; continue with: backprop-lab resume {run_dir}",
+            error=f"standard output was closed (broken pipe); {saved(summary['epochs_completed'])}; "
+            f"continue with: backprop-lab resume {run_dir}",
         )
         exit_code = EXIT_SIGPIPE
         summary["signal"] = "SIGPIPE"

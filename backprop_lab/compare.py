@@ -47,12 +47,12 @@ from typing import Any, Callable, Sequence, TextIO
 
 from rich import box
 from rich.console import Console
-from rich.measure import Measurement
 from rich.table import Table
 
 from .analysis import CONFUSION_CSV, Confusion, from_counts
 from .config import dotted
-from .report import COLUMN_KEYS, STATUS_COLOURS, Reporter, SubcommandParser, error_line, plural
+from .report import (COLUMN_KEYS, STATUS_COLOURS, OutputConsole, Reporter, SubcommandParser, error_line, plural,
+                     print_whole)
 from .rundir import GRADS, GRADS_COLUMNS, LOG, METRICS, SUMMARY, effective_status, read_summary
 
 EXIT_NO_RUNS = 1  # like grep: "nothing found" is a result, not an error, but a script should notice it
@@ -617,13 +617,7 @@ def print_table(console: Console, runs: Sequence[Run], keys: Sequence[str], titl
     for run, row in zip(runs, rows):
         colour = STATUS_COLOURS.get(run.status, "red")
         table.add_row(*row[:-1], f"[{colour}]{row[-1]}[/{colour}]")
-    width = console.width
-    if not console.is_terminal:  # a pipe or a file gets every cell in full, whatever COLUMNS says
-        console.width = max(width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
-    try:
-        console.print(table, highlight=False)
-    finally:
-        console.width = width
+    print_whole(console, table)  # in full to a pipe or a file, whatever COLUMNS says
     for run in runs:
         if run.note:
             console.print(f"  {run.label}: {run.status}: {run.note}", highlight=False, soft_wrap=True, markup=False)
@@ -861,7 +855,7 @@ def compare_main(argv: list[str]) -> int:
     to_stdout = "-" in (args.csv, args.json)
     if not to_stdout:  # the table would break a CSV or JSON stream on stdout
         title = f"{plural(len(runs), 'run')} under {', '.join(map(str, roots))}"
-        print_table(Console(), runs, keys, title=title + (f", sorted by {args.sort}" if args.sort != "run" else ""))
+        print_table(OutputConsole(), runs, keys, title=title + (f", sorted by {args.sort}" if args.sort != "run" else ""))
     try:
         if args.csv:
             write_csv(args.csv, runs, keys)
@@ -876,6 +870,8 @@ def compare_main(argv: list[str]) -> int:
                 left_out = f" (the first {drawn} of {with_grads} runs with {GRADS})" if drawn < with_grads else ""
                 Console(stderr=to_stdout).print(f"gradient norms per layer: {grads_dest}{left_out}",
                                                 highlight=False, soft_wrap=True, markup=False)
+    except BrokenPipeError:  # `--csv - | head`: ended as a closed pipe ends any command (cli.main)
+        raise
     except OSError as e:
         error_line(f"cannot write {e.filename}: {e.strerror or e}")
         return EXIT_BAD_INPUT
@@ -918,7 +914,7 @@ def show_main(argv: list[str]) -> int:
     recorded = moved_from(summary, args.run_dir)
     if recorded:  # the header and the panel say where the run is now, so that its paths can be used
         summary = {**summary, "run_dir": str(args.run_dir.resolve())}
-    reporter = Reporter(Console())
+    reporter = Reporter(OutputConsole())
     reporter.start(summary)
     if recorded:
         reporter.console.print(f"  ran in {recorded} (moved or copied here since)", highlight=False, markup=False)

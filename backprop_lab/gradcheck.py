@@ -158,7 +158,7 @@ def check(cfg: Config, batch: int = 16, entries: int = 6, seed: int | None = Non
 
 
 def render(checks: list[Check], title: str) -> None:
-    from rich.console import Console
+    from .report import OutputConsole, print_whole
     from rich.table import Table
 
     table = Table(title=title, title_justify="left", caption="autograd: max abs and relative error; "
@@ -169,8 +169,8 @@ def render(checks: list[Check], title: str) -> None:
         table.add_row(c.name, "x".join(map(str, c.shape)), f"{c.grad_norm:.2e}", f"{c.autograd_max_abs:.1e}",
                       f"{c.autograd_rel:.1e}", str(c.fd_entries), f"{c.fd_max_abs:.1e}",
                       "[green]pass[/green]" if c.ok else "[bold red]FAIL[/bold red]")
-    console = Console()
-    console.print(table)
+    console = OutputConsole()
+    print_whole(console, table)
     failed = [c.name for c in checks if not c.ok]
     if failed:
         console.print(f"[bold red]{len(failed)} of {len(checks)} parameters FAIL:[/bold red] {', '.join(failed)}")

@@ -96,12 +96,27 @@ def to_devnull(stream: Any) -> None:
 class OutputConsole(Console):
     """Rich's Console, except when the reader of stdout goes away (`backprop-lab | head`):
     rich then exits the process (SystemExit 1) in the middle of whatever it was printing;
-    this one stops printing and raises BrokenPipeError, so the run can record how it ended."""
+    this one stops printing and raises BrokenPipeError, so the run can record how it ended
+    and every command ends as a closed pipe ends it (cli.main: exit 141, no message)."""
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
         to_devnull(sys.stdout)
         raise BrokenPipeError(errno.EPIPE, "standard output was closed")
+
+
+def print_whole(console: Console, table: Table) -> None:
+    """Print a table with every cell in full where the output is a pipe or a file: it has no
+    width to keep to, and rich's default of 80 columns would cut the last columns short."""
+    from rich.measure import Measurement
+
+    width = console.width
+    if not console.is_terminal:
+        console.width = max(width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
+    try:
+        console.print(table, highlight=False)
+    finally:
+        console.width = width
 
 
 class Reporter:
@@ -154,10 +169,7 @@ class Reporter:
 
         table = confusion_table(conf, title="confusion matrix (test set): rows true digit, columns predicted")
         self.console.print()
-        if self.console.is_terminal:
-            self.console.print(table)
-        else:  # a pipe or a log file has no width to keep to; rich's default 80 would cut the statistics off
-            Console(file=self.console.file, width=max(self.console.width, 120)).print(table)
+        print_whole(self.console, table)
 
     def summary(self, summary: dict[str, Any], status: str | None = None) -> None:
         status = status or summary["status"]

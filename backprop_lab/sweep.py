@@ -262,7 +262,8 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
                 return refused_holding_a_run(
                     f"{run_dir} is still running (pid {summary.get('pid')} on {summary.get('host')})",
                     "its folder's run is still running")
-            print(f"{what}: {status} in {run_dir} after {summary.get('epochs_completed')} epoch(s); resuming", flush=True)
+            print(f"{what}: {status} in {run_dir} after {plural(summary.get('epochs_completed') or 0, 'epoch')}; "
+                  f"resuming", flush=True)
             resume = True
         elif fresh_start:
             (run_dir / METRICS).unlink()

@@ -588,3 +588,20 @@ def test_sweep_reports_each_job_and_writes_its_summary(tmp_path):
     headings, cells = table(proc.stdout[proc.stdout.index("best test acc first"):])
     assert headings[:3] == ["run", "model.hidden_size", "test acc"]
     assert [c[0] for c in cells] == [r["run"] for r in rows] and all(c[-1] == "completed" for c in cells)
+
+
+@pytest.mark.parametrize("command", [["compare", "{runs}"], ["compare", "{runs}", "--json", "-"],
+                                     ["compare", "{runs}", "--csv", "-"], ["show", "{runs}/a"], ["--hydra-help"]],
+                         ids=["compare", "compare --json -", "compare --csv -", "show", "--hydra-help"])
+def test_a_closed_stdout_ends_any_command_quietly_with_141(tmp_path, command):
+    """`backprop-lab ... | head` where the reader has gone before the first line: 128 + SIGPIPE, as a
+    shell reports it, and nothing on stderr (it was `cannot write None`, exit 1, or a traceback)."""
+    make_run(tmp_path / "runs" / "a", [0.5, 0.6])
+    make_run(tmp_path / "runs" / "b", [0.7, 0.8])
+    argv = [part.format(runs=tmp_path / "runs") for part in command]
+    proc = subprocess.Popen([sys.executable, "-m", "backprop_lab", *argv], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command has written anything
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == ""
