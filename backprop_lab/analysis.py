@@ -281,6 +281,8 @@ def load_run(run_dir: Path) -> tuple[Arch, Params, Config]:
         raise PredictError(f"cannot read {run_dir / WEIGHTS}: {' '.join(str(e).split())[:150]}") from None
     try:  # keys added to backprop-lab after the run take their defaults, as the run had them
         saved = read_summary(run_dir).get("config") or {}
+        if not isinstance(saved, dict):
+            raise ValueError("its config is not a mapping")
         cfg = from_container(with_defaults(saved))
     except (OSError, ValueError, ConfigError) as e:
         raise PredictError(f"cannot read the config of {run_dir} from its summary.json: {e}") from None

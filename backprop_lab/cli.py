@@ -438,11 +438,26 @@ def print_help(argv: list[str]) -> None:
 
 
 def main() -> None:
+    argv = sys.argv[1:]
+    trains = not argv or argv[0] not in SUBCOMMANDS or argv[0] == "resume"
+    # Ctrl-C or SIGTERM while Hydra, torch and the data load (seconds) would land in the middle
+    # of an import as a traceback; this handler only notes it, and run() stops at the first batch.
+    early = StopRequest(starting=True)
+    previous = {sig: signal.signal(sig, early) for sig in (signal.SIGINT, signal.SIGTERM)} if trains else {}
     try:
-        dispatch(sys.argv[1:])
+        dispatch(argv)
     except BrokenPipeError:  # `backprop-lab ... | head`: the reader has what it wanted; end as a shell's SIGPIPE would
         to_devnull(sys.stdout)
         sys.exit(EXIT_SIGPIPE)
+    except KeyboardInterrupt:  # a second signal while starting: stop at once, leaving no empty run folder
+        name = signal.Signals(early.signum or signal.SIGINT).name
+        for folder in _claimed.values():
+            discard_if_empty(Path(folder).resolve())
+        error_line(f"stopped by {name} while starting; nothing was trained")
+        sys.exit(EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def dispatch(argv: list[str]) -> None:
@@ -535,8 +550,9 @@ class StopRequest:
     again from the checkpoint and `show`/`compare` leave out with a warning. Once training
     is over (`trained`), the first stops at once: all that is left then is the optional plots."""
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
+    def __init__(self, starting: bool = False, signum: int | None = None) -> None:
+        self.signum = signum
+        self.starting = starting  # before training: the stop comes at the first batch
         self.trained = False
 
     def __call__(self, signum: int, frame: Any) -> None:
@@ -544,7 +560,8 @@ class StopRequest:
         self.signum = self.signum or signum
         if not first or self.trained:
             raise KeyboardInterrupt
-        stderr.print(f"\n{signal.Signals(signum).name}: stopping after this batch (again to stop at once)")
+        when = "at the first batch" if self.starting else "after this batch"
+        stderr.print(f"\n{signal.Signals(signum).name}: stopping {when} (again to stop at once)")
 
     def requested(self) -> bool:
         return self.signum is not None
@@ -685,7 +702,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     log.info("%s: %s", "resumed" if resume else "config", summary["config"])
 
     reporter = Reporter()
-    stop = StopRequest()
+    early = signal.getsignal(signal.SIGINT)  # main's, which noted any signal while this run was starting
+    stop = StopRequest(signum=early.signum if isinstance(early, StopRequest) else None)
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     exit_code = 0
     try:

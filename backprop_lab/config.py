@@ -123,7 +123,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "null (all 60,000 images) or an integer from 1 to 60000",
     ),
     "data.download": (lambda v: isinstance(v, bool), "true or false"),
-    "data.image_size": (lambda v: v in (28, 14), "28 (MNIST as it is) or 14 (2x2 mean pooling)"),
+    "data.image_size": (lambda v: _is_int(v) and v in (28, 14), "28 (MNIST as it is) or 14 (2x2 mean pooling)"),
     "loss": (lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}"),
     "device": (
         lambda v: isinstance(v, str) and DEVICE_PATTERN.match(v) is not None,

@@ -294,8 +294,12 @@ def _epoch_at_least(line: str, epoch: int) -> bool:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json's record; ValueError (as for JSON cut short) if it holds no JSON object."""
     with open(run_dir / SUMMARY) as f:
-        return json.load(f)
+        summary = json.load(f)
+    if not isinstance(summary, dict):
+        raise ValueError("summary.json does not hold the run's record (a JSON object)")
+    return summary
 
 
 def effective_status(summary: dict[str, Any]) -> str:

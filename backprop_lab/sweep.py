@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +313,11 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the options before any job starts; clear an earlier pass's fail-fast stop."""
+        if "BasicLauncher" not in str(config.hydra.launcher.get("_target_", "")):
+            # Jobs run in other processes, which stop on the signal themselves; this one must
+            # not merely note it (cli.main's start-up handler) while it waits for them.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
             check_options(config.hydra)
         except ConfigError as e:

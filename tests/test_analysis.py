@@ -4,6 +4,7 @@ ones, the files of a real (small) training run, and digit images written from th
 from __future__ import annotations
 
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,19 +159,25 @@ def test_predict_images_and_test_images_together(trained, mnist, tmp_path, order
     assert digit_text(mnist.X_test[0]) in out and digit_text(mnist.X_test[3]) in out
 
 
-@pytest.mark.parametrize("case", ["missing", "not an image", "truncated", "no weights", "out of range"])
+@pytest.mark.parametrize("case", ["missing", "not an image", "truncated", "no weights", "out of range",
+                                  "summary not a record"])
 def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypatch):
     from PIL import Image
 
     Image.effect_noise((200, 200), 64).save(tmp_path / "noise.png")  # noise: a PNG too big to survive a cut
     (tmp_path / "truncated.png").write_bytes((tmp_path / "noise.png").read_bytes()[:2000])
     (tmp_path / "text.png").write_text("not a picture\n")
+    damaged = tmp_path / "damaged"
+    if case == "summary not a record":
+        shutil.copytree(trained, damaged)
+        (damaged / "summary.json").write_text("null\n")
     args, expected = {
         "missing": ([str(trained), "nope.png"], "nope.png: no such file"),
         "not an image": ([str(trained), "text.png"], "is not an image"),
         "truncated": ([str(trained), "truncated.png"], "cannot decode truncated.png"),
         "no weights": ([str(tmp_path), "noise.png"], "has no weights.pt"),
         "out of range": ([str(trained), "--from-test", "10000"], "out of range"),
+        "summary not a record": ([str(damaged), "noise.png"], "summary.json does not hold the run's record"),
     }[case]
     monkeypatch.chdir(tmp_path)
     if case == "missing":  # once through the real command line: exit status, no traceback

@@ -154,6 +154,7 @@ LAB_BAD = [
     (["optim.nesterov=true"], "optim.nesterov=true needs optim.momentum > 0"),
     (["model.hidden_size=64", "model.hidden_sizes=[100,50]"], "model.hidden_size=64 and model.hidden_sizes=[100, 50] both given"),
     (["data.image_size=20"], "data.image_size=20 is not valid: expected 28"),
+    (["data.image_size=14.0"], "data.image_size=14.0 is not valid: expected 28"),  # 14.0 == 14, but not a size
     (["train.steps=0"], "train.steps=0 is not valid"),
     (["model.batch_norm=true", "data.batch_size=1"],
      "model.batch_norm=true needs at least 2 images per batch, but every batch has 1"),

@@ -534,3 +534,37 @@ def test_files_replaced_atomically_get_the_mode_a_plain_write_would(tmp_path):
     (tmp_path / "plain.json").write_text("{}")
     mode = lambda p: (tmp_path / p).stat().st_mode & 0o777  # noqa: E731
     assert mode("summary.json") == mode("plain.json") != 0o600  # not mkstemp's private 0600
+
+
+def start_and_signal_while_starting(tmp_path: Path, times: int) -> tuple[subprocess.Popen, str]:
+    """A run with the default run folder, signalled `times` times as soon as Hydra has made that
+    folder: torch and the data are still loading then (seconds), nothing is trained yet."""
+    proc = start("data.train_subset=500", "train.epochs=1", cwd=tmp_path)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob("outputs/*/*")) and time.time() < deadline:
+        time.sleep(0.01)
+    for _ in range(times):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    return proc, err
+
+
+def test_ctrl_c_while_starting_stops_at_the_first_batch_resumably(tmp_path):
+    proc, err = start_and_signal_while_starting(tmp_path, 1)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "SIGINT: stopping at the first batch" in err
+    (run_dir,) = tmp_path.glob("outputs/*/*")
+    assert err.strip().splitlines()[-1] == (f"error: stopped by SIGINT at epoch 1, batch 1; no epoch was completed "
+                                            f"yet; continue with: backprop-lab resume {run_dir}")
+    assert summary(run_dir)["status"] == "interrupted" and summary(run_dir)["signal"] == "SIGINT"
+    resumed = run_cli("resume", str(run_dir), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_a_second_ctrl_c_while_starting_stops_at_once_and_leaves_no_run_folder(tmp_path):
+    proc, err = start_and_signal_while_starting(tmp_path, 2)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "error: stopped by SIGINT while starting; nothing was trained"
+    assert list(tmp_path.glob("outputs/*/*")) == [] and list(tmp_path.glob("outputs/*")) == []
