@@ -151,6 +151,24 @@ def several_values_message(o: Any) -> str:
     return f"{line} gives several values, and one run takes one: to sweep over them, add -m (backprop-lab -m {line})"
 
 
+def check_not_inside_a_run(key: str, value: Any, path: Path) -> None:
+    """A run or sweep made inside an earlier run's folder (or a sweep's) would be hidden in it:
+    `compare` does not look inside runs, and a resumed sweep would find a stranger among its jobs."""
+    from .compare import is_sweep_root
+
+    for parent in path.expanduser().absolute().parents:
+        if is_run_dir_here(parent):
+            raise RunDirError(f"{key}={value} is inside the run {parent}, which holds that run only; choose a "
+                              f"folder outside it, or leave {key} out for a fresh timestamped one")
+        if is_sweep_root(parent):
+            raise RunDirError(f"{key}={value} is inside the sweep {parent}, which holds its own jobs only; choose a "
+                              f"folder outside it, or leave {key} out for a fresh timestamped one")
+
+
+def is_run_dir_here(path: Path) -> bool:
+    return any((path / name).is_file() for name in ("summary.json", "metrics.csv"))
+
+
 def check_output_dir(key: str, value: Any, used: bool) -> None:
     """Refuse hydra.run.dir or hydra.sweep.dir values Hydra would fail on with a traceback, or
     act on wrongly: an empty one means the current folder, which would fill with run files.
@@ -164,6 +182,7 @@ def check_output_dir(key: str, value: Any, used: bool) -> None:
         raise ConfigError(f"{key} is empty: the current folder would take the run's files; name a folder, "
                           f"e.g. {key}=outputs/try1, or leave {key} out for a fresh timestamped one")
     path = Path(str(value))
+    check_not_inside_a_run(key, value, path)
     if key == "hydra.run.dir":
         # Hydra would rewrite the folder's .hydra/ files before any check of ours runs.
         refuse_existing_run(path)

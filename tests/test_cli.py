@@ -405,3 +405,19 @@ def test_valid_hydra_settings_pass_the_up_front_checks(tmp_path, monkeypatch, ar
     monkeypatch.chdir(tmp_path)
     cli.check_overrides(list(args))  # raises ConfigError on a refusal
     assert list(tmp_path.iterdir()) == []  # checking made no folder
+
+
+@pytest.mark.parametrize("key,inside", [("hydra.run.dir", "old/sub"), ("hydra.run.dir", "old/.hydra"),
+                                        ("hydra.sweep.dir", "old/sub"), ("hydra.run.dir", "sweep/new"),
+                                        ("hydra.sweep.dir", "sweep/0")])
+def test_a_folder_inside_an_earlier_run_or_sweep_is_refused(tmp_path, key, inside):
+    """A run made there would be hidden in the earlier one: compare does not look inside runs."""
+    (tmp_path / "old" / ".hydra").mkdir(parents=True)
+    (tmp_path / "old" / "summary.json").write_text("{}")
+    (tmp_path / "sweep" / "0").mkdir(parents=True)
+    (tmp_path / "sweep" / "0" / "summary.json").write_text("{}")
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    mode = ["-m"] if key == "hydra.sweep.dir" else []
+    line = refused_in_one_line(tmp_path, *mode, f"{key}={inside}", "train.epochs=1")
+    holder = inside.split("/")[0]
+    assert f"{key}={inside} is inside the {'run' if holder == 'old' else 'sweep'} {tmp_path / holder}" in line
