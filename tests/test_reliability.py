@@ -568,3 +568,50 @@ def test_a_second_ctrl_c_while_starting_stops_at_once_and_leaves_no_run_folder(t
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "error: stopped by SIGINT while starting; nothing was trained"
     assert list(tmp_path.glob("outputs/*/*")) == [] and list(tmp_path.glob("outputs/*")) == []
+
+
+def damage(run_dir: Path, case: str) -> None:
+    s = summary(run_dir)
+    s["status"] = "interrupted"  # as Ctrl-C after the last epoch's checkpoint would leave it
+    metrics_csv = run_dir / "metrics.csv"
+    if case == "metrics.csv missing":
+        metrics_csv.unlink()
+    elif case == "metrics.csv garbage":
+        metrics_csv.write_bytes(bytes(range(256)) * 2)
+    elif case == "first row cut":
+        metrics_csv.write_bytes(metrics_csv.read_bytes()[:len(metrics_csv.read_text().splitlines()[0]) + 20])
+    elif case == "checkpoint of another run":
+        s["epochs_completed"] = 1  # its checkpoint is of epoch 3
+    elif case == "epochs_completed not a count":
+        s["epochs_completed"] = "x"
+    elif case == "config missing":
+        del s["config"]
+    (run_dir / "summary.json").write_text(json.dumps(s))
+
+
+DAMAGE = {
+    "metrics.csv missing": "metrics.csv is missing; the run cannot be resumed without losing its rows",
+    "metrics.csv garbage": "metrics.csv cannot be read",
+    "first row cut": "metrics.csv does not hold one whole row for each of the 3 completed epoch(s)",
+    "checkpoint of another run": "checkpoint.pt is of epoch 3, but summary.json counts 1 completed epoch(s)",
+    "epochs_completed not a count": "summary.json is damaged (epochs_completed missing or of the wrong type)",
+    "config missing": "summary.json is damaged (config missing or of the wrong type)",
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_resume_refuses_a_run_whose_files_disagree_and_changes_nothing(tmp_path, uninterrupted, case, capsys):
+    """Appending to a damaged metrics.csv, or continuing another run's checkpoint, would lose
+    or mix rows; such a run is refused in one line, its files left as they were."""
+    import shutil
+
+    from backprop_lab import resume
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(uninterrupted, run_dir)
+    damage(run_dir, case)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert resume.main([str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and DAMAGE[case] in err and len(err.strip().splitlines()) == 1, err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before

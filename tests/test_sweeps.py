@@ -182,7 +182,7 @@ def test_a_sweep_folder_holding_other_runs_is_refused(tmp_path):
                    "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path, timeout=60)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
-    assert "holds runs (1) but no sweep (no multirun.yaml)" in lines[0]
+    assert "holds runs (1) but no sweep (none of multirun.yaml, optimization_results.yaml" in lines[0]
     assert sorted(tmp_path.rglob("*")) == before
 
 
