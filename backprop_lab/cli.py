@@ -203,7 +203,7 @@ def check_output_dir(key: str, value: Any, used: bool) -> None:
     while not os.path.lexists(existing):
         existing = existing.parent
     if not existing.is_dir():
-        kind = "a file" if existing.is_file() else "a link to nothing" if existing.is_symlink() else "no folder"
+        kind = "a file" if existing.is_file() else "a link to nothing" if existing.is_symlink() else "a special file"
         inside = "" if existing == path else f"{path} cannot be made: "
         raise RunDirError(f"{key}: {inside}{existing} is {kind}, not a folder")
     if existing != path:
@@ -276,7 +276,10 @@ def check_overrides(argv: list[str]) -> None:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException as e:
         first = str(e).strip().splitlines()[0]
-        raise ConfigError(f"cannot parse the overrides {' '.join(args.overrides)!r}: {first}") from None
+        hint = ""
+        if "LexerNoViableAlt" in first:  # e.g. data.root=~/data: Hydra's grammar has no bare ~ or space
+            hint = "; quote a value with spaces or characters such as ~ in single quotes: \"data.root='~/my data'\""
+        raise ConfigError(f"cannot parse the overrides {' '.join(args.overrides)!r}: {first}{hint}") from None
     makes_dirs = not (args.help or args.hydra_help or args.cfg or args.info is not None or args.shell_completion)
     groups = config_groups()
     for o in overrides:
@@ -314,6 +317,9 @@ def check_overrides(argv: list[str]) -> None:
             valid, expected = PLUGIN_VALUES[key]
             if not valid(o.value()):
                 raise ConfigError(f"{key}={o.value()} is not valid: expected {expected}")
+        if o.is_add() and key in known_keys():  # Hydra: "Could not append to config" over six lines
+            raise ConfigError(f"{o.input_line}: {key} is already in the config, so '+' cannot add it; "
+                              f"set it without the '+': {o.input_line[1:]}")
         if key.split(".")[0].split("/")[0] == "hydra" or o.is_add() or o.is_force_add() or o.is_delete():
             continue  # Hydra's own settings (check_hydra_settings), and deliberate additions checked later
         if key in groups:
@@ -381,6 +387,13 @@ def check_mode(argv: list[str]) -> None:
     if len(modes) > 1:
         raise ConfigError(f"{' and '.join(modes)} cannot be combined: give one of them "
                           f"(--cfg job prints the config of one run; -m runs a sweep)")
+    cp = args.config_path
+    if cp is not None and "://" not in cp and not Path(cp).is_absolute():  # Hydra would look for a Python module
+        raise ConfigError(f"--config-path {cp}: give it as an absolute folder, e.g. --config-path "
+                          f"{Path(cp).absolute()}; to add configs of your own to backprop-lab's, use --config-dir {cp}")
+    if cp is not None and "://" not in cp and not Path(cp).is_dir():
+        raise ConfigError(f"--config-path {args.config_path}: no such folder; backprop-lab's configs are in "
+                          f"{CONF_DIR}; to add configs of your own, use --config-dir FOLDER")
     if args.config_dir is not None and not Path(args.config_dir).is_dir():
         raise ConfigError(f"--config-dir {args.config_dir}: no such folder; it names a folder of extra config files")
     if args.config_name is not None:

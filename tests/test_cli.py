@@ -421,3 +421,13 @@ def test_a_folder_inside_an_earlier_run_or_sweep_is_refused(tmp_path, key, insid
     line = refused_in_one_line(tmp_path, *mode, f"{key}={inside}", "train.epochs=1")
     holder = inside.split("/")[0]
     assert f"{key}={inside} is inside the {'run' if holder == 'old' else 'sweep'} {tmp_path / holder}" in line
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["+optim.lr=0.5"], "+optim.lr=0.5: optim.lr is already in the config, so '+' cannot add it; set it without"),
+    (["-cp", "/nonexist"], "--config-path /nonexist: no such folder"),
+    (["data.root=~/data"], "quote a value with spaces or characters such as ~ in single quotes"),
+    (["hydra.run.dir=/dev/null"], "hydra.run.dir: /dev/null is a special file, not a folder"),
+], ids=["+ on a key that exists", "-cp to nowhere", "unquoted ~", "a device as the run folder"])
+def test_what_hydra_would_answer_in_many_lines_is_one(tmp_path, args, expected):
+    assert expected in refused_in_one_line(tmp_path, *args)
