@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -276,9 +277,13 @@ def load_run(run_dir: Path) -> tuple[Arch, Params, Config]:
     if not (run_dir / WEIGHTS).is_file():
         raise PredictError(f"{run_dir} has no {WEIGHTS}: it is not a completed run (weights are saved when a run completes)")
     try:
-        params = torch.load(run_dir / WEIGHTS, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():  # torch warns in several lines about what it then refuses anyway
+            warnings.simplefilter("ignore")
+            params = torch.load(run_dir / WEIGHTS, weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001 - any unreadable weights file means the same to the user
-        raise PredictError(f"cannot read {run_dir / WEIGHTS}: {' '.join(str(e).split())[:150]}") from None
+        why = " ".join(str(e).split())[:150] or type(e).__name__
+        raise PredictError(f"cannot read {run_dir / WEIGHTS}: {why}; it is not a weights file of a completed "
+                           f"run") from None
     try:  # keys added to backprop-lab after the run take their defaults, as the run had them
         saved = read_summary(run_dir).get("config") or {}
         if not isinstance(saved, dict):

@@ -117,11 +117,17 @@ def memory_needed(cfg: Config) -> int:
     """Bytes training takes beyond the data, roughly: the parameters with a gradient (and a
     momentum buffer) of each, and a few activations of every layer for the largest block of
     rows (the 1,000-image gradient probe and test chunks)."""
+    weights, activations = memory_parts(cfg)
+    return weights + activations
+
+
+def memory_parts(cfg: Config) -> tuple[int, int]:
+    """memory_needed's two parts, in bytes: the parameters' copies, and the activations."""
     sizes = arch_of(cfg).sizes
     weights = sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
     copies = 3 if cfg.optim.momentum else 2
     rows = max(cfg.data.batch_size, PROBE)
-    return 4 * (copies * weights + 4 * rows * sum(sizes[1:]))  # float32
+    return 4 * copies * weights, 4 * 4 * rows * sum(sizes[1:])  # float32
 
 
 def memory_available() -> int | None:
@@ -140,9 +146,12 @@ def check_fits(cfg: Config, device: torch.device) -> None:
     need = memory_needed(cfg)
     if available is not None and need > available:
         sizes = "-".join(str(n) for n in arch_of(cfg).sizes)
+        weights, activations = memory_parts(cfg)
+        # the activations grow with the batch only above the probe's rows
+        by_batch = cfg.data.batch_size > PROBE and activations > weights
+        smaller = "data.batch_size" if by_batch else "model.hidden_size/model.hidden_sizes"
         raise ConfigError(f"the {sizes} model does not fit in the memory of cpu (training it takes about "
-                          f"{need / 1e9:,.1f} GB; {available / 1e9:,.1f} GB are available); "
-                          f"choose smaller model.hidden_size/model.hidden_sizes")
+                          f"{need / 1e9:,.1f} GB; {available / 1e9:,.1f} GB are available); choose smaller {smaller}")
 
 
 def planned_epochs(cfg: Config, n_train: int) -> int:

@@ -160,7 +160,7 @@ def test_predict_images_and_test_images_together(trained, mnist, tmp_path, order
 
 
 @pytest.mark.parametrize("case", ["missing", "not an image", "truncated", "no weights", "out of range",
-                                  "summary not a record"])
+                                  "summary not a record", "empty weights.pt"])
 def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypatch):
     from PIL import Image
 
@@ -168,9 +168,10 @@ def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypa
     (tmp_path / "truncated.png").write_bytes((tmp_path / "noise.png").read_bytes()[:2000])
     (tmp_path / "text.png").write_text("not a picture\n")
     damaged = tmp_path / "damaged"
-    if case == "summary not a record":
+    if case in ("summary not a record", "empty weights.pt"):
         shutil.copytree(trained, damaged)
-        (damaged / "summary.json").write_text("null\n")
+        (damaged / ("summary.json" if case == "summary not a record" else "weights.pt")).write_text(
+            "null\n" if case == "summary not a record" else "")
     args, expected = {
         "missing": ([str(trained), "nope.png"], "nope.png: no such file"),
         "not an image": ([str(trained), "text.png"], "is not an image"),
@@ -178,6 +179,7 @@ def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypa
         "no weights": ([str(tmp_path), "noise.png"], "has no weights.pt"),
         "out of range": ([str(trained), "--from-test", "10000"], "out of range"),
         "summary not a record": ([str(damaged), "noise.png"], "summary.json does not hold the run's record"),
+        "empty weights.pt": ([str(damaged), "noise.png"], "weights.pt: EOFError; it is not a weights file"),
     }[case]
     monkeypatch.chdir(tmp_path)
     if case == "missing":  # once through the real command line: exit status, no traceback

@@ -266,6 +266,8 @@ def test_a_model_the_kernel_would_kill_mid_run_is_refused_before_it_starts(monke
     with pytest.raises(ConfigError, match=r"^the 784-3000000-10 model does not fit in the memory of cpu "
                                           r"\(training it takes about 67\.1 GB; 24\.0 GB are available\)"):
         train_module.check_fits(lab_config("model.hidden_size=3000000"), cpu)
+    with pytest.raises(ConfigError, match=r"GB are available\); choose smaller data.batch_size$"):
+        train_module.check_fits(lab_config("data.batch_size=100000000000000"), cpu)
     for fits in ("experiment=article", "model.hidden_size=2048", "model.hidden_sizes=[1024,1024,1024]"):
         train_module.check_fits(lab_config(fits), cpu)
     assert train_module.memory_needed(lab_config("optim.momentum=0.9")) > train_module.memory_needed(lab_config())
