@@ -608,16 +608,12 @@ def print_table(console: Console, runs: Sequence[Run], keys: Sequence[str], titl
     headings = ["run", *keys, "test acc", "best acc", "test loss", "epochs", "time", *(["|dW1|"] if grads else []),
                 "status"]
     table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
-    for i, heading in enumerate(headings):
-        widest = max(len(row[i]) for row in rows)
-        # On a narrow terminal only the run names and the config headings get shortened.
-        min_width = None if i == 0 else widest if i <= len(keys) else max(widest, len(heading))
-        table.add_column(heading, justify="left" if heading in ("run", "status") else "right",
-                         no_wrap=True, min_width=min_width)
+    for heading in headings:
+        table.add_column(heading, justify="left" if heading in ("run", "status") else "right", no_wrap=True)
     for run, row in zip(runs, rows):
         colour = STATUS_COLOURS.get(run.status, "red")
         table.add_row(*row[:-1], f"[{colour}]{row[-1]}[/{colour}]")
-    print_whole(console, table)  # in full to a pipe or a file, whatever COLUMNS says
+    print_whole(console, table)
     for run in runs:
         if run.note:
             console.print(f"  {run.label}: {run.status}: {run.note}", highlight=False, soft_wrap=True, markup=False)

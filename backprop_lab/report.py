@@ -106,13 +106,13 @@ class OutputConsole(Console):
 
 
 def print_whole(console: Console, table: Table) -> None:
-    """Print a table with every cell in full where the output is a pipe or a file: it has no
-    width to keep to, and rich's default of 80 columns would cut the last columns short."""
+    """Print a table with every cell in full, whatever the width of the output: rich would cut
+    the last columns short to fit a narrow window, or a pipe's default 80 columns, without a
+    word. A terminal narrower than the table wraps its lines instead."""
     from rich.measure import Measurement
 
     width = console.width
-    if not console.is_terminal:
-        console.width = max(width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
+    console.width = max(width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
     try:
         console.print(table, highlight=False)
     finally:

@@ -605,3 +605,20 @@ def test_a_closed_stdout_ends_any_command_quietly_with_141(tmp_path, command):
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 141, err
     assert err == ""
+
+
+def test_a_narrow_terminal_gets_every_column_whole(tmp_path):
+    """rich would cut the last columns (status, the results) to fit 60 columns; the lines wrap instead."""
+    from rich.console import Console
+
+    from backprop_lab.compare import collect, differing_keys, print_table
+
+    make_run(tmp_path / "runs" / "a-run-with-a-long-name", [0.5, 0.6], hidden=64)
+    make_run(tmp_path / "runs" / "b", [0.7, 0.8], hidden=128)
+    runs = collect([tmp_path / "runs"])
+    console = Console(record=True, width=60, force_terminal=True)
+    print_table(console, runs, differing_keys(runs))
+    text = console.export_text()
+    assert "a-run-with-a-long-name" in text and "model.hidden_size" in text
+    assert "80.00%" in text and "70.00% (1)" not in text and "80.00% (2)" in text and text.count("completed") == 2
+    assert console.width == 60  # put back for what is printed next
