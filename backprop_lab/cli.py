@@ -741,7 +741,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     try:
         reporter.start(summary)
         reporter.next_epoch = start_epoch
-        with reporter.progress(summary["epochs_planned"]) as on_batch:
+        with reporter.progress(summary["epochs_planned"], math.ceil(data.X_train.shape[0] / cfg.data.batch_size)) as on_batch:
             for m in train(cfg, data, state, on_batch, start_epoch=start_epoch, should_stop=stop.requested):
                 row = m.as_dict()
                 save_checkpoint(m.epoch, row, m.layers)  # first, so a kill between the two loses nothing

@@ -136,21 +136,22 @@ class Reporter:
         self.console.print(f"  run directory {summary['run_dir']}", highlight=False)
 
     @contextmanager
-    def progress(self, epochs: int) -> Iterator[Any]:
-        """Yield an on_batch(done, total, loss) callback that drives a transient progress bar."""
+    def progress(self, epochs: int, batches: int | None = None) -> Iterator[Any]:
+        """Yield an on_batch(done, total, loss) callback that drives a transient progress bar;
+        `batches` per epoch, if known, shows the bar's length before the first report."""
         bar = Progress(
             TextColumn("epoch {task.fields[epoch]}/" + str(epochs)),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("loss {task.fields[loss]}"),
             TimeElapsedColumn(),
             console=self.console,
             transient=True,
         )
-        task = bar.add_task("train", total=None, epoch=1, loss=float("nan"))
+        task = bar.add_task("train", total=batches, epoch=self.next_epoch, loss="-")  # no loss until the first report
 
         def on_batch(done: int, total: int, loss: float) -> None:
-            bar.update(task, completed=done, total=total, epoch=self.next_epoch, loss=loss)
+            bar.update(task, completed=done, total=total, epoch=self.next_epoch, loss=f"{loss:.4f}")
 
         with bar:
             yield on_batch

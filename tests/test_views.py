@@ -173,3 +173,19 @@ def test_digit_text_for_output_without_colour():
     assert len(digit_text([0.0] * 196).split("\n")) == 14
     with pytest.raises(ValueError):
         digit_text([0.0] * 50)
+
+
+def test_the_progress_bar_knows_its_length_and_shows_no_loss_before_the_first_report():
+    import io
+    import time
+
+    from backprop_lab.report import Reporter
+
+    out = io.StringIO()
+    reporter = Reporter(Console(file=out, force_terminal=True, width=100))
+    with reporter.progress(2, 938) as on_batch:
+        time.sleep(0.3)  # a refresh before any report (it showed 0/? and loss nan)
+        on_batch(50, 938, 0.1234)
+        time.sleep(0.3)
+    text = out.getvalue()
+    assert "0/938" in text and "loss -" in text and "50/938" in text and "loss 0.1234" in text and "nan" not in text
