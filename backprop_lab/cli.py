@@ -481,6 +481,10 @@ def main() -> None:
     except BrokenPipeError:  # `backprop-lab ... | head`: the reader has what it wanted; end as a shell's SIGPIPE would
         to_devnull(sys.stdout)
         sys.exit(EXIT_SIGPIPE)
+    except OmegaConfBaseException as e:  # e.g. hydra.run.dir='${oops}', resolved by Hydra outside any check of ours
+        key = getattr(e, "full_key", None)
+        error_line(f"{'cannot resolve ' + key + ': ' if key else ''}{first_line(e)}")
+        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:  # a second signal while starting: stop at once, leaving no empty run folder
         name = signal.Signals(early.signum or signal.SIGINT).name
         for folder in _claimed.values():

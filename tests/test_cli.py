@@ -431,3 +431,10 @@ def test_a_folder_inside_an_earlier_run_or_sweep_is_refused(tmp_path, key, insid
 ], ids=["+ on a key that exists", "-cp to nowhere", "unquoted ~", "a device as the run folder"])
 def test_what_hydra_would_answer_in_many_lines_is_one(tmp_path, args, expected):
     assert expected in refused_in_one_line(tmp_path, *args)
+
+
+def test_an_interpolation_in_the_run_folder_that_cannot_be_resolved_is_no_traceback(tmp_path):
+    proc = run_cli("hydra.run.dir=${now:%Y}/${oops}", "train.epochs=1", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    # Hydra itself prints a line before it passes the error on (its formatting of it fails)
+    assert proc.stderr.strip().splitlines()[-1] == "error: cannot resolve hydra.run.dir: Interpolation key 'oops' not found"
