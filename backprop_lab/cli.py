@@ -10,6 +10,7 @@ a traceback; the full traceback of an unexpected failure goes to the run's log f
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import difflib
 import logging
@@ -218,6 +219,62 @@ def check_output_dir(key: str, value: Any, used: bool) -> None:
             os.rmdir(probe)
     elif not os.access(path, os.W_OK | os.X_OK):
         raise RunDirError(f"{key}: {path} cannot be used: permission denied")
+    if key == "hydra.run.dir":
+        _to_claim.append(path)  # once every check has passed (dispatch), so a refusal leaves no folder
+
+
+# In a folder named with hydra.run.dir, from the checks until the run has its metrics.csv.
+CLAIM = ".backprop-lab-claim"
+_claim: Path | None = None
+_to_claim: list[Path] = []
+
+
+def claim_run_dir(path: Path) -> None:
+    """Take the folder for this run before Hydra writes its .hydra/ files there. Two runs
+    started together into one folder both pass the checks above, and Hydra's files of the
+    one refused later would overwrite the other's record; the second is refused here instead.
+    A claim whose process is gone (killed while starting) is taken over."""
+    global _claim
+    marker = path / CLAIM
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = marker.read_text().strip()
+                if holder.isdigit() and process_alive(int(holder)):
+                    raise RunDirError(f"hydra.run.dir={path}: another run is starting in it (pid {holder}); choose "
+                                      f"another folder, or leave hydra.run.dir out for a fresh timestamped one") from None
+                marker.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            _claim = marker
+            atexit.register(release_claim)
+            return
+    except OSError as e:
+        raise RunDirError(f"hydra.run.dir: {path} cannot be used: {e.strerror or e}") from None
+    raise RunDirError(f"hydra.run.dir={path}: other runs are starting in it; choose another folder")
+
+
+def release_claim() -> None:
+    """The run holds its folder by its metrics.csv now (or is over): the claim has done its work."""
+    global _claim
+    if _claim is not None:
+        with contextlib.suppress(OSError):
+            _claim.unlink()
+        _claim = None
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def hydra_group_options(group: str) -> tuple[list[str], list[str]]:
@@ -514,6 +571,8 @@ def dispatch(argv: list[str]) -> None:
         if "--help" in argv or "-h" in argv:
             print_help(argv)
             return
+        for path in _to_claim[-1:]:  # the last hydra.run.dir given is the one Hydra uses
+            claim_run_dir(path)
     except (ConfigError, RunDirError) as e:
         error_line(str(e))
         sys.exit(EXIT_BAD_INPUT)
@@ -647,6 +706,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             check_usable(run_dir)
         data = load_mnist(cfg.data.root, cfg.data.train_subset, device, cfg.data.download, image_size=cfg.data.image_size)
         writer = RunWriter(run_dir, COLUMN_KEYS, resume=resume)
+        release_claim()  # metrics.csv holds the folder now: any other run is refused by it
     except (ConfigError, DataError, RunDirError) as e:
         if not resume:
             discard_if_empty(run_dir)

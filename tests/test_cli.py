@@ -438,3 +438,40 @@ def test_an_interpolation_in_the_run_folder_that_cannot_be_resolved_is_no_traceb
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     # Hydra itself prints a line before it passes the error on (its formatting of it fails)
     assert proc.stderr.strip().splitlines()[-1] == "error: cannot resolve hydra.run.dir: Interpolation key 'oops' not found"
+
+
+def test_a_named_run_folder_is_claimed_until_the_run_holds_it(tmp_path):
+    """A claim held by a live process refuses a second run; one left by a dead process is taken over."""
+    from backprop_lab import cli
+    from backprop_lab.rundir import RunDirError
+
+    from .test_compare import dead_pid
+
+    folder = tmp_path / "named"
+    folder.mkdir()
+    (folder / cli.CLAIM).write_text(f"{os.getpid()}\n")  # a run starting there: this process stands in for it
+    with pytest.raises(RunDirError, match=rf"another run is starting in it \(pid {os.getpid()}\)"):
+        cli.claim_run_dir(folder)
+    (folder / cli.CLAIM).write_text(f"{dead_pid()}\n")  # killed while starting
+    cli.claim_run_dir(folder)
+    assert (folder / cli.CLAIM).read_text() == f"{os.getpid()}\n"
+    cli.release_claim()
+    assert not (folder / cli.CLAIM).exists()
+
+
+@pytest.mark.slow  # three runs at once, about 15 s
+def test_runs_started_together_into_one_named_folder_leave_the_winners_record_whole(tmp_path):
+    """Hydra writes .hydra/ before any code of ours runs: the refused runs must not get that far."""
+    procs = [subprocess.Popen([sys.executable, "-m", "backprop_lab", "data.train_subset=2000", "train.epochs=1",
+                               f"seed={i}", "hydra.run.dir=same"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    results = [(p.wait(timeout=180), p.stderr.read()) for p in procs]
+    assert sorted(code for code, _ in results) == [0, 2, 2], results
+    for code, err in results:
+        if code == 2:
+            assert err.count("\n") == 1 and ("another run is starting in it" in err or "already holds a run" in err
+                                              or "holds what an earlier run left" in err), err
+    winner = json.loads((tmp_path / "same" / "summary.json").read_text())["seed"]
+    assert f"seed: {winner}\n" in (tmp_path / "same" / ".hydra" / "config.yaml").read_text()
+    assert f"seed={winner}" in (tmp_path / "same" / ".hydra" / "overrides.yaml").read_text()
+    assert not (tmp_path / "same" / ".backprop-lab-claim").exists()
