@@ -825,7 +825,9 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                 reporter.epoch(row)  # last: the files are complete whatever the terminal does
         summary["status"] = "completed"
     except Diverged as e:
-        summary.update(status="diverged", error=f"{e}; try a smaller optim.lr",
+        # weights drawn that large (the chapter's scale is 0.01) overflow before any step can
+        scale = cfg.model.init_scale > 1 and cfg.model.init in ("normal", "uniform")
+        summary.update(status="diverged", error=f"{e}; try a smaller {'model.init_scale' if scale else 'optim.lr'}",
                        diverged_at={"epoch": e.epoch, "batch": e.batch})
         exit_code = EXIT_DIVERGED
     except (Stopped, KeyboardInterrupt) as e:

@@ -615,3 +615,19 @@ def test_resume_refuses_a_run_whose_files_disagree_and_changes_nothing(tmp_path,
     err = capsys.readouterr().err
     assert err.startswith("error: ") and DAMAGE[case] in err and len(err.strip().splitlines()) == 1, err
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+def test_weights_drawn_too_large_to_train_name_the_init_scale(tmp_path, capsys):
+    from dataclasses import replace
+
+    from backprop_lab import cli
+    from backprop_lab.config import Config
+
+    cfg = Config()
+    cfg = replace(cfg, model=replace(cfg.model, init_scale=1e300), train=replace(cfg.train, epochs=1),
+                  data=replace(cfg.data, train_subset=500), device="cpu")
+    (tmp_path / "run").mkdir()
+    with pytest.raises(SystemExit) as info:
+        cli.run(cfg, tmp_path / "run", [])
+    assert info.value.code == 3
+    assert capsys.readouterr().err.strip().endswith("the loss is no longer finite; try a smaller model.init_scale")
