@@ -56,7 +56,7 @@ def read_idx(path: Path, name: str) -> Tensor:
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def download(root: Path) -> None:
+def download(root: Path, missing: list[str] | None = None) -> None:
     """Fetch the files into `<root>/MNIST/raw` with torchvision; one-line error when it fails.
     The folders torchvision creates for them are removed again if it fails, so a mistyped
     data.root leaves nothing behind."""
@@ -71,7 +71,8 @@ def download(root: Path) -> None:
     except Exception as e:  # noqa: BLE001 - any failure of the download means the same to the user
         reason = " ".join(str(e).split()) or type(e).__name__
         raise DataError(
-            f"MNIST files are missing under {root} and downloading them failed ({reason}); "
+            f"MNIST files are missing under {root}{' (' + ', '.join(missing) + ')' if missing else ''} and "
+            f"downloading them failed ({reason}); "
             f"copy the four files there, or set data.root=null to use the copy shipped with backprop-lab"
         ) from e
     finally:  # also on Ctrl-C
@@ -112,7 +113,7 @@ def load_mnist(
                         f"it readable, or point data.root at another folder (null: the copy shipped with "
                         f"backprop-lab)") from e
     if len(found) < len(CANONICAL_MD5) and download_missing and root is not None:
-        download(folder)
+        download(folder, [name for name in CANONICAL_MD5 if name not in found])
         found = find_files(folder)
     missing = [name for name in CANONICAL_MD5 if name not in found]
     if missing:

@@ -146,10 +146,13 @@ def test_failed_download_is_one_clear_line(tmp_path, monkeypatch):
             raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried all mirrors")
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    copy_shipped(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()  # one file short
     with pytest.raises(D.DataError) as info:
         D.load_mnist(tmp_path, download_missing=True)
     msg = str(info.value)
     assert "downloading them failed" in msg and "Tried all mirrors" in msg and "\n" not in msg
+    assert f"missing under {tmp_path} (t10k-images-idx3-ubyte) and" in msg  # the file, not the first it would fetch
 
 
 @pytest.mark.parametrize("case", ["not gzip", "truncated gzip"])
