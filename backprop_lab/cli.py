@@ -155,19 +155,15 @@ def several_values_message(o: Any) -> str:
 def check_not_inside_a_run(key: str, value: Any, path: Path) -> None:
     """A run or sweep made inside an earlier run's folder (or a sweep's) would be hidden in it:
     `compare` does not look inside runs, and a resumed sweep would find a stranger among its jobs."""
-    from .compare import is_sweep_root
+    from .compare import is_run_dir, is_sweep_root
 
     for parent in path.expanduser().absolute().parents:
-        if is_run_dir_here(parent):
+        if is_run_dir(parent):
             raise RunDirError(f"{key}={value} is inside the run {parent}, which holds that run only; choose a "
                               f"folder outside it, or leave {key} out for a fresh timestamped one")
         if is_sweep_root(parent):
             raise RunDirError(f"{key}={value} is inside the sweep {parent}, which holds its own jobs only; choose a "
                               f"folder outside it, or leave {key} out for a fresh timestamped one")
-
-
-def is_run_dir_here(path: Path) -> bool:
-    return any((path / name).is_file() for name in ("summary.json", "metrics.csv"))
 
 
 def check_output_dir(key: str, value: Any, used: bool) -> None:
