@@ -166,12 +166,13 @@ def check_not_inside_a_run(key: str, value: Any, path: Path) -> None:
                               f"folder outside it, or leave {key} out for a fresh timestamped one")
 
 
-def check_output_dir(key: str, value: Any, used: bool) -> None:
+def check_output_dir(key: str, value: Any, used: bool) -> Path | None:
     """Refuse hydra.run.dir or hydra.sweep.dir values Hydra would fail on with a traceback, or
     act on wrongly: an empty one means the current folder, which would fill with run files.
-    `used`: Hydra will make this folder in this command (not for --cfg, or the other mode's)."""
+    `used`: Hydra will make this folder in this command (not for --cfg, or the other mode's).
+    Returns the run folder this command is to claim (claim_run_dir), if it names one."""
     if isinstance(value, str) and "${" in value:
-        return  # resolved by Hydra later; fresh_dir makes its own checks
+        return None  # resolved by Hydra later; fresh_dir makes its own checks
     if value is None or isinstance(value, (list, dict)):
         shown = "null" if value is None else value
         raise ConfigError(f"{key}={shown} is not valid: expected a folder, e.g. {key}=outputs/try1")
@@ -195,7 +196,7 @@ def check_output_dir(key: str, value: Any, used: bool) -> None:
                 raise RunDirError(f"{key}={value} holds what an earlier run left ({', '.join(leftover)}), which this "
                                   f"run would add to; choose a new folder or empty this one")
     if not used:
-        return
+        return None
     existing = path
     while not os.path.lexists(existing):
         existing = existing.parent
@@ -215,14 +216,12 @@ def check_output_dir(key: str, value: Any, used: bool) -> None:
             os.rmdir(probe)
     elif not os.access(path, os.W_OK | os.X_OK):
         raise RunDirError(f"{key}: {path} cannot be used: permission denied")
-    if key == "hydra.run.dir":
-        _to_claim.append(path)  # once every check has passed (dispatch), so a refusal leaves no folder
+    return path if key == "hydra.run.dir" else None
 
 
 # In a folder named with hydra.run.dir, from the checks until the run has its metrics.csv.
 CLAIM = ".backprop-lab-claim"
 _claim: Path | None = None
-_to_claim: list[Path] = []
 
 
 def claim_run_dir(path: Path) -> None:
@@ -305,10 +304,11 @@ PLUGIN_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def check_overrides(argv: list[str]) -> None:
+def check_overrides(argv: list[str]) -> Path | None:
     """Reject what Hydra would stop on, or act on wrongly, before it starts, with one line
     each: stray options, unknown keys and group options, several values without -m, run
-    folders that cannot be made.
+    folders that cannot be made. Returns the hydra.run.dir folder to claim, if one is named
+    (the last one given: Hydra uses that).
 
     Hydra would stop on most of them too, but with several lines of usage text, OmegaConf
     detail or a traceback. Values are checked later, per job, by config.from_container.
@@ -335,6 +335,7 @@ def check_overrides(argv: list[str]) -> None:
         raise ConfigError(f"cannot parse the overrides {' '.join(args.overrides)!r}: {first}{hint}") from None
     makes_dirs = not (args.help or args.hydra_help or args.cfg or args.info is not None or args.shell_completion)
     groups = config_groups()
+    to_claim: Path | None = None
     for o in overrides:
         key = o.key_or_group
         if o.is_sweep_override() and not args.multirun:
@@ -359,7 +360,9 @@ def check_overrides(argv: list[str]) -> None:
                 except OmegaConfBaseException as e:
                     raise ConfigError(f"{key}={value} is not valid: {str(e).splitlines()[0]}") from None
         if key in ("hydra.run.dir", "hydra.sweep.dir") and not o.is_delete():
-            check_output_dir(key, o.value(), makes_dirs and (key == "hydra.sweep.dir") == args.multirun)
+            named = check_output_dir(key, o.value(), makes_dirs and (key == "hydra.sweep.dir") == args.multirun)
+            if key == "hydra.run.dir":  # the last one given is the folder Hydra uses
+                to_claim = named
         if key.startswith("hydra/") and not (o.is_add() or o.is_force_add() or o.is_delete()) and o.value() is not None:
             options, hydra_groups = hydra_group_options(key)
             if not options:
@@ -385,6 +388,7 @@ def check_overrides(argv: list[str]) -> None:
             raise ConfigError(unknown_key_message(key))
     if not (args.config_name or args.config_dir):
         check_hydra_settings(overrides)
+    return to_claim
 
 
 # Set in every composition (Hydra's own, or conf/config.yaml's), and checked on their own.
@@ -562,13 +566,13 @@ def dispatch(argv: list[str]) -> None:
     try:
         check_command(argv)
         check_mode(argv)
-        check_overrides(argv)
+        to_claim = check_overrides(argv)
         check_shown_config(argv)
         if "--help" in argv or "-h" in argv:
             print_help(argv)
             return
-        for path in _to_claim[-1:]:  # the last hydra.run.dir given is the one Hydra uses
-            claim_run_dir(path)
+        if to_claim is not None:  # once every check has passed, so a refusal leaves no folder
+            claim_run_dir(to_claim)
     except (ConfigError, RunDirError) as e:
         error_line(str(e))
         sys.exit(EXIT_BAD_INPUT)

@@ -117,8 +117,7 @@ def memory_needed(cfg: Config) -> int:
     """Bytes training takes beyond the data, roughly: the parameters with a gradient (and a
     momentum buffer) of each, and a few activations of every layer for the largest block of
     rows (the 1,000-image gradient probe and test chunks)."""
-    weights, activations = memory_parts(cfg)
-    return weights + activations
+    return sum(memory_parts(cfg))
 
 
 def memory_parts(cfg: Config) -> tuple[int, int]:
@@ -143,10 +142,10 @@ def check_fits(cfg: Config, device: torch.device) -> None:
     """Refuse, before anything is allocated, a model that cannot train in this machine's memory:
     the kernel would kill the process part way, with no message and a run left `running`."""
     available = memory_available() if device.type == "cpu" else None  # a GPU says so itself, as an error
-    need = memory_needed(cfg)
+    weights, activations = memory_parts(cfg)
+    need = weights + activations
     if available is not None and need > available:
         sizes = "-".join(str(n) for n in arch_of(cfg).sizes)
-        weights, activations = memory_parts(cfg)
         # the activations grow with the batch only above the probe's rows
         by_batch = cfg.data.batch_size > PROBE and activations > weights
         smaller = "data.batch_size" if by_batch else "model.hidden_size/model.hidden_sizes"
