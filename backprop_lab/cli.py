@@ -166,6 +166,17 @@ def check_not_inside_a_run(key: str, value: Any, path: Path) -> None:
                               f"folder outside it, or leave {key} out for a fresh timestamped one")
 
 
+def check_sweep_subdir(value: Any) -> None:
+    """A job's folder is hydra.sweep.dir/hydra.sweep.subdir: a subdir that climbs out of the
+    sweep (or is empty) would put a job's run files where they can overwrite anything."""
+    text = "" if value is None else str(value)
+    if text.strip() and not Path(text).is_absolute() and ".." not in Path(text).parts:
+        return
+    where = "in the sweep's folder itself" if not text.strip() else "outside the sweep's folder"
+    raise ConfigError(f"hydra.sweep.subdir={text} would put the sweep's jobs {where}; give a folder inside it, "
+                      f"e.g. hydra.sweep.subdir='job${{hydra.job.num}}', or leave it out (one folder per job number)")
+
+
 def check_output_dir(key: str, value: Any, used: bool) -> Path | None:
     """Refuse hydra.run.dir or hydra.sweep.dir values Hydra would fail on with a traceback, or
     act on wrongly: an empty one means the current folder, which would fill with run files.
@@ -363,6 +374,12 @@ def check_overrides(argv: list[str]) -> Path | None:
             named = check_output_dir(key, o.value(), makes_dirs and (key == "hydra.sweep.dir") == args.multirun)
             if key == "hydra.run.dir":  # the last one given is the folder Hydra uses
                 to_claim = named
+        if key == "hydra.sweep.subdir" and not o.is_delete():
+            check_sweep_subdir(o.value())
+        if key == "hydra/job_logging" and o.value() != "default":
+            raise ConfigError(f"{o.input_line}: backprop-lab keeps each run's log in its folder ({LOG}), which "
+                              f"`compare` and `resume` read, so Hydra's job logging cannot be changed; the terminal "
+                              f"shows no log lines as it is")
         if key.startswith("hydra/") and not (o.is_add() or o.is_force_add() or o.is_delete()) and o.value() is not None:
             options, hydra_groups = hydra_group_options(key)
             if not options:

@@ -199,6 +199,12 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.batch < 2 or args.entries < 1:
         parser.error("--batch must be >= 2 (batch norm needs two rows) and --entries >= 1")
+    hydra_setting = next((o for o in args.overrides if o.split("=")[0].lstrip("+~").split(".")[0].split("/")[0] == "hydra"),
+                         None)
+    if hydra_setting is not None:  # Hydra does not run here: it would be ignored without a word
+        error_line(f"{hydra_setting}: gradcheck writes no run folder and runs no sweep, so Hydra's settings "
+                   f"do not apply; leave it out")
+        return EXIT_BAD_INPUT
     try:
         check_overrides(args.overrides)
         with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):

@@ -212,6 +212,10 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
         record_refused(sweep_dir, run_dir, why)
         return failed("was refused")
 
+    if sweep_dir not in run_dir.parents:  # e.g. hydra.sweep.subdir=../.. set in a config file of the user's
+        refuse(f"{what}: its folder {run_dir} is not inside the sweep's {sweep_dir}; set hydra.sweep.subdir to "
+               f"a folder inside it", EXIT_BAD_INPUT, in_sweep=True)
+        return failed("was refused")
     # killed before its first summary.json: no epoch was completed, so it starts afresh
     fresh_start = (opts["resume"] is True and not (run_dir / SUMMARY).exists() and (run_dir / METRICS).exists()
                    and not (run_dir / WEIGHTS).exists() and len((run_dir / METRICS).read_text().splitlines()) <= 1)
@@ -318,8 +322,11 @@ class SweepReport(Callback):
             # not merely note it (cli.main's start-up handler) while it waits for them.
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        from .cli import check_sweep_subdir
+
         try:
             check_options(config.hydra)
+            check_sweep_subdir(config.hydra.sweep._get_node("subdir")._value())  # unresolved: before any job exists
         except ConfigError as e:
             error_line(str(e))
             raise SystemExit(2) from None  # not an Exception, so Hydra does not turn it into a warning

@@ -428,7 +428,13 @@ def test_a_folder_inside_an_earlier_run_or_sweep_is_refused(tmp_path, key, insid
     (["-cp", "/nonexist"], "--config-path /nonexist: no such folder"),
     (["data.root=~/data"], "quote a value with spaces or characters such as ~ in single quotes"),
     (["hydra.run.dir=/dev/null"], "hydra.run.dir: /dev/null is a special file, not a folder"),
-], ids=["+ on a key that exists", "-cp to nowhere", "unquoted ~", "a device as the run folder"])
+    (["hydra/job_logging=disabled"], "hydra/job_logging=disabled: backprop-lab keeps each run's log in its folder"),
+    (["-m", "hydra.sweep.subdir=../..", "seed=1,2"], "hydra.sweep.subdir=../.. would put the sweep's jobs outside"),
+    (["-m", "hydra.sweep.subdir=/tmp/x", "seed=1,2"], "hydra.sweep.subdir=/tmp/x would put the sweep's jobs outside"),
+    (["-m", "hydra.sweep.subdir=''", "seed=1,2"], "would put the sweep's jobs in the sweep's folder itself"),
+], ids=["+ on a key that exists", "-cp to nowhere", "unquoted ~", "a device as the run folder",
+        "job logging off (the run's log is its record)", "sweep subdir climbing out", "absolute sweep subdir",
+        "empty sweep subdir"])
 def test_what_hydra_would_answer_in_many_lines_is_one(tmp_path, args, expected):
     assert expected in refused_in_one_line(tmp_path, *args)
 

@@ -230,6 +230,15 @@ def test_gradcheck_of_a_model_too_large_for_memory_is_one_line(capsys):
     assert "can't allocate memory" in err and err.rstrip().endswith("choose smaller model.hidden_size/model.hidden_sizes")
 
 
+@pytest.mark.parametrize("setting", ["hydra.run.dir=x", "hydra/launcher=joblib", "+hydra.job.env_set.A=1"])
+def test_gradcheck_refuses_hydra_settings_it_would_ignore(setting, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert gradcheck.main([setting]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {setting}: gradcheck writes no run folder and runs no sweep, "
+                                              f"so Hydra's settings do not apply; leave it out")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_gradcheck_command(tmp_path):
     proc = run_cli("gradcheck", "experiment=book_ch10", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -302,3 +302,24 @@ def test_job_lines_spell_swept_booleans_as_the_command_line_does():
     assert shown(["model.batch_norm=True", "optim.lr=0.1", "data.root=null", "loss='True'", "+x=[1,2]"]) == \
         "model.batch_norm=true optim.lr=0.1 data.root=null loss='True' +x=[1,2]"
     assert shown([]) == ""
+
+
+def test_a_sweep_subdir_outside_the_sweep_is_refused_before_any_job_writes_there(tmp_path):
+    """Set in a config file of the user's, where the command-line check does not see it; or
+    through an interpolation that only resolves, per job, to a folder outside the sweep."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "up.yaml").write_text("defaults:\n  - config\n  - _self_\n"
+                                              "hydra:\n  sweep:\n    subdir: ../escaped${hydra.job.num}\n")
+    (tmp_path / "mine" / "env.yaml").write_text("defaults:\n  - config\n  - _self_\n"
+                                               "hydra:\n  sweep:\n    subdir: ${oc.env:JOB_DIR}\n")
+    common = ["-m", "--config-dir", str(tmp_path / "mine"), "--config-name"]
+    proc = run_cli(*common, "up", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: hydra.sweep.subdir=../escaped${hydra.job.num} would put the sweep's jobs outside the sweep's folder; "
+        "give a folder inside it, e.g. hydra.sweep.subdir='job${hydra.job.num}', or leave it out (one folder per "
+        "job number)"], proc.stderr
+    proc = run_cli(*common, "env", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep2'}", cwd=tmp_path,
+                   env={"JOB_DIR": "../escaped"})
+    assert proc.returncode == 1, proc.stderr  # no job completed
+    assert proc.stderr.count(f"is not inside the sweep's {tmp_path / 'sweep2'}") == 2
+    assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("metrics.csv"))
