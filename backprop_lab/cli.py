@@ -24,7 +24,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, NoReturn, Sequence
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -543,14 +543,21 @@ def print_help(argv: list[str]) -> None:
           f"\n\n{OmegaConf.to_yaml(cfg)}\n{text.footer}")
 
 
-def main() -> None:
+def main(noted: Sequence[int] = ()) -> None:
+    """`noted`: the signals that came while this module was imported (__main__ noted them)."""
     argv = sys.argv[1:]
     trains = not argv or argv[0] not in SUBCOMMANDS or argv[0] == "resume"
     # Ctrl-C or SIGTERM while Hydra, torch and the data load (seconds) would land in the middle
     # of an import as a traceback; this handler only notes it, and run() stops at the first batch.
     early = StopRequest(starting=True)
-    previous = {sig: signal.signal(sig, early) for sig in (signal.SIGINT, signal.SIGTERM)} if trains else {}
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    previous = {sig: signal.signal(sig, early if trains else handler) for sig, handler in defaults.items()}
     try:
+        for signum in noted:  # the first asks for a stop at the first batch; a second stops now
+            if not trains:
+                early.signum = early.signum or signum
+                raise KeyboardInterrupt
+            early(signum, None)
         dispatch(argv)
     except BrokenPipeError:  # `backprop-lab ... | head`: the reader has what it wanted; end as a shell's SIGPIPE would
         to_devnull(sys.stdout)
@@ -563,7 +570,7 @@ def main() -> None:
         name = signal.Signals(early.signum or signal.SIGINT).name
         for folder in _claimed.values():
             discard_if_empty(Path(folder).resolve())
-        error_line(f"stopped by {name} while starting; nothing was trained")
+        error_line(f"stopped by {name} while starting; nothing was trained" if trains else f"stopped by {name}")
         sys.exit(EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT)
     finally:
         for sig, handler in previous.items():

@@ -570,6 +570,43 @@ def test_a_second_ctrl_c_while_starting_stops_at_once_and_leaves_no_run_folder(t
     assert list(tmp_path.glob("outputs/*/*")) == [] and list(tmp_path.glob("outputs/*")) == []
 
 
+# The entry point, with SIGINT sent `times` times as the CLI module starts importing Hydra: the
+# first ~0.3 s of a command, before any of backprop_lab.cli has run.
+SIGNAL_DURING_IMPORT = """
+import os, signal, sys
+class SignalOnHydraImport:
+    def find_spec(self, name, path, target=None):
+        if name == "hydra":
+            sys.meta_path.remove(self)
+            for _ in range({times}):
+                os.kill(os.getpid(), signal.SIGINT)
+        return None
+sys.meta_path.insert(0, SignalOnHydraImport())
+sys.argv = ["backprop-lab", *{args!r}]
+from backprop_lab.__main__ import main
+main()
+"""
+
+
+@pytest.mark.parametrize("times,args,last_line", [
+    (1, ["data.train_subset=500", "train.epochs=1"], "error: stopped by SIGINT at epoch 1, batch 1; no epoch was "
+                                                      "completed yet; continue with: backprop-lab resume "),
+    (2, ["data.train_subset=500", "train.epochs=1"], "error: stopped by SIGINT while starting; nothing was trained"),
+    (1, ["compare", "."], "error: stopped by SIGINT"),
+], ids=["a run stops at the first batch", "a second stops it at once", "compare stops"])
+def test_ctrl_c_while_the_cli_is_imported_is_no_traceback(tmp_path, times, args, last_line):
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_DURING_IMPORT.format(times=times, args=args)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(last_line), proc.stderr
+    runs = list(tmp_path.glob("outputs/*/*"))
+    if times == 1 and args[0] != "compare":
+        assert "SIGINT: stopping at the first batch" in proc.stderr
+        assert len(runs) == 1 and summary(runs[0])["status"] == "interrupted"
+    else:
+        assert runs == []
+
+
 def damage(run_dir: Path, case: str) -> None:
     s = summary(run_dir)
     s["status"] = "interrupted"  # as Ctrl-C after the last epoch's checkpoint would leave it
