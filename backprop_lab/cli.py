@@ -166,15 +166,27 @@ def check_not_inside_a_run(key: str, value: Any, path: Path) -> None:
                               f"folder outside it, or leave {key} out for a fresh timestamped one")
 
 
+def check_not_a_run(sweep_dir: Path) -> None:
+    """A sweep's jobs made inside a run's folder would be hidden by it (`compare` lists the run)."""
+    from .compare import is_run_dir
+
+    if is_run_dir(sweep_dir):
+        raise RunDirError(f"hydra.sweep.dir={sweep_dir} is the folder of a run, which holds that run only; "
+                          f"choose a new folder for the sweep")
+
+
 def check_sweep_subdir(value: Any) -> None:
     """A job's folder is hydra.sweep.dir/hydra.sweep.subdir: a subdir that climbs out of the
-    sweep (or is empty) would put a job's run files where they can overwrite anything."""
+    sweep (or is empty) would put a job's run files where they can overwrite anything, and
+    one without an interpolation would give every job the same folder."""
     text = "" if value is None else str(value)
-    if text.strip() and not Path(text).is_absolute() and ".." not in Path(text).parts:
-        return
-    where = "in the sweep's folder itself" if not text.strip() else "outside the sweep's folder"
-    raise ConfigError(f"hydra.sweep.subdir={text} would put the sweep's jobs {where}; give a folder inside it, "
-                      f"e.g. hydra.sweep.subdir='job${{hydra.job.num}}', or leave it out (one folder per job number)")
+    if not text.strip() or Path(text).is_absolute() or ".." in Path(text).parts:
+        where = "in the sweep's folder itself" if not text.strip() else "outside the sweep's folder"
+        raise ConfigError(f"hydra.sweep.subdir={text} would put the sweep's jobs {where}; give a folder inside it, e.g. "
+                          f"hydra.sweep.subdir='job${{hydra.job.num}}', or leave it out (one folder per job number)")
+    if "${" not in text:
+        raise ConfigError(f"hydra.sweep.subdir={text} names one folder for every job of the sweep, and each job "
+                          f"needs its own: include the job's number, e.g. hydra.sweep.subdir='{text}_${{hydra.job.num}}'")
 
 
 def check_output_dir(key: str, value: Any, used: bool) -> Path | None:
@@ -192,6 +204,8 @@ def check_output_dir(key: str, value: Any, used: bool) -> Path | None:
                           f"e.g. {key}=outputs/try1, or leave {key} out for a fresh timestamped one")
     path = Path(str(value))
     check_not_inside_a_run(key, value, path)
+    if key == "hydra.sweep.dir":
+        check_not_a_run(path)
     if key == "hydra.run.dir":
         # Hydra would rewrite the folder's .hydra/ files before any check of ours runs.
         refuse_existing_run(path)
@@ -567,6 +581,10 @@ def main(noted: Sequence[int] = ()) -> None:
         error_line(f"{'cannot resolve ' + key + ': ' if key else ''}{first_line(e)}")
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:  # a second signal while starting: stop at once, leaving no empty run folder
+        sweep = sys.modules.get(f"{__package__}.sweep")
+        waiting = sweep.WaitingForJobs.current if sweep is not None else None
+        if waiting is not None and waiting.signum is not None:  # a job's process was stopped while it started
+            waiting.finish()
         name = signal.Signals(early.signum or signal.SIGINT).name
         for folder in _claimed.values():
             discard_if_empty(Path(folder).resolve())

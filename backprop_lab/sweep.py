@@ -44,7 +44,8 @@ from rich.console import Console
 
 from . import compare
 from .config import ConfigError, config_changes, from_dictconfig
-from .report import error_line, plural
+from .report import ErrorConsole, error_line, plural
+from .rundir import RunDirError
 
 SUMMARY_CSV = "sweep_summary.csv"
 SUMMARY_JSON = "sweep_summary.json"
@@ -195,6 +196,27 @@ def launcher_threads(launcher: Any, cores: int) -> int | None:
 
 def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
     """One job of a sweep (called by cli.hydra_main): the sweep options, then cli.run."""
+    if in_own_process(hydra_cfg):
+        from .cli import StopRequest
+
+        # A Ctrl-C reaches this process too: as in a single run, one that comes while the job
+        # starts stops it at the first batch. Between jobs the process has nothing to stop, and
+        # the waiting process (WaitingForJobs) has marked the sweep stopped for the next job.
+        previous = {sig: signal.signal(sig, StopRequest(starting=True)) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            return _sweep_job(dcfg, run_dir, hydra_cfg)
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+    return _sweep_job(dcfg, run_dir, hydra_cfg)
+
+
+def in_own_process(hydra_cfg: Any) -> bool:
+    """Whether the launcher runs each job in a process other than the sweep's (joblib, submitit)."""
+    return "BasicLauncher" not in str(hydra_cfg.launcher.get("_target_", ""))
+
+
+def _sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
     from .cli import EXIT_BAD_INPUT, discard_if_empty, refuse, run
     from .rundir import CHECKPOINT, METRICS, SUMMARY, WEIGHTS, RunDirError, effective_status, locked, read_summary
 
@@ -308,6 +330,41 @@ def job_line(num: Any, overrides: list[str], run: compare.Run, job_return: JobRe
     return line + (f": {run.note}" if run.note else "")
 
 
+def finish_hint(sweep_dir: Path) -> str:
+    return (f"to finish the sweep, run the same command with hydra.sweep.dir={sweep_dir} "
+            f"hydra.callbacks.sweep_report.resume=true")
+
+
+class WaitingForJobs:
+    """SIGINT/SIGTERM handler of the process that waits for a joblib or submitit sweep's jobs.
+    Those run in processes of their own, which get a terminal's Ctrl-C too and stop after
+    their batch; this one marks the sweep stopped, so no new job starts, and waits for them,
+    so the sweep's table and the command that finishes it still come. A second signal stops
+    it at once (the launcher then ends the jobs)."""
+
+    current: WaitingForJobs | None = None  # the sweep this process is waiting for
+
+    def __init__(self, report: SweepReport, sweep_dir: Path) -> None:
+        self.report, self.sweep_dir = report, sweep_dir
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            error_line(f"sweep stopped at once by {name}; {finish_hint(self.sweep_dir)}")
+            raise SystemExit(EXIT_OF_SIGNAL.get(name, 130))
+        self.signum = signum
+        request_interrupt(self.sweep_dir, name, "")  # a job the signal stopped may have named itself first
+        ErrorConsole().print(f"\n{name}: the running jobs stop after their batch and no new job starts "
+                             f"(again to stop at once)")
+
+    def finish(self) -> None:
+        """After the launcher gave up waiting (a job's process was stopped before its run could
+        note the signal): the table of what there is, and the command that finishes the sweep."""
+        name = signal.Signals(self.signum or signal.SIGINT).name
+        self.report.on_multirun_end_of(self.sweep_dir, stopped=(name, ""))
+
+
 class SweepReport(Callback):
     def __init__(self, console: Console | None = None, resume: Any = False, fail_fast: Any = False):
         self.console = console  # resume and fail_fast are read by each job from the Hydra config
@@ -317,17 +374,17 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the options before any job starts; clear an earlier pass's fail-fast stop."""
-        if "BasicLauncher" not in str(config.hydra.launcher.get("_target_", "")):
-            # Jobs run in other processes, which stop on the signal themselves; this one must
-            # not merely note it (cli.main's start-up handler) while it waits for them.
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        from .cli import check_sweep_subdir
+        if in_own_process(config.hydra):
+            WaitingForJobs.current = WaitingForJobs(self, Path(str(config.hydra.sweep.dir)))
+            signal.signal(signal.SIGINT, WaitingForJobs.current)
+            signal.signal(signal.SIGTERM, WaitingForJobs.current)
+        from .cli import check_not_a_run, check_sweep_subdir
 
         try:
             check_options(config.hydra)
             check_sweep_subdir(config.hydra.sweep._get_node("subdir")._value())  # unresolved: before any job exists
-        except ConfigError as e:
+            check_not_a_run(Path(str(config.hydra.sweep.dir)))
+        except (ConfigError, RunDirError) as e:
             error_line(str(e))
             raise SystemExit(2) from None  # not an Exception, so Hydra does not turn it into a warning
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -385,7 +442,8 @@ class SweepReport(Callback):
         stopped = interrupted(sweep_dir)
         if (reason or stopped) and not run_dir.exists():
             head = f"job {hydra_cfg.job.num}  {shown(job_return.overrides) or '(no overrides)'}  ->  "
-            why = f"the sweep was stopped by {stopped[0]} ({stopped[1]})" if stopped else f"fail-fast, {reason}"
+            why = f"the sweep was stopped by {stopped[0]}{f' ({stopped[1]})' * bool(stopped[1])}" if stopped else \
+                f"fail-fast, {reason}"
             self._console().print(head + f"not run: {why}", markup=False)
             return
         run = compare.load_run(run_dir, label=str(hydra_cfg.job.num))
@@ -398,15 +456,16 @@ class SweepReport(Callback):
                               markup=False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.on_multirun_end_of(Path(str(config.hydra.sweep.dir)))
+
+    def on_multirun_end_of(self, sweep_dir: Path, stopped: tuple[str, str] | None = None) -> None:
         for job in sweep_dir.glob(f"*/{KEPT_HYDRA}"):  # the jobs of a resumed sweep that never started
             put_hydra_files_back(job.parent)
         runs = self._report(sweep_dir)
-        stopped = interrupted(sweep_dir)
+        stopped = interrupted(sweep_dir) or stopped
         if stopped:
-            error_line(f"sweep stopped by {stopped[0]} in {stopped[1]}; no job was started after it; to finish the "
-                       f"sweep, run the same command with hydra.sweep.dir={sweep_dir} "
-                       f"hydra.callbacks.sweep_report.resume=true")
+            error_line(f"sweep stopped by {stopped[0]}{f' in {stopped[1]}' * bool(stopped[1])}; no job was started "
+                       f"after it; {finish_hint(sweep_dir)}")
             raise SystemExit(EXIT_OF_SIGNAL.get(stopped[0], 130))
         reason = stop_reason(sweep_dir)
         if reason:

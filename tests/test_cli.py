@@ -423,6 +423,14 @@ def test_a_folder_inside_an_earlier_run_or_sweep_is_refused(tmp_path, key, insid
     assert f"{key}={inside} is inside the {'run' if holder == 'old' else 'sweep'} {tmp_path / holder}" in line
 
 
+def test_a_sweep_into_a_runs_own_folder_is_refused(tmp_path):
+    """Its jobs would be hidden: `compare` and the sweep's own table list the run, not them."""
+    (tmp_path / "old" / ".hydra").mkdir(parents=True)
+    (tmp_path / "old" / "summary.json").write_text("{}")
+    line = refused_in_one_line(tmp_path, "-m", "hydra.sweep.dir=old", "seed=1,2")
+    assert line == "error: hydra.sweep.dir=old is the folder of a run, which holds that run only; choose a new folder for the sweep"
+
+
 @pytest.mark.parametrize("args,expected", [
     (["+optim.lr=0.5"], "+optim.lr=0.5: optim.lr is already in the config, so '+' cannot add it; set it without"),
     (["-cp", "/nonexist"], "--config-path /nonexist: no such folder"),
@@ -432,9 +440,10 @@ def test_a_folder_inside_an_earlier_run_or_sweep_is_refused(tmp_path, key, insid
     (["-m", "hydra.sweep.subdir=../..", "seed=1,2"], "hydra.sweep.subdir=../.. would put the sweep's jobs outside"),
     (["-m", "hydra.sweep.subdir=/tmp/x", "seed=1,2"], "hydra.sweep.subdir=/tmp/x would put the sweep's jobs outside"),
     (["-m", "hydra.sweep.subdir=''", "seed=1,2"], "would put the sweep's jobs in the sweep's folder itself"),
+    (["-m", "hydra.sweep.subdir=x", "seed=1,2"], "hydra.sweep.subdir=x names one folder for every job of the sweep"),
 ], ids=["+ on a key that exists", "-cp to nowhere", "unquoted ~", "a device as the run folder",
         "job logging off (the run's log is its record)", "sweep subdir climbing out", "absolute sweep subdir",
-        "empty sweep subdir"])
+        "empty sweep subdir", "one sweep subdir for every job"])
 def test_what_hydra_would_answer_in_many_lines_is_one(tmp_path, args, expected):
     assert expected in refused_in_one_line(tmp_path, *args)
 

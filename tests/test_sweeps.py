@@ -323,3 +323,33 @@ def test_a_sweep_subdir_outside_the_sweep_is_refused_before_any_job_writes_there
     assert proc.returncode == 1, proc.stderr  # no job completed
     assert proc.stderr.count(f"is not inside the sweep's {tmp_path / 'sweep2'}") == 2
     assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("metrics.csv"))
+
+
+@pytest.mark.slow  # a joblib sweep stopped while its jobs train: about 30 s
+def test_ctrl_c_in_a_joblib_sweep_stops_its_jobs_and_still_reports(tmp_path):
+    """The terminal's Ctrl-C reaches the waiting process and every job's process (one process
+    group). The jobs stop after their batch, resumably; the waiting one prints the table."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    command = ["-m", "model.hidden_size=32,64,128", "data.train_subset=20000", "train.epochs=30",
+               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, "-m", "backprop_lab", *command], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while not all((sweep / job / "metrics.csv").exists() for job in "01") and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err and "while starting" not in err, err
+    for job in "01":
+        assert summary(sweep / job)["status"] == "interrupted" and summary(sweep / job)["signal"] == "SIGINT"
+    assert not (sweep / "2").exists() and "not run: the sweep was stopped by SIGINT" in out
+    assert f"sweep {sweep}: 2 jobs" in out and (sweep / "sweep_summary.csv").is_file()
+    assert err.strip().splitlines()[-1].startswith("error: sweep stopped by SIGINT")
+    assert "hydra.callbacks.sweep_report.resume=true" in err.strip().splitlines()[-1]
