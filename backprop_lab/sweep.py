@@ -330,6 +330,29 @@ def job_line(num: Any, overrides: list[str], run: compare.Run, job_return: JobRe
     return line + (f": {run.note}" if run.note else "")
 
 
+def other_overrides(sweep_dir: Path, overrides: list[str]) -> str:
+    """The single-valued overrides, of keys swept in neither pass, by which `overrides` differ
+    from those of the pass that last ran in sweep_dir (Hydra's multirun.yaml), e.g.
+    "train.epochs=4 there, train.epochs=5 here": they change every job's config, so every
+    earlier job would be refused. "" if there are none, or no record (Optuna writes none).
+    Swept values may differ: a sweep can be resumed with more of them."""
+    import yaml
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        recorded = yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+        parsed = OverridesParser.create().parse_overrides(list(recorded) + list(overrides))
+    except Exception:  # noqa: BLE001 - an unreadable record: each job still compares its config
+        return ""
+    swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+    single = {o.input_line for o in parsed if o.key_or_group not in swept}
+    there = [o for o in recorded if o in single and o not in overrides]
+    here = [o for o in overrides if o in single and o not in recorded]
+    if not there and not here:
+        return ""
+    return f"{' '.join(there) or 'none'} there, {' '.join(here) or 'none'} here"
+
+
 def finish_hint(sweep_dir: Path) -> str:
     return (f"to finish the sweep, run the same command with hydra.sweep.dir={sweep_dir} "
             f"hydra.callbacks.sweep_report.resume=true")
@@ -411,6 +434,12 @@ class SweepReport(Callback):
             error_line(f"{sweep_dir} already holds a sweep ({len(earlier)} job folder(s)); it is kept as it is: choose "
                        f"another hydra.sweep.dir, or add hydra.callbacks.sweep_report.resume=true to continue it")
             raise SystemExit(2)
+        if earlier:
+            other = other_overrides(sweep_dir, list(config.hydra.overrides.task))
+            if other:
+                error_line(f"{sweep_dir} was made by a sweep with other overrides ({other}); to resume it, give the "
+                           f"same ones; it is kept as it is (for other values, choose another hydra.sweep.dir)")
+                raise SystemExit(2)
         for name in (STOP_FILE, INTERRUPT_FILE, REFUSED_FILE):  # an earlier pass's
             (sweep_dir / name).unlink(missing_ok=True)
         # whatever the sweeper (Optuna writes no multirun.yaml), so a resume and `compare` know the folder
