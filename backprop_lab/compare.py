@@ -732,6 +732,9 @@ def output_problem(flag: str, dest: str, example: str) -> str | None:
         return f"{flag} {dest}: its folder {folder} {what}; give a path in an existing folder"
     if not os.access(folder, os.W_OK | os.X_OK) or path.exists() and not os.access(path, os.W_OK):
         return f"{flag} {dest}: no permission to write there; give a path in a folder you can write to"
+    run = next((d for d in (folder, *folder.parents) if is_run_dir(d)), None)
+    if run is not None:  # e.g. --csv RUN/metrics.csv would replace the run's own record
+        return f"{flag} {dest} is inside the run {run}, whose files are its record; give a path outside it"
     return None
 
 

@@ -275,10 +275,13 @@ def test_unsupported_plot_extension_is_one_line_before_anything_is_written(outpu
 
 
 @pytest.mark.parametrize("case", ["plot folder missing", "csv folder missing", "json is a folder", "csv under a file",
-                                  "both on stdout"])
+                                  "both on stdout", "a run's own metrics.csv"])
 def test_an_output_that_cannot_be_written_is_refused_before_the_table(outputs, capsys, tmp_path, case):
     (tmp_path / "afile").write_text("")
+    run = tmp_path / "outputs" / "2026-11-30" / "01-00-00"
+    record = (run / "metrics.csv").read_bytes()
     args, expected = {
+        "a run's own metrics.csv": (["--csv", str(run / "metrics.csv")], f"is inside the run {run}, whose files are"),
         "plot folder missing": (["--plot", "/nonexist/x.png"], "--plot /nonexist/x.png: its folder /nonexist does not exist"),
         "csv folder missing": (["--csv", str(tmp_path / "nope" / "r.csv")], "nope does not exist"),
         "json is a folder": (["--json", str(tmp_path)], f"--json {tmp_path} is a folder; give a file name"),
@@ -291,6 +294,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_table(outputs, c
     (line,) = err.strip().splitlines()
     assert line.startswith("error: ") and expected in line
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (run / "metrics.csv").read_bytes() == record
 
 
 def test_csv_spells_booleans_as_the_table_and_the_config_do(tmp_path, capsys):
