@@ -147,20 +147,8 @@ def _completed(run_dir: Path, summary: dict[str, Any]) -> int:
     return 0
 
 
-def _resume_locked(run_dir: Path, overrides: list[str], held: contextlib.ExitStack) -> int:
-    summary = _summary(run_dir)
-    status = effective_status(summary)
-    done, planned = summary.get("epochs_completed"), summary.get("epochs_planned")
-    if status == "completed":
-        return _completed(run_dir, summary)
-    if status == "running":
-        raise RunDirError(f"{run_dir} is still running (pid {summary.get('pid')} on {summary.get('host')})")
-    if status == "diverged":
-        raise RunDirError(f"{run_dir} diverged; resuming would diverge again from the same state: "
-                          f"start a new run with a smaller optim.lr")
-
-    # Keys added to backprop-lab after the run started take their defaults.
-    saved = with_defaults(summary["config"])
+def _config(saved: dict[str, Any], overrides: list[str]) -> Any:
+    """The run's config with the overrides, refused unless only the runtime keys changed."""
     try:
         asked = OmegaConf.to_container(OmegaConf.merge(saved, OmegaConf.from_dotlist(overrides)))
     except Exception as e:  # noqa: BLE001 - OmegaConf's errors for bad KEY=VALUE strings vary
@@ -170,6 +158,25 @@ def _resume_locked(run_dir: Path, overrides: list[str], held: contextlib.ExitSta
     if changes:
         raise ConfigError(f"resume refused: the config differs from the run's own in {', '.join(changes)}; "
                           f"start a new run for a different config (only {' and '.join(RUNTIME_KEYS)} may change)")
+    return cfg
+
+
+def _resume_locked(run_dir: Path, overrides: list[str], held: contextlib.ExitStack) -> int:
+    summary = _summary(run_dir)
+    status = effective_status(summary)
+    done, planned = summary.get("epochs_completed"), summary.get("epochs_planned")
+    if status == "completed":
+        if overrides and isinstance(summary.get("config"), dict):  # a typo, or another config, is not "nothing to do"
+            _config(with_defaults(summary["config"]), overrides)
+        return _completed(run_dir, summary)
+    if status == "running":
+        raise RunDirError(f"{run_dir} is still running (pid {summary.get('pid')} on {summary.get('host')})")
+    if status == "diverged":
+        raise RunDirError(f"{run_dir} diverged; resuming would diverge again from the same state: "
+                          f"start a new run with a smaller optim.lr")
+    # Keys added to backprop-lab after the run started take their defaults.
+    saved = with_defaults(summary["config"])
+    cfg = _config(saved, overrides)
 
     from .train import resolve_device
 
