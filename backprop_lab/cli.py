@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import sys
@@ -353,16 +354,20 @@ def check_overrides(argv: list[str]) -> Path | None:
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except HydraException as e:
-        first = str(e).strip().splitlines()[0]
+        first = re.sub(r" expecting \{.*\}", "", str(e).strip().splitlines()[0])  # the grammar's token names
         hint = ""
         if "LexerNoViableAlt" in first:  # e.g. data.root=~/data: Hydra's grammar has no bare ~ or space
             hint = "; quote a value with spaces or characters such as ~ in single quotes: \"data.root='~/my data'\""
+        elif "'<EOF>'" in first:  # e.g. optim.lr=0.1,
+            hint = "; a value is missing at the end of one (after a ',' or '=')"
         raise ConfigError(f"cannot parse the overrides {' '.join(args.overrides)!r}: {first}{hint}") from None
     makes_dirs = not (args.help or args.hydra_help or args.cfg or args.info is not None or args.shell_completion)
     groups = config_groups()
     to_claim: Path | None = None
     for o in overrides:
         key = o.key_or_group
+        if not key:
+            raise ConfigError(f"{o.input_line!r} has no key before its '=': overrides are KEY=VALUE, e.g. optim.lr=0.05")
         if o.is_sweep_override() and not args.multirun:
             raise ConfigError(several_values_message(o))
         if o.is_sweep_override() and key.startswith("hydra.sweeper.params."):
@@ -376,6 +381,13 @@ def check_overrides(argv: list[str]) -> Path | None:
                 raise ConfigError(f"{o.input_line}: an interval is a search space for the Optuna sweeper "
                                   f"(add hparams_search=mlp, see docs/sweeps.md); a plain -m sweep takes lists "
                                   f"and ranges, e.g. {key}=0.01,0.1 or {key}='range(1,4)'")
+            if not (o.is_add() or o.is_force_add()) and key not in known_keys():
+                raise ConfigError(unknown_key_message(key))
+            space = o.value()
+            if not space.start < space.end:  # Optuna fails on either mid-search, with a traceback
+                raise ConfigError(f"{o.input_line}: the interval's low end must be below its high end")
+            if "log" in space.tags and space.start <= 0:
+                raise ConfigError(f"{o.input_line}: a log interval needs a low end above 0")
             continue
         values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
         for value in values:
@@ -453,8 +465,13 @@ def check_hydra_settings(overrides: list[Any]) -> None:
     key = failed.key_or_group
     if OmegaConf.select(base, key, default=None) is not None or "Key '" not in why:
         raise ConfigError(f"{failed.input_line} is not valid: {why}")
-    close = difflib.get_close_matches(key, dotted_keys(base.hydra, "hydra"), n=1, cutoff=0.75)
+    settings_there = [k for k in dotted_keys(base.hydra, "hydra") if not k.endswith("._target_")]  # not a setting
+    close = difflib.get_close_matches(key, settings_there, n=1, cutoff=0.75)
     hint = f"did you mean '{close[0]}'?" if close else "backprop-lab --hydra-help lists Hydra's options"
+    plugin = key.split(".")[1]
+    if plugin in ("sweeper", "launcher") and "Basic" in str(base.hydra[plugin].get("_target_", "")) and not close:
+        hint = ("it is a setting of the Optuna sweeper: add hparams_search=mlp (docs/sweeps.md)" if plugin == "sweeper"
+                else "it is a setting of another launcher: choose it too, e.g. hydra/launcher=joblib (docs/sweeps.md)")
     raise ConfigError(f"'{key}' is not one of Hydra's settings ({why}); {hint}")
 
 

@@ -325,6 +325,15 @@ PLUGIN_MISTAKES = [  # each used to end in a traceback mid-sweep, or in Hydra's 
     (("hydra.launcher.n_jobs=2",), "'hydra.launcher.n_jobs' is not one of Hydra's settings (Key 'n_jobs' not in "
                                    "'BasicLauncherConf')"),  # joblib's, and joblib is not chosen
     (("hydra.job.chdir=abc",), "hydra.job.chdir=abc is not valid: Value 'abc' is not a valid bool"),
+    (("-m", "hydra.sweeper.n_trials=3"), "'hydra.sweeper.n_trials' is not one of Hydra's settings (Key 'n_trials' not "
+                                         "in 'BasicSweeperConf'); it is a setting of the Optuna sweeper: add "
+                                         "hparams_search=mlp"),
+    (("-m", "hydra.launcher.prefer=threads"), "it is a setting of another launcher: choose it too, e.g. "
+                                              "hydra/launcher=joblib"),
+    (("-m", "hparams_search=mlp", "optim.lrr=tag(log,interval(0.01,1))"), "unknown config key 'optim.lrr'; did you "
+                                                                          "mean 'optim.lr'?"),
+    (("-m", "hparams_search=mlp", "optim.lr=tag(log,interval(-1,1))"), "a log interval needs a low end above 0"),
+    (("-m", "hparams_search=mlp", "optim.lr=interval(1,0.1)"), "the interval's low end must be below its high end"),
 ]
 
 
@@ -436,12 +445,15 @@ def test_a_sweep_into_a_runs_own_folder_is_refused(tmp_path):
     (["-cp", "/nonexist"], "--config-path /nonexist: no such folder"),
     (["data.root=~/data"], "quote a value with spaces or characters such as ~ in single quotes"),
     (["hydra.run.dir=/dev/null"], "hydra.run.dir: /dev/null is a special file, not a folder"),
+    (["optim.lr=0.1", "=3"], "'=3' has no key before its '=': overrides are KEY=VALUE"),
+    (["-m", "optim.lr=0.1,"], "cannot parse the overrides 'optim.lr=0.1,': mismatched input '<EOF>'; a value is "
+                              "missing at the end of one (after a ',' or '=')"),
     (["hydra/job_logging=disabled"], "hydra/job_logging=disabled: backprop-lab keeps each run's log in its folder"),
     (["-m", "hydra.sweep.subdir=../..", "seed=1,2"], "hydra.sweep.subdir=../.. would put the sweep's jobs outside"),
     (["-m", "hydra.sweep.subdir=/tmp/x", "seed=1,2"], "hydra.sweep.subdir=/tmp/x would put the sweep's jobs outside"),
     (["-m", "hydra.sweep.subdir=''", "seed=1,2"], "would put the sweep's jobs in the sweep's folder itself"),
     (["-m", "hydra.sweep.subdir=x", "seed=1,2"], "hydra.sweep.subdir=x names one folder for every job of the sweep"),
-], ids=["+ on a key that exists", "-cp to nowhere", "unquoted ~", "a device as the run folder",
+], ids=["no key", "a trailing comma", "+ on a key that exists", "-cp to nowhere", "unquoted ~", "a device as the run folder",
         "job logging off (the run's log is its record)", "sweep subdir climbing out", "absolute sweep subdir",
         "empty sweep subdir", "one sweep subdir for every job"])
 def test_what_hydra_would_answer_in_many_lines_is_one(tmp_path, args, expected):
