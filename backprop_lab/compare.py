@@ -459,8 +459,19 @@ def differing_keys(runs: Sequence[Run]) -> list[str]:
 
 def _order(value: Any) -> tuple:
     if isinstance(value, bool) or isinstance(value, (int, float)):
-        return (0, float(value), "")
-    return (1, 0.0, str(value))
+        return (0, float(value), ())
+    return (1, 0.0, natural(str(value)))
+
+
+def natural(text: str) -> tuple:
+    """A sort key that orders the numbers in text as numbers: job 2 before job 10, [64] before [128]."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text))
+
+
+def by_date(run: Run) -> tuple:
+    """Runs are named by the day and second they started (a sweep's under multirun/, then its job
+    number), so the label without `multirun/` orders single runs and sweeps together by date."""
+    return natural(run.label.removeprefix("multirun/"))
 
 
 def sort_runs(runs: list[Run], column: str) -> list[Run]:
@@ -470,7 +481,9 @@ def sort_runs(runs: list[Run], column: str) -> list[Run]:
         v = r.value(column)
         return v is None or (isinstance(v, float) and math.isnan(v)) or (r.status == "corrupt" and column != "run")
 
-    runs = sorted(runs, key=lambda r: r.label)  # ties keep chronological order
+    runs = sorted(runs, key=by_date)  # ties keep chronological order
+    if column == "run":
+        return runs
     present = [r for r in runs if not last(r)]
     present.sort(key=lambda r: _order(r.value(column)), reverse=column in DESCENDING)
     return present + [r for r in runs if last(r)]

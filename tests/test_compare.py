@@ -151,7 +151,21 @@ def test_sort_is_best_first_for_accuracies_ascending_otherwise(outputs, capsys):
     _, out, _ = run_compare(capsys, "--sort", "optim.lr", "--filter", "model.hidden_size=32")
     assert labels(out) == [f"multirun/2026-11-30/03-00-00/{j}" for j in (0, 1, 2)]
     _, out, _ = run_compare(capsys, "--sort", "run")
-    assert labels(out) == sorted(labels(out))
+    assert labels(out) == ["2026-11-30/01-00-00", "2026-11-30/02-00-00", "multirun/2026-11-30/03-00-00/0",
+                           "multirun/2026-11-30/03-00-00/1", "multirun/2026-11-30/03-00-00/2", "2026-11-30/04-00-00",
+                           "2026-11-30/05-00-00"]  # by date, single runs and sweeps together
+
+
+def test_jobs_sort_by_number_and_lists_by_their_numbers(tmp_path, capsys):
+    for job in range(12):
+        run = make_run(tmp_path / "sweep" / str(job), [0.5, 0.6])
+        summary = json.loads((run / "summary.json").read_text())
+        summary["config"]["model"]["hidden_sizes"] = [[64], [128], [8, 4]][job % 3]
+        (run / "summary.json").write_text(json.dumps(summary))
+    _, out, _ = run_compare(capsys, str(tmp_path / "sweep"))
+    assert labels(out) == [str(job) for job in range(12)]  # not 0, 1, 10, 11, 2, ...
+    _, out, _ = run_compare(capsys, str(tmp_path / "sweep"), "--sort", "model.hidden_sizes")
+    assert [row[1] for row in table(out)[1]][::4] == ["[8, 4]", "[64]", "[128]"]
 
 
 def test_unknown_sort_column_is_one_line_listing_the_choices(outputs, capsys):
