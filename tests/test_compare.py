@@ -185,8 +185,8 @@ def test_filter_top_and_best(outputs, capsys):
     code, out, _ = run_compare(capsys, "--filter", "status=completed", "--sort", "test_acc", "--top", "2")
     assert code == 0 and labels(out) == ["multirun/2026-11-30/03-00-00/1", "2026-11-30/01-00-00"]
     _, out, _ = run_compare(capsys, "--best")  # one per sweep; single runs are their own group
-    assert labels(out) == ["2026-11-30/01-00-00", "2026-11-30/02-00-00", "2026-11-30/04-00-00",
-                           "multirun/2026-11-30/03-00-00/1"]
+    assert labels(out) == ["2026-11-30/01-00-00", "2026-11-30/02-00-00", "multirun/2026-11-30/03-00-00/1",
+                           "2026-11-30/04-00-00"]
     code, _, err = run_compare(capsys, "--filter", "model.hidden_size=7")
     assert code == 1 and "no runs match" in err
 
