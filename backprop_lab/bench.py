@@ -433,7 +433,7 @@ def render(console: Console, r: dict[str, Any]) -> None:
                       f"{st['cli_share_s']:.2f} s; `--help` {st['help_s']:.2f} s")
     if r["machine"].get("load_average_1min"):  # includes this benchmark's own threads
         console.print("machine load (1-min average, this run included): {start:.2f} at start, {end:.2f} at end".format(**r["machine"]["load_average_1min"]))
-    quick = " (not judged: --quick times one epoch of {QUICK_SUBSET:,} images; run without it to measure)" if s["quick"] else ""
+    quick = f" (not judged: --quick times one epoch of {QUICK_SUBSET:,} images; run without it to measure)" if s["quick"] else ""
     t = Table(title=f"targets{quick}", title_justify="left")
     for col in ("measure", "value", "target", "met"):
         t.add_column(col, justify="left" if col == "measure" else "right")

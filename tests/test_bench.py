@@ -62,7 +62,7 @@ def test_quick_bench_prints_the_table_and_writes_the_figures(quick_bench):
     assert figures["metrics_cost"]["seconds"] > 0
     assert {"a_over_c", "b_over_c", "c_over_d"} <= set(figures["targets"])
     assert all(t["met"] is None for t in figures["targets"].values())  # a smoke run judges nothing
-    assert "targets (not judged: --quick" in proc.stdout
+    assert "targets (not judged: --quick times one epoch of 2,048 images" in proc.stdout
     assert figures["startup"] is None and figures["memory"] is None and figures["scaling"] is None
 
 
