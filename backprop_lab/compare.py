@@ -685,7 +685,9 @@ def write_json(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> None:
             f.close()
 
 
-PLOT_SIZE = (10.0, 4.0)  # inches; at PLOT_DPI the PNG is 1000 x 400 pixels
+PLOT_SIZE = (10.0, 4.0)  # inches, without the legend; at PLOT_DPI the PNG is 1000 x 400 pixels
+CURVES_RUNS_MAX = 10  # lines in one figure: matplotlib has 10 colours; more could not be told apart
+LEGEND_WIDTH, LEGEND_ROW_INCHES = 110, 0.2  # characters per legend line at the small font, and its height
 PLOT_DPI = 100
 GRADS_PANEL = (4.0, 3.0)  # inches per run in the gradient figure
 GRADS_COLUMNS_MAX, GRADS_RUNS_MAX = 3, 12  # a 3 x 4 grid at most: more panels would be too small to read
@@ -698,14 +700,20 @@ def plot_labels(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
     return [f"{name} ({run.label})" if names.count(name) > 1 else name for run, name in zip(runs, names)]
 
 
-def write_plot(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> int:
-    """Test accuracy and test loss per epoch, one line per run; returns how many runs it drew."""
+def write_plot(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> tuple[int, int]:
+    """Test accuracy and test loss per epoch, one line per run, for the first CURVES_RUNS_MAX
+    listed runs with metrics; returns (runs drawn, runs with metrics)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend (Agg)
 
-    fig = Figure(figsize=PLOT_SIZE, dpi=PLOT_DPI, layout="constrained")
+    with_metrics = [run for run in runs if run.metrics]
+    plotted = with_metrics[:CURVES_RUNS_MAX]
+    # one legend row per run, wrapped to the figure's width; the figure grows to hold them
+    labels = [textwrap.fill(label, LEGEND_WIDTH) for label in plot_labels(plotted, keys)]
+    legend_rows = sum(label.count("\n") + 1 for label in labels)
+    fig = Figure(figsize=(PLOT_SIZE[0], PLOT_SIZE[1] + LEGEND_ROW_INCHES * legend_rows), dpi=PLOT_DPI,
+                 layout="constrained")
     acc_ax, loss_ax = fig.subplots(1, 2)
-    plotted = [run for run in runs if run.metrics]
-    for run, label in zip(plotted, plot_labels(plotted, keys)):
+    for run, label in zip(plotted, labels):
         epochs = [r["epoch"] for r in run.metrics]
         (line,) = acc_ax.plot(epochs, [100 * r["test_acc"] for r in run.metrics], marker=".", label=label)
         loss_ax.plot(epochs, [r["test_loss"] for r in run.metrics], marker=".", color=line.get_color())
@@ -715,9 +723,9 @@ def write_plot(dest: str, runs: Sequence[Run], keys: Sequence[str]) -> int:
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     if plotted:  # below both plots, so no curve is hidden behind it
-        fig.legend(loc="outside lower center", ncols=min(2, len(plotted)), fontsize="small")
+        fig.legend(loc="outside lower center", ncols=1, fontsize="small")
     fig.savefig(dest, dpi=PLOT_DPI)
-    return len(plotted)
+    return len(plotted), len(with_metrics)
 
 
 def plot_format_problem(dest: str) -> str | None:
@@ -874,8 +882,12 @@ def compare_main(argv: list[str]) -> int:
         if args.json:
             write_json(args.json, runs, keys)
         if args.plot:
-            if not write_plot(args.plot, runs, keys):
+            drawn, with_metrics = write_plot(args.plot, runs, keys)
+            if not drawn:
                 warning_line(f"no listed run has per-epoch metrics; {args.plot} has empty axes")
+            elif drawn < with_metrics:
+                warning_line(f"{args.plot} draws the first {drawn} of the {with_metrics} listed runs (more lines "
+                             f"could not be told apart); choose which with --sort, --top or --filter")
             grads_dest = grads_plot_path(args.plot)
             drawn, with_grads = write_grads_plot(grads_dest, runs, keys)
             if drawn:

@@ -273,7 +273,7 @@ def test_plot_is_a_png_of_the_expected_size(outputs, capsys, tmp_path):
 
     code, _, _ = run_compare(capsys, "--filter", "model.hidden_size=32", "--plot", str(tmp_path / "curves.png"))
     assert code == 0
-    assert imread(tmp_path / "curves.png").shape[:2] == (400, 1000)
+    assert imread(tmp_path / "curves.png").shape[:2] == (400 + 3 * 20, 1000)  # the plots, and a legend row per run
     assert not (tmp_path / "curves-grads.png").exists()  # no listed run has grads.csv
 
 
@@ -640,3 +640,20 @@ def test_a_narrow_terminal_gets_every_column_whole(tmp_path):
     assert "a-run-with-a-long-name" in text and "model.hidden_size" in text
     assert "80.00%" in text and "70.00% (1)" not in text and "80.00% (2)" in text and text.count("completed") == 2
     assert console.width == 60  # put back for what is printed next
+
+
+def test_a_plot_of_many_runs_draws_ten_with_a_legend_that_fits(tmp_path, capsys):
+    from matplotlib.image import imread
+
+    for job in range(15):
+        make_run(tmp_path / "sweep" / str(job), [0.5, 0.6 + job / 100], hidden=16 + job, lr=0.01 * (job + 1))
+    code, _, err = run_compare(capsys, str(tmp_path / "sweep"), "--plot", str(tmp_path / "many.png"))
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert lines == [f"warning: {tmp_path / 'many.png'} draws the first 10 of the 15 listed runs (more lines could "
+                     f"not be told apart); choose which with --sort, --top or --filter"], err  # no matplotlib warning
+    height, width = imread(tmp_path / "many.png").shape[:2]
+    assert width == 1000 and height >= 400 + 10 * 20  # a legend row for each run drawn, below the plots
+    code, _, err = run_compare(capsys, str(tmp_path / "sweep"), "--top", "3", "--plot", str(tmp_path / "few.png"))
+    assert code == 0 and err == ""
+    assert imread(tmp_path / "few.png").shape[0] < height
