@@ -1001,6 +1001,10 @@ def load_for_show(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, float]]
         if (run_dir / METRICS).is_file():
             raise RunError(f"{run_dir} has {METRICS} but no {SUMMARY} (the run stopped before writing it); "
                            f"`backprop-lab compare {run_dir}` lists what it has")
+        if is_run_dir(run_dir):  # Hydra's files only: a sweep job refused before it trained
+            why = _log_error(run_dir)
+            raise RunError(f"{run_dir} holds no results: its run was refused before it started"
+                           + (f" ({why})" if why else f"; see {run_dir / LOG}"))
         inside = find_run_dirs(run_dir)
         hint = f"; it holds {plural(len(inside), 'run')}: try `backprop-lab compare {run_dir}`" if inside else ""
         raise RunError(f"{run_dir} is not a run directory (no {SUMMARY}){hint}")

@@ -478,9 +478,15 @@ def broken(tmp_path: Path, what: str) -> Path:
     ("old-format", "summary.json lacks config.model.hidden_size"),
     ("bad-metrics", "metrics.csv line 2 is not a row of 7 numbers: '1,2.0,oops,1.9,0.3,0.1,100'"),
     ("missing-column", "metrics.csv lacks the columns train_loss"),
+    ("refused-job", "refused-job holds no results: its run was refused before it started (optim.lr=-1 is not valid)"),
 ])
 def test_show_refuses_what_it_cannot_read_in_one_line(outputs, tmp_path, capsys, case, expected):
-    path = {"missing": tmp_path / "nope", "sweep-root": outputs / "multirun/2026-11-30/03-00-00"}.get(case)
+    if case == "refused-job":  # as a sweep job refused at its config leaves its folder: Hydra's files only
+        (tmp_path / "refused-job" / ".hydra").mkdir(parents=True)
+        (tmp_path / "refused-job" / "backprop-lab.log").write_text(
+            "[2026-11-30 17:36:15,001][backprop_lab][ERROR] - optim.lr=-1 is not valid\n")
+    path = {"missing": tmp_path / "nope", "sweep-root": outputs / "multirun/2026-11-30/03-00-00",
+            "refused-job": tmp_path / "refused-job"}.get(case)
     code = show_main([str(path or broken(tmp_path, case))])
     out, err = capsys.readouterr()
     assert code == 2 and out == ""
