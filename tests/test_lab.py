@@ -65,30 +65,41 @@ def test_resuming_from_a_checkpoint_is_identical_with_momentum_dropout_and_batch
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_train_metrics_are_those_of_each_batch_as_it_was_trained(small_mnist, fused):
-    """The epoch's train loss and accuracy, recomputed here from a plain loop over the same
-    shuffled batches (backprop.py's forward, backward and step) with torch's cross-entropy."""
+    """Each epoch's train loss and accuracy, and its test loss and accuracy, recomputed here
+    from a plain loop over the same shuffled batches (backprop.py's forward, backward and
+    step; torch's randperm for each epoch's order) with torch's cross-entropy. train.steps
+    cuts the second epoch short, so its metrics must cover only the rows it trained."""
     from torch.nn.functional import cross_entropy
 
     from backprop_lab import backprop as bp
 
-    cfg = lab_config("train.epochs=1", "data.batch_size=96", f"train.fused={str(fused).lower()}")  # 2000 = 20 * 96 + 80
+    # 2000 = 20 * 96 + 80: 21 steps per epoch; 26 steps = one epoch and 5 steps (480 images)
+    cfg = lab_config("train.steps=26", "data.batch_size=96", f"train.fused={str(fused).lower()}")
     state = make_state(cfg, torch.device("cpu"))
     shuffle = torch.Generator()
     shuffle.set_state(state.shuffle.get_state())
     params = bp.Params(*(state.params[k].clone() for k in ("W1", "b1", "W2", "b2")))
-    record = next(train(cfg, small_mnist, state))
+    records = train(cfg, small_mnist, state)
 
-    order = torch.randperm(2000, generator=shuffle)
-    logits, labels = [], []
-    for rows in order.split(96):
-        cache = bp.forward(params, small_mnist.X_train[rows])
-        logits.append(cache.z2)
-        labels.append(small_mnist.y_train[rows])
-        bp.sgd_step(params, bp.backward(params, cache, small_mnist.Y_train[rows]), cfg.optim.lr)
-    z, y = torch.cat(logits), torch.cat(labels)
-    assert record.train_loss == pytest.approx(cross_entropy(z, y).item(), rel=1e-4)
-    assert abs(record.train_acc - (z.argmax(dim=1) == y).float().mean().item()) <= 2 / 2000  # a borderline digit may flip
+    data = small_mnist
+    for epoch, steps in ((1, 21), (2, 5)):
+        order = torch.randperm(2000, generator=shuffle)  # a new order every epoch
+        logits, labels = [], []
+        for rows in itertools.islice(order.split(96), steps):
+            cache = bp.forward(params, data.X_train[rows])
+            logits.append(cache.z2)
+            labels.append(data.y_train[rows])
+            bp.sgd_step(params, bp.backward(params, cache, data.Y_train[rows]), cfg.optim.lr)
+        z, y = torch.cat(logits), torch.cat(labels)
+        record = next(records)
+        assert record.epoch == epoch and len(y) == min(2000, steps * 96)
+        assert record.train_loss == pytest.approx(cross_entropy(z, y).item(), rel=1e-4)
+        assert abs(record.train_acc - (z.argmax(dim=1) == y).float().mean().item()) <= 2 / len(y)  # a borderline digit may flip
+        z_test = bp.forward(params, data.X_test).z2
+        assert record.test_loss == pytest.approx(cross_entropy(z_test, data.y_test).item(), rel=1e-4)
+        assert abs(record.test_acc - (z_test.argmax(dim=1) == data.y_test).float().mean().item()) <= 2 / 10_000
     assert 0.2 < record.train_acc < 0.95  # learning during the epoch, so a real mix of hits and misses
+    assert next(records, None) is None
 
 
 def test_train_steps_sets_the_run_length(small_mnist):
