@@ -102,6 +102,28 @@ def test_train_metrics_are_those_of_each_batch_as_it_was_trained(small_mnist, fu
     assert next(records, None) is None
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_divergence_names_the_batch_where_a_logit_first_stops_being_finite(small_mnist, fused):
+    """An infinite pixel in one training image: the batch that holds it (found here from
+    torch's randperm) is where training diverged, not the next check after it."""
+    import dataclasses
+
+    from backprop_lab.train import Diverged
+
+    bad = 1234
+    X = small_mnist.X_train.clone()
+    X[bad, 300] = math.inf
+    data = dataclasses.replace(small_mnist, X_train=X)
+    cfg = lab_config("train.epochs=1", f"train.fused={str(fused).lower()}")
+    state = make_state(cfg, torch.device("cpu"))
+    shuffle = torch.Generator()
+    shuffle.set_state(state.shuffle.get_state())
+    position = int((torch.randperm(2000, generator=shuffle) == bad).nonzero())
+    with pytest.raises(Diverged) as diverged:
+        next(train(cfg, data, state))
+    assert (diverged.value.epoch, diverged.value.batch) == (1, position // 64 + 1)
+
+
 def test_train_steps_sets_the_run_length(small_mnist):
     # 2,000 images in batches of 64: 32 steps per epoch; 70 steps = 2 full epochs and 6 steps
     cfg = lab_config("train.steps=70", "train.epochs=99")
