@@ -124,6 +124,33 @@ def test_divergence_names_the_batch_where_a_logit_first_stops_being_finite(small
     assert (diverged.value.epoch, diverged.value.batch) == (1, position // 64 + 1)
 
 
+@pytest.mark.parametrize("momentum,nesterov,weight_decay", [(0.9, False, 0.0), (0.9, True, 0.0), (0.0, False, 0.01)])
+def test_the_chapters_network_with_momentum_or_weight_decay_steps_as_torch_optim_sgd(small_mnist, momentum,
+                                                                                   nesterov, weight_decay):
+    """train() on the chapter's network with an optimiser setting the fused step does not take,
+    against backprop.py's gradients stepped by torch.optim.SGD over the same batches."""
+    from backprop_lab import backprop as bp
+
+    cfg = lab_config("train.steps=3", f"optim.momentum={momentum}", f"optim.nesterov={str(nesterov).lower()}",
+                     f"optim.weight_decay={weight_decay}")
+    state = make_state(cfg, torch.device("cpu"))
+    shuffle = torch.Generator()
+    shuffle.set_state(state.shuffle.get_state())
+    params = bp.Params(*(state.params[k].clone() for k in ("W1", "b1", "W2", "b2")))
+    groups = [{"params": [params.W1, params.W2], "weight_decay": weight_decay}, {"params": [params.b1, params.b2]}]
+    sgd = torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=momentum, nesterov=nesterov)
+    list(train(cfg, small_mnist, state))
+
+    for rows in itertools.islice(torch.randperm(2000, generator=shuffle).split(64), 3):
+        cache = bp.forward(params, small_mnist.X_train[rows])
+        grads = bp.backward(params, cache, small_mnist.Y_train[rows])
+        for p, g in zip((params.W1, params.b1, params.W2, params.b2), (grads.dW1, grads.db1, grads.dW2, grads.db2)):
+            p.grad = g
+        sgd.step()
+    for name, expected in params.as_dict().items():
+        torch.testing.assert_close(state.params[name], expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_train_steps_sets_the_run_length(small_mnist):
     # 2,000 images in batches of 64: 32 steps per epoch; 70 steps = 2 full epochs and 6 steps
     cfg = lab_config("train.steps=70", "train.epochs=99")
