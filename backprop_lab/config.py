@@ -242,7 +242,7 @@ def check_combination(cfg: Config) -> None:
     if m.batch_norm and (b == 1 or n % b == 1):
         # A 1-image batch has no spread: zhat and the layer's weight gradient are 0, and the
         # running variance is pulled towards 0 (torch's BatchNorm1d refuses it too).
-        which = "every batch" if b == 1 else f"the last batch of each epoch ({n:,} images in batches of {b})"
+        which = "every batch" if b == 1 else f"the last batch of each epoch ({n:,} images in batches of {b:,})"
         raise ConfigError(f"model.batch_norm=true needs at least 2 images per batch, but {which} has 1; "
                           f"choose another data.batch_size or data.train_subset")
 

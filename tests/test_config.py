@@ -145,6 +145,7 @@ LAB_BAD = [
     (["model.dropout=1"], "model.dropout=1 is not valid: expected a number in [0, 1)"),
     (["model.dropout=-0.1"], "model.dropout=-0.1 is not valid"),
     (["optim.weight_decay=-1"], "optim.weight_decay=-1 is not valid: expected a number >= 0"),
+    (["optim.weight_decay=-0.5"], "optim.weight_decay=-0.5 is not valid: expected a number >= 0"),
     (["optim.momentum=1"], "optim.momentum=1 is not valid: expected a number in [0, 1)"),
     (["model.activation=swish"], "model.activation='swish' is not valid: expected one of relu, sigmoid, tanh, leaky_relu"),
     (["model.init=orthogonal"], "model.init='orthogonal' is not valid: expected one of normal, uniform, xavier, he"),
@@ -160,6 +161,8 @@ LAB_BAD = [
      "model.batch_norm=true needs at least 2 images per batch, but every batch has 1"),
     (["model.batch_norm=true", "data.train_subset=1001", "data.batch_size=100"],
      "but the last batch of each epoch (1,001 images in batches of 100) has 1; choose another data.batch_size"),
+    (["model.batch_norm=true", "data.batch_size=59999"],  # all 60,000 images (no subset): the last batch holds 1
+     "but the last batch of each epoch (60,000 images in batches of 59,999) has 1; choose another data.batch_size"),
 ]
 
 

@@ -118,7 +118,8 @@ def test_sigkill_at_random_moments_never_leaves_half_written_files(tmp_path):
 def test_resume_refuses_a_different_config_and_completed_runs(tmp_path, uninterrupted):
     done = run_cli("resume", str(uninterrupted), cwd=tmp_path)
     assert done.returncode == 0 and "nothing to do" in done.stdout
-    for mistake, expected in (("optim.lrr=0.5", "did you mean 'optim.lr'?"), ("train.epochs=6", "resume refused")):
+    for mistake, expected in (("optim.lrr=0.5", "did you mean 'optim.lr'?"), ("train.epochs=6", "resume refused"),
+                              ("seed=5", "resume refused: the config differs from the run's own in seed (0 -> 5)")):
         refused = run_cli("resume", str(uninterrupted), mistake, cwd=tmp_path)  # not "nothing to do"
         assert refused.returncode == 2 and "nothing to do" not in refused.stdout, refused.stdout
         (line,) = [l for l in refused.stderr.splitlines() if l.strip()]
