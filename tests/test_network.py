@@ -245,3 +245,33 @@ def test_layer_stats_are_the_autograd_gradient_norms():
         assert r["grad_norm"] == pytest.approx(ref[f"W{r['layer']}"].norm().item(), rel=1e-10)
         assert r["weight_norm"] == pytest.approx(W.norm().item())
         assert r["update_ratio"] == pytest.approx(0.3 * r["grad_norm"] / r["weight_norm"], rel=1e-10)
+
+
+@pytest.mark.parametrize("momentum,nesterov,weight_decay", [(0.0, False, 0.0), (0.9, False, 0.01), (0.9, True, 0.0)])
+def test_layer_stats_are_the_gradient_and_the_step_torch_optim_sgd_would_take(momentum, nesterov, weight_decay):
+    """grad_norm: |dL/dW| by autograd (weight decay not included); update_ratio: |W - W'| / |W|
+    where W' is torch.optim.SGD's step from that gradient and the momentum buffer there."""
+    g = torch.Generator().manual_seed(3)
+    arch = nw.Arch(sizes=(784, 32, 10), activation="relu", output="softmax", loss="cross_entropy")
+    params = nw.init_params(arch, "normal", 0.05, g, dtype=torch.float64)
+    velocity = {"W1": torch.randn(784, 32, generator=g, dtype=torch.float64) * 1e-3,
+                "W2": torch.randn(32, 10, generator=g, dtype=torch.float64) * 1e-3} if momentum else {}
+    X = torch.rand(50, 784, generator=g, dtype=torch.float64) * 2 - 1
+    y = torch.randint(0, 10, (50,), generator=g)
+    opt = nw.SGD(lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    rows = nw.layer_stats(arch, opt, params, velocity, X, F.one_hot(y, 10).to(torch.float64))
+
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    z = torch.relu(X @ leaves["W1"] + leaves["b1"]) @ leaves["W2"] + leaves["b2"]
+    F.cross_entropy(z, y).backward()
+    for row, name in zip(rows, ("W1", "W2")):
+        W = leaves[name].detach().clone().requires_grad_()
+        W.grad = leaves[name].grad.clone()
+        sgd = torch.optim.SGD([W], lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+        if momentum:
+            sgd.state[W]["momentum_buffer"] = velocity[name].clone()
+        sgd.step()
+        before = params[name]
+        assert row["grad_norm"] == pytest.approx(leaves[name].grad.norm().item(), rel=1e-9)
+        assert row["weight_norm"] == pytest.approx(before.norm().item(), rel=1e-12)
+        assert row["update_ratio"] == pytest.approx((W.detach() - before).norm().item() / before.norm().item(), rel=1e-7)
