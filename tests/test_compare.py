@@ -663,3 +663,25 @@ def test_a_plot_of_many_runs_draws_ten_with_a_legend_that_fits(tmp_path, capsys)
     code, _, err = run_compare(capsys, str(tmp_path / "sweep"), "--top", "3", "--plot", str(tmp_path / "few.png"))
     assert code == 0 and err == ""
     assert imread(tmp_path / "few.png").shape[0] < height
+
+
+def test_best_acc_sorts_best_first_and_ranks_by_the_rows_when_summary_is_lost(tmp_path, capsys):
+    make_run(tmp_path / "runs" / "a", [0.90, 0.95])
+    make_run(tmp_path / "runs" / "b", [0.97, 0.80])  # best early, worst at the end
+    lost = make_run(tmp_path / "runs" / "c", [0.93, 0.85])
+    (lost / "summary.json").unlink()  # killed before its first summary: the rows are all there is
+    _, out, _ = run_compare(capsys, str(tmp_path / "runs"), "--sort", "best_test_acc")
+    assert labels(out) == ["b", "a", "c"]
+    row = {r[0]: r for r in table(out)[1]}["c"]
+    assert row[1:3] == ["85.00%", "93.00% (1)"]  # final from the last row, best from the best row
+    _, out, _ = run_compare(capsys, str(tmp_path / "runs"), "--json", "-")
+    c = next(r for r in json.loads(out)["runs"] if r["run"] == "c")
+    assert (c["final_test_acc"], c["best_test_acc"], c["best_epoch"]) == (0.85, 0.93, 1)
+
+
+def test_best_of_a_sweep_breaks_a_tie_in_final_accuracy_by_best_accuracy(tmp_path, capsys):
+    for job, accs in enumerate([[0.80, 0.90], [0.95, 0.90], [0.70, 0.90]]):
+        make_run(tmp_path / "sweep" / str(job), accs)
+    (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
+    _, out, _ = run_compare(capsys, str(tmp_path / "sweep"), "--best")
+    assert labels(out) == ["1"]
