@@ -625,6 +625,10 @@ def damage(run_dir: Path, case: str) -> None:
         metrics_csv.write_bytes(metrics_csv.read_bytes()[:len(metrics_csv.read_text().splitlines()[0]) + 20])
     elif case == "checkpoint of another run":
         s["epochs_completed"] = 1  # its checkpoint is of epoch 3
+    elif case == "summary ahead of its checkpoint":
+        s["epochs_completed"], s["epochs_planned"] = 5, 6  # its checkpoint is of epoch 3
+    elif case == "a row too many":
+        metrics_csv.write_text(metrics_csv.read_text() + metrics_csv.read_text().splitlines()[-1] + "\n")
     elif case == "epochs_completed not a count":
         s["epochs_completed"] = "x"
     elif case == "config missing":
@@ -637,6 +641,8 @@ DAMAGE = {
     "metrics.csv garbage": "metrics.csv cannot be read",
     "first row cut": "metrics.csv does not hold one whole row for each of the 3 completed epoch(s)",
     "checkpoint of another run": "checkpoint.pt is of epoch 3, but summary.json counts 1 completed epoch(s)",
+    "summary ahead of its checkpoint": "checkpoint.pt is of epoch 3, but summary.json counts 5 completed epoch(s)",
+    "a row too many": "metrics.csv holds more than the rows of the 3 completed epoch(s) the summary counts",
     "epochs_completed not a count": "summary.json is damaged (epochs_completed missing or of the wrong type)",
     "config missing": "summary.json is damaged (config missing or of the wrong type)",
 }
