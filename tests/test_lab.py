@@ -124,6 +124,26 @@ def test_divergence_names_the_batch_where_a_logit_first_stops_being_finite(small
     assert (diverged.value.epoch, diverged.value.batch) == (1, position // 64 + 1)
 
 
+def test_weights_gone_infinite_behind_finite_logits_are_divergence_too(small_mnist):
+    """One step whose logits are finite (they come before the update) but whose update is not:
+    only the test pass after the epoch can see it."""
+    import dataclasses
+
+    from backprop_lab.train import Diverged
+
+    cfg = lab_config("train.steps=1", "optim.lr=1e10")
+    state = make_state(cfg, torch.device("cpu"))
+    shuffle = torch.Generator()
+    shuffle.set_state(state.shuffle.get_state())
+    first = int(torch.randperm(2000, generator=shuffle)[0])
+    X = small_mnist.X_train.clone()
+    X[first, 300] = 3e38  # finite in float32, as are the logits; lr * dW1 is not
+    with pytest.raises(Diverged) as diverged:
+        next(train(cfg, dataclasses.replace(small_mnist, X_train=X), state))
+    assert (diverged.value.epoch, diverged.value.batch) == (1, 1)
+    assert not torch.isfinite(state.params["W1"]).all()
+
+
 @pytest.mark.parametrize("momentum,nesterov,weight_decay", [(0.9, False, 0.0), (0.9, True, 0.0), (0.0, False, 0.01)])
 def test_the_chapters_network_with_momentum_or_weight_decay_steps_as_torch_optim_sgd(small_mnist, momentum,
                                                                                    nesterov, weight_decay):
