@@ -303,6 +303,18 @@ def test_gradcheck_still_catches_a_tiny_gradient_that_is_wrong(overrides, factor
     assert [name for name, c in checks.items() if not c.ok] == ["b1"]
 
 
+def test_gradcheck_checks_the_weight_decay_term(monkeypatch):
+    """With optim.weight_decay set, the checked gradient is that of the loss plus the L2 term:
+    a hand-written step that doubles the term fails, for the weights and only for them."""
+    import dataclasses
+
+    real = network.sgd_direction
+    monkeypatch.setattr(network, "sgd_direction", lambda opt, *a: real(
+        dataclasses.replace(opt, weight_decay=2 * opt.weight_decay), *a))
+    checks = {c.name: c for c in gradcheck.check(lab_config("optim.weight_decay=0.01"))}
+    assert [name for name, c in checks.items() if not c.ok] == ["W1", "W2"]
+
+
 def test_gradcheck_of_a_model_too_large_for_memory_is_one_line(capsys):
     # 784 x 1e11 float64 weights: 627 TB, more than any machine's (virtual) memory
     assert gradcheck.main(["model.hidden_size=100000000000"]) == 2
