@@ -352,11 +352,12 @@ def test_resume_after_a_kill_mid_row_rewrites_the_epoch_from_its_checkpoint(stop
     assert resume_here(stopped) == 0  # both epochs now; checkpoint.pt holds epoch 2 and its rows
     whole = {name: (stopped / name).read_bytes() for name in ("metrics.csv", "grads.csv")}
     # as if killed while epoch 2's rows were being written: metrics.csv's row cut mid-line,
-    # grads.csv with only part of its rows and the last of them cut, summary.json still at epoch 1
-    for name, keep in (("metrics.csv", 30), ("grads.csv", 60)):
-        text = whole[name]
-        last = text.rstrip(b"\r\n").rfind(b"\n") + 1 if name == "metrics.csv" else text.find(b"\n2,") + 1
-        (stopped / name).write_bytes(text[:last + keep])
+    # grads.csv with one whole row of epoch 2 and the next cut, summary.json still at epoch 1
+    text = whole["metrics.csv"]
+    (stopped / "metrics.csv").write_bytes(text[:text.rstrip(b"\r\n").rfind(b"\n") + 1 + 30])
+    text = whole["grads.csv"]
+    second_row_of_epoch_2 = text.find(b"\n2,", text.find(b"\n2,") + 1) + 1
+    (stopped / "grads.csv").write_bytes(text[:second_row_of_epoch_2 + 20])
     assert not (stopped / "metrics.csv").read_bytes().endswith(b"\n")
     s = summary(stopped)
     (stopped / "summary.json").write_text(json.dumps({**s, "epochs_completed": 1, "status": "interrupted"}))
