@@ -397,10 +397,6 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the options before any job starts; clear an earlier pass's fail-fast stop."""
-        if in_own_process(config.hydra):
-            WaitingForJobs.current = WaitingForJobs(self, Path(str(config.hydra.sweep.dir)))
-            signal.signal(signal.SIGINT, WaitingForJobs.current)
-            signal.signal(signal.SIGTERM, WaitingForJobs.current)
         from .cli import check_not_a_run, check_sweep_subdir
 
         try:
@@ -411,6 +407,10 @@ class SweepReport(Callback):
             error_line(str(e))
             raise SystemExit(2) from None  # not an Exception, so Hydra does not turn it into a warning
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        if in_own_process(config.hydra):  # after the checks: resolving the default sweep.dir makes its folder
+            WaitingForJobs.current = WaitingForJobs(self, sweep_dir)
+            signal.signal(signal.SIGINT, WaitingForJobs.current)
+            signal.signal(signal.SIGTERM, WaitingForJobs.current)
         try:  # made here, as Hydra's launcher would next, so a path that cannot be a folder is one line
             sweep_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
