@@ -68,7 +68,9 @@ def test_train_metrics_are_those_of_each_batch_as_it_was_trained(small_mnist, fu
     """Each epoch's train loss and accuracy, and its test loss and accuracy, recomputed here
     from a plain loop over the same shuffled batches (backprop.py's forward, backward and
     step; torch's randperm for each epoch's order) with torch's cross-entropy. train.steps
-    cuts the second epoch short, so its metrics must cover only the rows it trained."""
+    cuts the second epoch short, so its metrics must cover only the rows it trained. The
+    progress bar's running loss, every 4 batches and at the epoch's end, is the mean over the
+    epoch's rows trained so far."""
     from torch.nn.functional import cross_entropy
 
     from backprop_lab import backprop as bp
@@ -79,7 +81,8 @@ def test_train_metrics_are_those_of_each_batch_as_it_was_trained(small_mnist, fu
     shuffle = torch.Generator()
     shuffle.set_state(state.shuffle.get_state())
     params = bp.Params(*(state.params[k].clone() for k in ("W1", "b1", "W2", "b2")))
-    records = train(cfg, small_mnist, state)
+    progress = []  # (batches done, batches in the epoch, running loss) as the progress bar gets them
+    records = train(cfg, small_mnist, state, on_batch=lambda *call: progress.append(call), progress_every=4)
 
     data = small_mnist
     for epoch, steps in ((1, 21), (2, 5)):
@@ -93,6 +96,12 @@ def test_train_metrics_are_those_of_each_batch_as_it_was_trained(small_mnist, fu
         z, y = torch.cat(logits), torch.cat(labels)
         record = next(records)
         assert record.epoch == epoch and len(y) == min(2000, steps * 96)
+        shown = sorted({*range(4, steps + 1, 4), steps})
+        assert [(done, total) for done, total, _ in progress] == [(j, steps) for j in shown]
+        for (done, _, loss), j in zip(progress, shown):
+            seen = min(2000, j * 96)
+            assert loss == pytest.approx(cross_entropy(z[:seen], y[:seen]).item(), rel=1e-4), (epoch, j)
+        progress.clear()
         assert record.train_loss == pytest.approx(cross_entropy(z, y).item(), rel=1e-4)
         assert abs(record.train_acc - (z.argmax(dim=1) == y).float().mean().item()) <= 2 / len(y)  # a borderline digit may flip
         z_test = bp.forward(params, data.X_test).z2
