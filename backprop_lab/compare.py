@@ -246,12 +246,24 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+UNUSED = "-"  # a config value the run ignored
+
+
+def run_config(config: Any) -> dict[str, Any]:
+    """The run's config, flat, with model.hidden_size as UNUSED when model.hidden_sizes set the
+    layers: otherwise a 64-32 network would list, filter and sort as hidden size 128."""
+    flat = flatten(config)
+    if flat.get("model.hidden_sizes") is not None and "model.hidden_size" in flat:
+        flat["model.hidden_size"] = UNUSED
+    return flat
+
+
 def _hydra_config(run_dir: Path) -> dict[str, Any]:
     """The config Hydra saved, for a run that left no summary.json; {} if there is none."""
     try:
         import yaml  # Hydra's dependency; only needed for these leftovers
 
-        return flatten(yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()))
+        return run_config(yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()))
     except Exception:  # noqa: BLE001 - a missing or odd file just means no config columns
         return {}
 
@@ -339,7 +351,7 @@ def load_run(run_dir: Path, label: str, group: Path | None = None) -> Run:
             _fill_from_metrics(run)
         return run
     run.status = effective_status(summary)
-    run.config = flatten(summary["config"])
+    run.config = run_config(summary["config"])
     for name in ("final_test_acc", "best_test_acc", "best_epoch", "final_test_loss",
                  "epochs_completed", "epochs_planned", "train_seconds"):
         setattr(run, name, summary.get(name))

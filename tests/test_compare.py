@@ -232,6 +232,20 @@ def test_filter_matches_a_list_however_it_is_spaced(tmp_path, capsys, typed, exp
         assert code == 1 and "no runs match" in err
 
 
+def test_a_run_with_hidden_sizes_lists_no_hidden_size_and_matches_no_filter_on_it(tmp_path, capsys):
+    # model.hidden_size keeps its default 128 in a run of hidden_sizes=[32, 16], which never used it
+    with_hidden_sizes(make_run(tmp_path / "runs" / "a", [0.5, 0.6]), [32, 16])
+    make_run(tmp_path / "runs" / "b", [0.5, 0.6])
+    code, out, err = run_compare(capsys, str(tmp_path / "runs"))
+    heads, rows = table(out)
+    cells = {row[0]: dict(zip(heads, row)) for row in rows}
+    assert code == 0, err
+    assert cells["a"]["model.hidden_size"] == "-" and cells["a"]["model.hidden_sizes"] == "[32, 16]"
+    assert cells["b"]["model.hidden_size"] == "128" and cells["b"]["model.hidden_sizes"] == "null"
+    code, out, err = run_compare(capsys, str(tmp_path / "runs"), "--filter", "model.hidden_size=128")
+    assert code == 0 and labels(out) == ["b"], err
+
+
 @pytest.mark.parametrize("bad", ["hidden", "nope=1", "=3"])
 def test_malformed_or_unknown_filter_is_a_clear_error(outputs, capsys, bad):
     code, out, err = run_compare(capsys, "--filter", bad)
