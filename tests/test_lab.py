@@ -312,6 +312,25 @@ def test_gradcheck_still_catches_a_tiny_gradient_that_is_wrong(overrides, factor
     assert [name for name, c in checks.items() if not c.ok] == ["b1"]
 
 
+def test_gradcheck_finite_differences_check_the_largest_gradient_entry(monkeypatch):
+    """One entry of ~100,000 in dW1 is wrong, the largest: random picks would all but never
+    reach it, so the finite differences must check the largest entries on purpose."""
+    real = network.backward
+
+    def one_entry_off(*a, **k):
+        grads = real(*a, **k)
+        dW1 = grads["W1"].clone()
+        top = dW1.abs().argmax()
+        dW1.view(-1)[top] *= 1.01
+        return {**grads, "W1": dW1}
+
+    monkeypatch.setattr(network, "backward", one_entry_off)
+    checks = {c.name: c for c in gradcheck.check(lab_config(), entries=6)}
+    assert checks["W1"].shape == (784, 128)
+    assert not checks["W1"].fd_ok and not checks["W1"].autograd_ok
+    assert [name for name, c in checks.items() if not c.ok] == ["W1"]
+
+
 def test_gradcheck_checks_the_weight_decay_term(monkeypatch):
     """With optim.weight_decay set, the checked gradient is that of the loss plus the L2 term:
     a hand-written step that doubles the term fails, for the weights and only for them."""
