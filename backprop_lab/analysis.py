@@ -269,6 +269,7 @@ def load_run(run_dir: Path) -> tuple[Arch, Params, Config]:
     import torch
 
     from .config import ConfigError, from_container, with_defaults
+    from .network import init_params
     from .rundir import WEIGHTS, read_summary
     from .train import arch_of
 
@@ -292,10 +293,13 @@ def load_run(run_dir: Path) -> tuple[Arch, Params, Config]:
     except (OSError, ValueError, ConfigError) as e:
         raise PredictError(f"cannot read the config of {run_dir} from its summary.json: {e}") from None
     arch = arch_of(cfg)
-    expected = {f"W{l}": (n_in, n_out) for l, (n_in, n_out) in enumerate(zip(arch.sizes, arch.sizes[1:]), start=1)}
-    found = {k: tuple(v.shape) for k, v in params.items() if k.startswith("W")} if isinstance(params, dict) else {}
+    # every tensor the forward pass reads (biases, batch norm's statistics too), at its shape
+    expected = {k: tuple(v.shape) for k, v in init_params(arch, cfg.model.init, 1.0, torch.Generator()).items()}
+    found = {k: tuple(v.shape) for k, v in params.items() if isinstance(v, torch.Tensor)} if isinstance(params, dict) else {}
     if found != expected:
-        raise PredictError(f"{run_dir / WEIGHTS} does not match the run's config ({arch.describe()})")
+        missing = sorted(expected.keys() - found.keys())
+        detail = f"it lacks {', '.join(missing)}" if missing else "its tensors have other names or shapes"
+        raise PredictError(f"{run_dir / WEIGHTS} does not match the run's config ({arch.describe()}): {detail}")
     return arch, params, cfg
 
 

@@ -160,7 +160,8 @@ def test_predict_images_and_test_images_together(trained, mnist, tmp_path, order
 
 
 @pytest.mark.parametrize("case", ["missing", "not an image", "truncated", "no weights", "out of range",
-                                  "summary not a record", "empty weights.pt"])
+                                  "summary not a record", "empty weights.pt", "weights.pt lacks b2",
+                                  "weights.pt of another size"])
 def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypatch):
     from PIL import Image
 
@@ -172,6 +173,16 @@ def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypa
         shutil.copytree(trained, damaged)
         (damaged / ("summary.json" if case == "summary not a record" else "weights.pt")).write_text(
             "null\n" if case == "summary not a record" else "")
+    if case.startswith("weights.pt "):  # a whole file, but not of this run's network
+        import torch
+
+        shutil.copytree(trained, damaged)
+        weights = torch.load(damaged / "weights.pt", weights_only=True)
+        if case == "weights.pt lacks b2":
+            del weights["b2"]
+        else:
+            weights["b1"] = torch.zeros(7)
+        torch.save(weights, damaged / "weights.pt")
     args, expected = {
         "missing": ([str(trained), "nope.png"], "nope.png: no such file"),
         "not an image": ([str(trained), "text.png"], "is not an image"),
@@ -180,6 +191,8 @@ def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypa
         "out of range": ([str(trained), "--from-test", "10000"], "out of range"),
         "summary not a record": ([str(damaged), "noise.png"], "summary.json does not hold the run's record"),
         "empty weights.pt": ([str(damaged), "noise.png"], "weights.pt: EOFError; it is not a weights file"),
+        "weights.pt lacks b2": ([str(damaged), "noise.png"], "does not match the run's config (784-128-10 relu, softmax + cross_entropy): it lacks b2"),
+        "weights.pt of another size": ([str(damaged), "noise.png"], "have other names or shapes"),
     }[case]
     monkeypatch.chdir(tmp_path)
     if case == "missing":  # once through the real command line: exit status, no traceback
