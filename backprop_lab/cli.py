@@ -36,7 +36,12 @@ from omegaconf.errors import OmegaConfBaseException
 from . import __version__
 from .config import ConfigError, from_dictconfig, known_keys, list_keys, unknown_key_message
 from .report import ErrorConsole, error_line, plural, to_devnull
-from .rundir import LOG, RunDirError, refuse_existing_run
+from .analysis import CONFUSION_CSV, CONFUSION_PNG, CURVES_PNG, ERRORS_PNG
+from .rundir import CHECKPOINT, GRADS, LOG, RunDirError, refuse_existing_run
+
+# What a run writes besides its summary, metrics and weights (refuse_existing_run's): a folder
+# holding any of them is another run's, which a new run would add to or overwrite.
+LEFT_BY_A_RUN = (GRADS, CHECKPOINT, ".hydra", CONFUSION_CSV, CONFUSION_PNG, ERRORS_PNG, CURVES_PNG)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
@@ -217,7 +222,7 @@ def check_output_dir(key: str, value: Any, used: bool) -> Path | None:
             if inner is not None:
                 raise RunDirError(f"{key}={value} holds other runs ({inner.parent}); a run needs a folder of its own, "
                                   f"or `compare` would no longer find them: choose a new one, e.g. {path / 'try1'}")
-            leftover = sorted(p.name for p in path.iterdir() if p.name in ("grads.csv", "checkpoint.pt", ".hydra"))
+            leftover = sorted(p.name for p in path.iterdir() if p.name in LEFT_BY_A_RUN)
             if leftover:
                 raise RunDirError(f"{key}={value} holds what an earlier run left ({', '.join(leftover)}), which this "
                                   f"run would add to; choose a new folder or empty this one")

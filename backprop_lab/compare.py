@@ -824,7 +824,8 @@ def outputs_problem(args: argparse.Namespace) -> str | None:
     problems = [output_problem(flag, dest, example) for flag, dest, example in
                 (("--csv", args.csv, "runs.csv"), ("--json", args.json, "runs.json")) if dest and dest != "-"]
     if args.plot:  # the format first: matplotlib would only refuse it at the end
-        problems += [plot_format_problem(args.plot), output_problem("--plot", args.plot, "curves.png")]
+        problems += [plot_format_problem(args.plot), output_problem("--plot", args.plot, "curves.png"),
+                     output_problem("--plot's gradient figure", str(grads_plot_path(args.plot)), "curves.png")]
     return next((problem for problem in problems if problem), None)
 
 

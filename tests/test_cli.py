@@ -375,6 +375,12 @@ def test_a_run_dir_holding_other_runs_or_their_leftovers_is_refused(tmp_path):
     (tmp_path / "left" / "grads.csv").write_text("epoch,layer\n")
     line = refused_in_one_line(tmp_path, "hydra.run.dir=left", "train.epochs=1")
     assert "holds what an earlier run left (grads.csv)" in line
+    (tmp_path / "plots").mkdir()  # a completed run's reports, its summary gone: they would be overwritten
+    (tmp_path / "plots" / "confusion.png").write_bytes(b"earlier")
+    (tmp_path / "plots" / "curves.png").write_bytes(b"earlier")
+    line = refused_in_one_line(tmp_path, "hydra.run.dir=plots", "train.epochs=1")
+    assert "holds what an earlier run left (confusion.png, curves.png)" in line
+    assert (tmp_path / "plots" / "curves.png").read_bytes() == b"earlier"
 
 
 def test_an_error_line_prints_square_brackets_as_they_are(capsys):

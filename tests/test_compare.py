@@ -303,7 +303,7 @@ def test_unsupported_plot_extension_is_one_line_before_anything_is_written(outpu
 
 
 @pytest.mark.parametrize("case", ["plot folder missing", "csv folder missing", "json is a folder", "csv under a file",
-                                  "both on stdout", "a run's own metrics.csv"])
+                                  "both on stdout", "a run's own metrics.csv", "the gradient figure is a folder"])
 def test_an_output_that_cannot_be_written_is_refused_before_the_table(outputs, capsys, tmp_path, case):
     (tmp_path / "afile").write_text("")
     run = tmp_path / "outputs" / "2026-11-30" / "01-00-00"
@@ -315,7 +315,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_table(outputs, c
         "json is a folder": (["--json", str(tmp_path)], f"--json {tmp_path} is a folder; give a file name"),
         "csv under a file": (["--csv", str(tmp_path / "afile" / "r.csv")], "afile is a file, not a folder"),
         "both on stdout": (["--csv", "-", "--json", "-"], "--csv - and --json - would both write to standard output"),
+        "the gradient figure is a folder": (["--plot", str(tmp_path / "c.png")],
+                                            f"--plot's gradient figure {tmp_path / 'c-grads.png'} is a folder"),
     }[case]
+    if case == "the gradient figure is a folder":  # --plot c.png draws c-grads.png beside it too
+        (tmp_path / "c-grads.png").mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
     code, out, err = run_compare(capsys, *args)
     assert code == 2 and out == ""  # not the table first, then the failure
