@@ -50,7 +50,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .analysis import CONFUSION_CSV, Confusion, from_counts
-from .config import dotted
+from .config import N_TRAIN, dotted, planned_epochs
 from .report import (COLUMN_KEYS, STATUS_COLOURS, OutputConsole, Reporter, SubcommandParser, error_line, plural,
                      print_whole)
 from .rundir import GRADS, GRADS_COLUMNS, LOG, METRICS, SUMMARY, effective_status, read_summary
@@ -376,8 +376,18 @@ def _fill_from_metrics(run: Run) -> None:
     run.final_test_acc, run.final_test_loss = rows[-1]["test_acc"], rows[-1]["test_loss"]
     run.best_test_acc, run.best_epoch = best["test_acc"], int(best["epoch"])
     run.epochs_completed = len(rows)
-    run.epochs_planned = run.config.get("train.epochs") if isinstance(run.config.get("train.epochs"), int) else None
+    run.epochs_planned = _planned(run.config)
     run.train_seconds = sum(r["seconds"] for r in rows)
+
+
+def _planned(config: dict[str, Any]) -> int | None:
+    """The epochs a run's config plans, as training counts them, or None if it does not say."""
+    epochs, steps, batch = (config.get(k) for k in ("train.epochs", "train.steps", "data.batch_size"))
+    subset = config.get("data.train_subset")
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
+    if not (whole(epochs) and whole(batch) and (steps is None or whole(steps)) and (subset is None or whole(subset))):
+        return None
+    return planned_epochs(epochs, steps, subset or N_TRAIN, batch)
 
 
 # --- finding runs --------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import re
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Callable
 
+N_TRAIN = 60_000  # images in MNIST's training set
+
 
 class ConfigError(ValueError):
     """A bad configuration value; the message is one line meant for the user."""
@@ -119,7 +121,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "data.batch_size": (lambda v: _is_int(v) and v > 0, "a positive integer, e.g. 64"),
     "data.train_subset": (
-        lambda v: v is None or (_is_int(v) and 0 < v <= 60_000),
+        lambda v: v is None or (_is_int(v) and 0 < v <= N_TRAIN),
         "null (all 60,000 images) or an integer from 1 to 60000",
     ),
     "data.download": (lambda v: isinstance(v, bool), "true or false"),
@@ -238,13 +240,20 @@ def check_combination(cfg: Config) -> None:
                           f"loss={cfg.loss} needs model.output={fit}")
     if o.nesterov and o.momentum == 0:
         raise ConfigError("optim.nesterov=true needs optim.momentum > 0, e.g. optim.momentum=0.9")
-    n, b = cfg.data.train_subset or 60_000, cfg.data.batch_size
+    n, b = cfg.data.train_subset or N_TRAIN, cfg.data.batch_size
     if m.batch_norm and (b == 1 or n % b == 1):
         # A 1-image batch has no spread: zhat and the layer's weight gradient are 0, and the
         # running variance is pulled towards 0 (torch's BatchNorm1d refuses it too).
         which = "every batch" if b == 1 else f"the last batch of each epoch ({n:,} images in batches of {b:,})"
         raise ConfigError(f"model.batch_norm=true needs at least 2 images per batch, but {which} has 1; "
                           f"choose another data.batch_size or data.train_subset")
+
+
+def planned_epochs(epochs: int, steps: int | None, n_train: int, batch_size: int) -> int:
+    """train.epochs, or with train.steps the epochs those minibatches span (the last may be partial)."""
+    if steps is None:
+        return epochs
+    return math.ceil(steps / math.ceil(n_train / batch_size))
 
 
 def dotted(d: Any, key: str) -> Any:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from . import network
+from . import config, network
 from .backprop import Params as ChapterParams
 from .backprop import fused_step, fused_views
 from .config import Config, ConfigError
@@ -155,9 +155,7 @@ def check_fits(cfg: Config, device: torch.device) -> None:
 
 def planned_epochs(cfg: Config, n_train: int) -> int:
     """train.epochs, or with train.steps the epochs those minibatches span (the last may be partial)."""
-    if cfg.train.steps is None:
-        return cfg.train.epochs
-    return math.ceil(cfg.train.steps / math.ceil(n_train / cfg.data.batch_size))
+    return config.planned_epochs(cfg.train.epochs, cfg.train.steps, n_train, cfg.data.batch_size)
 
 
 @dataclass

@@ -410,6 +410,21 @@ def test_partial_refused_and_missing(tmp_path, capsys):
     assert code == 2 and err.strip().endswith("does not exist")
 
 
+@pytest.mark.parametrize("train, data, planned", [
+    ("{epochs: 20, steps: null}", "{batch_size: 64, train_subset: null}", "20"),
+    ("{epochs: 20, steps: 4000}", "{batch_size: 64, train_subset: null}", "5"),  # 938 steps an epoch
+    ("{epochs: 20, steps: 50}", "{batch_size: 64, train_subset: 1000}", "4"),  # 16 steps an epoch
+])
+def test_a_run_without_summary_counts_its_planned_epochs_as_training_does(tmp_path, capsys, train, data, planned):
+    run = tmp_path / "runs" / "a"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text(f"train: {train}\ndata: {data}\n")
+    (run / "metrics.csv").write_text(",".join(COLUMN_KEYS) + "\n1,2.0,0.2,1.9,0.3,0.1,100\n")
+    code, out, err = run_compare(capsys, str(tmp_path / "runs"))
+    heads, (row,) = table(out)
+    assert code == 0 and dict(zip(heads, row))["epochs"] == f"1/{planned}", err
+
+
 # --- show --------------------------------------------------------------------------------
 
 
