@@ -77,14 +77,15 @@ def resume(given: Path, overrides: list[str]) -> int:
         try:
             held.enter_context(locked(run_dir))
         except OSError as e:  # a read-only file system: nothing can be continued, nothing is changed
-            summary = _summary(run_dir)
+            summary = checked_summary(run_dir)
             if effective_status(summary) == "completed":
                 return _completed(run_dir, summary)
             raise cannot_write(run_dir, e) from None
         return _resume_locked(run_dir, overrides, held)
 
 
-def _summary(run_dir: Path) -> dict[str, Any]:
+def checked_summary(run_dir: Path) -> dict[str, Any]:
+    """summary.json, refused (RunDirError) when unreadable or, for a run that is to continue, damaged."""
     try:
         summary = read_summary(run_dir)
     except FileNotFoundError:
@@ -94,12 +95,13 @@ def _summary(run_dir: Path) -> dict[str, Any]:
     if not isinstance(summary, dict):
         raise RunDirError(f"cannot read {run_dir / SUMMARY}: it holds no run summary")
     count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
-    number = lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))  # noqa: E731
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
     damaged = [key for key, ok in (("config", isinstance(summary.get("config"), dict)),
                                    ("epochs_completed", count(summary.get("epochs_completed"))),
                                    ("epochs_planned", count(summary.get("epochs_planned"))),
-                                   ("best_test_acc", number(summary.get("best_test_acc"))),
-                                   ("train_seconds", number(summary.get("train_seconds"))),
+                                   ("best_test_acc", summary.get("best_test_acc") is None
+                                    or number(summary.get("best_test_acc"))),  # none before the first epoch
+                                   ("train_seconds", number(summary.get("train_seconds"))),  # the resumed run adds to them
                                    ("wall_seconds", number(summary.get("wall_seconds")))) if not ok]
     if damaged and summary.get("status") != "completed":
         raise RunDirError(f"{run_dir / SUMMARY} is damaged ({', '.join(damaged)} missing or of the wrong type); "
@@ -141,6 +143,23 @@ def _check_metrics(run_dir: Path, done: int, rows_may_follow: bool) -> None:
         raise refuse(f"holds more than the rows of the {done} completed epoch(s) the summary counts")
 
 
+def check_files(run_dir: Path, summary: dict[str, Any], device: str) -> None:
+    """RunDirError unless the checkpoint and metrics.csv are those of the summary's run, as it
+    left them. Read before anything is written, so a run that cannot continue is left as it is.
+    Used by `resume` and by a resumed sweep's jobs."""
+    done = summary["epochs_completed"]
+    checkpoint = load_checkpoint(run_dir, device)
+    if checkpoint["config_hash"] != summary.get("config_hash"):
+        raise RunDirError(f"{run_dir / CHECKPOINT} was written for another config than its {SUMMARY}; "
+                          f"it cannot be resumed")
+    ahead = checkpoint["epoch"] == done + 1
+    if not done <= checkpoint["epoch"] <= done + 1:  # one ahead: killed after the checkpoint, before the summary
+        raise RunDirError(f"{run_dir / CHECKPOINT} is of epoch {checkpoint['epoch']}, but {SUMMARY} counts {done} "
+                          f"completed epoch(s): they are not of the same run; it cannot be resumed")
+    del checkpoint
+    _check_metrics(run_dir, done, rows_may_follow=ahead)
+
+
 def _completed(run_dir: Path, summary: dict[str, Any]) -> int:
     print(f"{run_dir} already completed {summary.get('epochs_completed')}/{summary.get('epochs_planned')} "
           f"epochs; nothing to do")
@@ -162,7 +181,7 @@ def _config(saved: dict[str, Any], overrides: list[str]) -> Any:
 
 
 def _resume_locked(run_dir: Path, overrides: list[str], held: contextlib.ExitStack) -> int:
-    summary = _summary(run_dir)
+    summary = checked_summary(run_dir)
     status = effective_status(summary)
     done, planned = summary.get("epochs_completed"), summary.get("epochs_planned")
     if status == "completed":
@@ -189,17 +208,7 @@ def _resume_locked(run_dir: Path, overrides: list[str], held: contextlib.ExitSta
                           f"continue it here with: backprop-lab resume {run_dir} device=cpu "
                           f"(results then differ slightly from an uninterrupted run's)") from e
 
-    # Read now, so that a checkpoint that cannot be used is refused before anything is written.
-    checkpoint = load_checkpoint(run_dir, device)
-    if checkpoint["config_hash"] != summary.get("config_hash"):
-        raise RunDirError(f"{run_dir / CHECKPOINT} was written for another config than its {SUMMARY}; "
-                          f"it cannot be resumed")
-    ahead = checkpoint["epoch"] == done + 1
-    if not done <= checkpoint["epoch"] <= done + 1:  # one ahead: killed after the checkpoint, before the summary
-        raise RunDirError(f"{run_dir / CHECKPOINT} is of epoch {checkpoint['epoch']}, but {SUMMARY} counts {done} "
-                          f"completed epoch(s): they are not of the same run; it cannot be resumed")
-    del checkpoint
-    _check_metrics(run_dir, done, rows_may_follow=ahead)
+    check_files(run_dir, summary, device)
 
     try:
         handler = logging.FileHandler(run_dir / LOG)  # the run's log continues, as Hydra wrote it

@@ -269,11 +269,12 @@ def _sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
                     f"{run_dir} already holds a run; it is kept as it is: to continue this sweep add "
                     f"hydra.callbacks.sweep_report.resume=true, or choose another hydra.sweep.dir",
                     "its folder already holds a run")
+            from .resume import check_files, checked_summary  # as `backprop-lab resume` checks a run
+
             try:
-                summary = read_summary(run_dir)
-            except (OSError, ValueError) as e:
-                return refused_holding_a_run(f"cannot resume {run_dir}: summary.json is unreadable ({e})",
-                                             "its folder's summary.json is unreadable")
+                summary = checked_summary(run_dir)
+            except RunDirError as e:
+                return refused_holding_a_run(str(e), "its folder's summary.json is unreadable or damaged")
             changes = config_changes(summary.get("config") or {}, cfg)
             if changes:
                 diff = ", ".join(changes)
@@ -289,6 +290,12 @@ def _sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
                 return refused_holding_a_run(
                     f"{run_dir} is still running (pid {summary.get('pid')} on {summary.get('host')})",
                     "its folder's run is still running")
+            try:
+                from .train import resolve_device
+
+                check_files(run_dir, summary, str(resolve_device(cfg.device)))
+            except (ConfigError, RunDirError) as e:
+                return refused_holding_a_run(str(e), f"its folder's run cannot be resumed: {e}")
             print(f"{what}: {status} in {run_dir} after {plural(summary.get('epochs_completed') or 0, 'epoch')}; "
                   f"resuming", flush=True)
             resume = True

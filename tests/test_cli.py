@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import ROOT, run_cli
+from .conftest import run_cli
 
 QUICK = ["data.train_subset=2000", "train.epochs=2", "device=cpu"]
 

@@ -20,7 +20,7 @@ from backprop_lab.compare import compare_main, show_main
 from backprop_lab.report import COLUMN_KEYS
 from backprop_lab.rundir import GRADS_COLUMNS
 
-from .conftest import ROOT, run_cli
+from .conftest import run_cli
 
 # --- fabricated run directories ------------------------------------------------------------
 

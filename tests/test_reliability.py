@@ -17,7 +17,7 @@ import torch
 
 from backprop_lab.rundir import effective_status
 
-from .conftest import ROOT, run_cli
+from .conftest import run_cli
 
 SMALL = ["data.train_subset=4000", "train.epochs=3", "device=cpu"]
 
@@ -634,6 +634,8 @@ def damage(run_dir: Path, case: str) -> None:
         s["epochs_completed"] = "x"
     elif case == "config missing":
         del s["config"]
+    elif case == "wall_seconds missing":  # the resumed run adds its time to it
+        del s["wall_seconds"]
     (run_dir / "summary.json").write_text(json.dumps(s))
 
 
@@ -646,6 +648,7 @@ DAMAGE = {
     "a row too many": "metrics.csv holds more than the rows of the 3 completed epoch(s) the summary counts",
     "epochs_completed not a count": "summary.json is damaged (epochs_completed missing or of the wrong type)",
     "config missing": "summary.json is damaged (config missing or of the wrong type)",
+    "wall_seconds missing": "summary.json is damaged (wall_seconds missing or of the wrong type)",
 }
 
 

@@ -225,6 +225,35 @@ def test_a_sweep_folder_that_cannot_be_made_is_one_line(tmp_path, blocker):
     assert "Traceback" not in proc.stdout
 
 
+@pytest.mark.slow  # a sweep and its resume: about 20 s
+def test_a_resumed_sweep_checks_each_interrupted_job_as_resume_does(tmp_path):
+    """A job whose summary is damaged, or whose checkpoint is not of the epochs its summary
+    counts, is refused and left as it is, as `backprop-lab resume` would refuse it; it is not
+    retrained over its rows (or stopped by a KeyError)."""
+    sweep = tmp_path / "sweep"
+    first = run_cli("-m", "model.hidden_size=16,32", "data.train_subset=300", "train.epochs=2", "device=cpu",
+                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    for job, damage in (("0", {"epochs_completed": 0}), ("1", {"wall_seconds": None})):
+        record = summary(sweep / job) | {"status": "interrupted", "final_test_acc": None} | damage
+        if damage.get("wall_seconds", 0) is None:
+            del record["wall_seconds"]
+        (sweep / job / "summary.json").write_text(json.dumps(record))
+    before = {p: p.read_bytes() for p in sweep.glob("*/*") if p.is_file()}
+    proc = run_cli("-m", "model.hidden_size=16,32", "data.train_subset=300", "train.epochs=2", "device=cpu",
+                   f"hydra.sweep.dir={sweep}", "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path)
+    clean(proc)
+    assert proc.returncode == 1  # no job completed
+    assert "checkpoint.pt is of epoch 2, but summary.json counts 0 completed epoch(s)" in proc.stderr
+    assert "summary.json is damaged (wall_seconds missing or of the wrong type)" in proc.stderr
+    listed = {r["run"]: r["status"] for r in json.loads((sweep / "sweep_summary.json").read_text())["runs"]}
+    assert listed == {"0": "refused", "1": "refused"}
+    after = {p: p.read_bytes() for p in sweep.glob("*/*") if p.is_file()}
+    for log in sweep.glob("*/backprop-lab.log"):  # the refusal is added to the job's log
+        assert after.pop(log).startswith(before.pop(log))
+    assert after == before
+
+
 def test_a_sweep_folder_is_not_reused_without_resume(tmp_path):
     earlier = tmp_path / "sweep" / "0"  # an earlier sweep's job folder, as a sweep leaves it
     earlier.mkdir(parents=True)
