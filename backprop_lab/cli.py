@@ -37,7 +37,7 @@ from . import __version__
 from .config import ConfigError, from_dictconfig, known_keys, list_keys, unknown_key_message
 from .report import ErrorConsole, error_line, plural, to_devnull
 from .analysis import CONFUSION_CSV, CONFUSION_PNG, CURVES_PNG, ERRORS_PNG
-from .rundir import CHECKPOINT, GRADS, LOG, RunDirError, refuse_existing_run
+from .rundir import CHECKPOINT, GRADS, LOG, RunDirError, boot_id, refuse_existing_run
 
 # What a run writes besides its summary, metrics and weights (refuse_existing_run's): a folder
 # holding any of them is another run's, which a new run would add to or overwrite.
@@ -842,7 +842,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                            final_test_loss=row["test_loss"], train_seconds=summary["train_seconds"] + row["seconds"])
             if summary["best_test_acc"] is None or row["test_acc"] > summary["best_test_acc"]:
                 summary.update(best_test_acc=row["test_acc"], best_epoch=checkpoint["epoch"])
-    summary.update(pid=os.getpid(), host=platform.node())  # lets a reader tell a live run from a killed one
+    summary.update(pid=os.getpid(), host=platform.node(), boot_id=boot_id())  # tells a live run from a killed one
     start_epoch = 1 if checkpoint is None else checkpoint["epoch"] + 1
     wall_before = summary["wall_seconds"]  # of the earlier parts of a resumed run
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from .cli import EXIT_BAD_INPUT, error_line, run
 from .config import ConfigError, config_changes, from_container, with_defaults
 from .report import SubcommandParser
 from .rundir import (CHECKPOINT, LOG, METRICS, SUMMARY, RunDirError, RunWriter, effective_status, load_checkpoint,
-                     locked, read_summary)
+                     locked, read_summary, still_running)
 
 # Where the run computes, not what it computes: these may differ from the run's own config.
 # After a device change the results are no longer bitwise identical to an uninterrupted run's.
@@ -37,9 +38,11 @@ def main(argv: list[str]) -> int:
     # beside RUN_DIR when RUN_DIR is left out
     parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help=f"must agree with the run's own config, except {' and '.join(RUNTIME_KEYS)}")
-    args = parser.parse_args(argv)
+    parser.add_argument("--force", action="store_true",
+                        help="continue a run marked running on another machine, once you know it no longer runs there")
+    args = parser.parse_intermixed_args(argv)
     try:
-        return resume(args.run_dir, args.overrides)
+        return resume(args.run_dir, args.overrides, force=args.force)
     except (ConfigError, RunDirError) as e:
         error_line(str(e))
         return EXIT_BAD_INPUT
@@ -68,7 +71,7 @@ def not_resumable(path: Path) -> str | None:
     return f"{path} is not a backprop-lab run directory (no {SUMMARY})"
 
 
-def resume(given: Path, overrides: list[str]) -> int:
+def resume(given: Path, overrides: list[str], force: bool = False) -> int:
     problem = not_resumable(given)  # before the lock, which would leave a file in any folder named
     if problem:
         raise RunDirError(problem)
@@ -81,7 +84,7 @@ def resume(given: Path, overrides: list[str]) -> int:
             if effective_status(summary) == "completed":
                 return _completed(run_dir, summary)
             raise cannot_write(run_dir, e) from None
-        return _resume_locked(run_dir, overrides, held)
+        return _resume_locked(run_dir, overrides, held, force)
 
 
 def checked_summary(run_dir: Path) -> dict[str, Any]:
@@ -180,16 +183,18 @@ def _config(saved: dict[str, Any], overrides: list[str]) -> Any:
     return cfg
 
 
-def _resume_locked(run_dir: Path, overrides: list[str], held: contextlib.ExitStack) -> int:
+def _resume_locked(run_dir: Path, overrides: list[str], held: contextlib.ExitStack, force: bool = False) -> int:
     summary = checked_summary(run_dir)
     status = effective_status(summary)
+    if status == "running" and force and summary.get("host") != platform.node():
+        status = "incomplete"  # the user knows its process on that machine is gone
     done, planned = summary.get("epochs_completed"), summary.get("epochs_planned")
     if status == "completed":
         if overrides and isinstance(summary.get("config"), dict):  # a typo, or another config, is not "nothing to do"
             _config(with_defaults(summary["config"]), overrides)
         return _completed(run_dir, summary)
     if status == "running":
-        raise RunDirError(f"{run_dir} is still running (pid {summary.get('pid')} on {summary.get('host')})")
+        raise RunDirError(still_running(run_dir, summary))
     if status == "diverged":
         raise RunDirError(f"{run_dir} diverged; resuming would diverge again from the same state: "
                           f"start a new run with a smaller optim.lr")

@@ -302,14 +302,26 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def boot_id() -> str | None:
+    """This boot of this machine (Linux; None elsewhere): a run's pid from before a restart
+    names no process now, or another one."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def effective_status(summary: dict[str, Any]) -> str:
     """The status a reader should show: a run still marked `running` whose process is gone
-    (killed, machine lost) is `incomplete`; its completed epochs are still in metrics.csv."""
+    (killed, machine restarted) is `incomplete`; its completed epochs are still in metrics.csv."""
     status = summary.get("status", "incomplete")
     if status != "running":
         return status
     if summary.get("host") != platform.node():
         return "running"  # another machine's run: we cannot look at its process
+    recorded, now = summary.get("boot_id"), boot_id()
+    if recorded and now and recorded != now:
+        return "incomplete"
     try:
         os.kill(int(summary["pid"]), 0)
     except (KeyError, ValueError, TypeError, ProcessLookupError):
@@ -317,3 +329,12 @@ def effective_status(summary: dict[str, Any]) -> str:
     except PermissionError:
         pass  # the process exists but belongs to someone else
     return "running"
+
+
+def still_running(run_dir: Path, summary: dict[str, Any]) -> str:
+    """Why a run marked running cannot be continued, and what to do, in one line."""
+    pid, host = summary.get("pid"), summary.get("host")
+    if host != platform.node():
+        return (f"{run_dir} is marked running (pid {pid} on {host}, another machine, whose processes this one cannot "
+                f"see); if it no longer runs there, continue it here with: backprop-lab resume {run_dir} --force")
+    return f"{run_dir} is still running (pid {pid} on {host}); wait for it to finish, or stop it first"

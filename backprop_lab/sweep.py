@@ -218,7 +218,8 @@ def in_own_process(hydra_cfg: Any) -> bool:
 
 def _sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
     from .cli import EXIT_BAD_INPUT, discard_if_empty, refuse, run
-    from .rundir import CHECKPOINT, METRICS, SUMMARY, WEIGHTS, RunDirError, effective_status, locked, read_summary
+    from .rundir import (CHECKPOINT, METRICS, SUMMARY, WEIGHTS, RunDirError, effective_status, locked, read_summary,
+                         still_running)
 
     sweep_dir = Path(str(hydra_cfg.sweep.dir)).resolve()
     opts = options(hydra_cfg)
@@ -287,9 +288,7 @@ def _sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
                 print(f"{what}: already {status} in {run_dir}; skipped", flush=True)
                 return float(acc) if status == "completed" and acc is not None else FAILED_SCORE
             if status == "running":
-                return refused_holding_a_run(
-                    f"{run_dir} is still running (pid {summary.get('pid')} on {summary.get('host')})",
-                    "its folder's run is still running")
+                return refused_holding_a_run(still_running(run_dir, summary), "its folder's run is still running")
             try:
                 from .train import resolve_device
 

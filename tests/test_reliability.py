@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import platform
 import random
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from backprop_lab import rundir
 from backprop_lab.rundir import effective_status
 
 from .conftest import run_cli
@@ -307,6 +309,44 @@ def one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     return lines[0]
+
+
+def marked_running(run_dir: Path, **fields) -> None:
+    s = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**s, "status": "running", **fields}))
+
+
+def test_a_run_marked_running_on_another_machine_resumes_only_with_force(stopped, capsys):
+    """E.g. a cluster job's folder, its job preempted: this machine cannot see that process."""
+    marked_running(stopped, host="cluster-node-7", pid=12345)
+    before = files_of(stopped)
+    assert resume_here(stopped) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{stopped} is marked running (pid 12345 on cluster-node-7, another machine" in line
+    assert line.endswith(f"continue it here with: backprop-lab resume {stopped} --force")
+    assert files_of(stopped) == before
+    assert resume_here(stopped, "--force") == 0
+    done = json.loads((stopped / "summary.json").read_text())
+    assert done["status"] == "completed" and done["epochs_completed"] == 2 and done["host"] == platform.node()
+    assert done["boot_id"] == rundir.boot_id()  # kept, so a restart of this machine is told from a live run
+
+
+def test_a_run_running_here_is_not_resumed_even_with_force(stopped, capsys):
+    marked_running(stopped, host=platform.node(), pid=os.getpid(), boot_id=rundir.boot_id())  # alive: this test
+    before = files_of(stopped)
+    assert resume_here(stopped, "--force") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: {stopped} is still running (pid {os.getpid()} on {platform.node()}); wait for it to " \
+                   f"finish, or stop it first"
+    assert files_of(stopped) == before
+
+
+def test_a_pid_from_before_a_restart_of_this_machine_is_no_running_run(monkeypatch):
+    monkeypatch.setattr(rundir, "boot_id", lambda: "this-boot")
+    alive = {"status": "running", "host": platform.node(), "pid": os.getpid()}
+    assert rundir.effective_status({**alive, "boot_id": "this-boot"}) == "running"
+    assert rundir.effective_status({**alive, "boot_id": "another-boot"}) == "incomplete"
+    assert rundir.effective_status(alive) == "running"  # a summary from before boot ids were kept
 
 
 def test_resume_on_a_read_only_file_system_is_one_line_and_changes_nothing(stopped, monkeypatch, capsys):
