@@ -113,15 +113,10 @@ def sgd_of(cfg: Config) -> network.SGD:
     return network.SGD(lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
 
 
-def memory_needed(cfg: Config) -> int:
-    """Bytes training takes beyond the data, roughly: the parameters with a gradient (and a
-    momentum buffer) of each, and a few activations of every layer for the largest block of
-    rows (the 1,000-image gradient probe and test chunks)."""
-    return sum(memory_parts(cfg))
-
-
 def memory_parts(cfg: Config) -> tuple[int, int]:
-    """memory_needed's two parts, in bytes: the parameters' copies, and the activations."""
+    """Bytes training takes beyond the data, roughly, in two parts: the parameters with a gradient
+    (and a momentum buffer) of each, and a few activations of every layer for the largest block
+    of rows (the 1,000-image gradient probe and test chunks)."""
     sizes = arch_of(cfg).sizes
     weights = sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
     copies = 3 if cfg.optim.momentum else 2
