@@ -37,7 +37,7 @@ from . import __version__
 from .config import ConfigError, from_dictconfig, known_keys, list_keys, unknown_key_message
 from .report import ErrorConsole, error_line, plural, to_devnull
 from .analysis import CONFUSION_CSV, CONFUSION_PNG, CURVES_PNG, ERRORS_PNG
-from .rundir import CHECKPOINT, GRADS, LOG, RunDirError, boot_id, refuse_existing_run
+from .rundir import CHECKPOINT, GRADS, LOG, RunDirError, boot_id, process_alive, refuse_existing_run
 
 # What a run writes besides its summary, metrics and weights (refuse_existing_run's): a folder
 # holding any of them is another run's, which a new run would add to or overwrite.
@@ -291,16 +291,6 @@ def release_claim() -> None:
         with contextlib.suppress(OSError):
             _claim.unlink()
         _claim = None
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError, ValueError):
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def hydra_group_options(group: str) -> tuple[list[str], list[str]]:
@@ -757,7 +747,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     from .data import DataError, load_mnist
     from .report import COLUMN_KEYS, Reporter
     from .rundir import METRICS, RunWriter, check_usable, config_hash, load_checkpoint, read_summary
-    from .train import Diverged, Stopped, arch_of, check_fits, make_state, planned_epochs, resolve_device, train
+    from .train import (Diverged, Stopped, arch_of, check_fits, does_not_fit, make_state, out_of_memory, planned_epochs,
+                        resolve_device, train)
 
     try:
         device = resolve_device(cfg.device)
@@ -778,15 +769,13 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
 
     try:
         state = make_state(cfg, device)
-    except (RuntimeError, MemoryError) as e:  # a model too large for this machine's memory
-        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower():
+    except (RuntimeError, MemoryError) as e:
+        if not out_of_memory(e):
             raise
         if not resume:
             (run_dir / METRICS).unlink(missing_ok=True)  # its header only: RunWriter made it
             discard_if_empty(run_dir)
-        sizes = "-".join(str(n) for n in arch_of(cfg).sizes)
-        return refuse(f"the {sizes} model does not fit in the memory of {device} ({first_line(e)}); "
-                      f"choose smaller model.hidden_size/model.hidden_sizes", EXIT_BAD_INPUT, in_sweep)
+        return refuse(does_not_fit(cfg, f"the memory of {device}", first_line(e)), EXIT_BAD_INPUT, in_sweep)
     machine = f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
     if checkpoint is None:
         summary: dict[str, Any] = {

@@ -188,7 +188,7 @@ def main(argv: list[str]) -> int:
     from .config import from_dictconfig
     from .report import SubcommandParser, error_line
     from .rundir import RunDirError
-    from .train import arch_of
+    from .train import arch_of, does_not_fit, out_of_memory
 
     parser = SubcommandParser(prog="backprop-lab gradcheck", description=__doc__.splitlines()[0],
                                      epilog="Example: backprop-lab gradcheck model.hidden_sizes=[64,32] "
@@ -220,12 +220,10 @@ def main(argv: list[str]) -> int:
     except AssertionError as e:
         error_line(str(e))
         return EXIT_FAIL
-    except (RuntimeError, MemoryError) as e:  # a model too large for this machine's memory, as a run says it
-        if not isinstance(e, MemoryError) and "alloc" not in str(e).lower():
+    except (RuntimeError, MemoryError) as e:
+        if not out_of_memory(e):
             raise
-        sizes = "-".join(str(n) for n in arch_of(cfg).sizes)
-        error_line(f"the {sizes} model does not fit in memory in float64 ({first_line(e)}); "
-                   f"choose smaller model.hidden_size/model.hidden_sizes")
+        error_line(does_not_fit(cfg, "memory in float64", first_line(e)))
         return EXIT_BAD_INPUT
     render(checks, f"gradcheck: {arch_of(cfg).describe()}, float64, batch {args.batch}"
                    + (f", weight decay {cfg.optim.weight_decay:g}" if cfg.optim.weight_decay else ""))

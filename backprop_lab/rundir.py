@@ -322,13 +322,20 @@ def effective_status(summary: dict[str, Any]) -> str:
     recorded, now = summary.get("boot_id"), boot_id()
     if recorded and now and recorded != now:
         return "incomplete"
+    pid = summary.get("pid")
+    return "running" if isinstance(pid, int) and not isinstance(pid, bool) and process_alive(pid) else "incomplete"
+
+
+def process_alive(pid: int) -> bool:
+    if pid <= 0:  # 0 and -1 would ask about a process group, not a process
+        return False
     try:
-        os.kill(int(summary["pid"]), 0)
-    except (KeyError, ValueError, TypeError, ProcessLookupError):
-        return "incomplete"
-    except PermissionError:
-        pass  # the process exists but belongs to someone else
-    return "running"
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def still_running(run_dir: Path, summary: dict[str, Any]) -> str:

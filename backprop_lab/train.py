@@ -148,6 +148,17 @@ def check_fits(cfg: Config, device: torch.device) -> None:
                           f"{need / 1e9:,.1f} GB; {available / 1e9:,.1f} GB are available); choose smaller {smaller}")
 
 
+def out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed: a MemoryError, or torch's RuntimeError saying it could not allocate."""
+    return isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "alloc" in str(e).lower())
+
+
+def does_not_fit(cfg: Config, where: str, why: str) -> str:
+    """The one line for a model too large for `where` (a run's device, gradcheck's float64 copy)."""
+    sizes = "-".join(str(n) for n in arch_of(cfg).sizes)
+    return f"the {sizes} model does not fit in {where} ({why}); choose smaller model.hidden_size/model.hidden_sizes"
+
+
 def planned_epochs(cfg: Config, n_train: int) -> int:
     """train.epochs, or with train.steps the epochs those minibatches span (the last may be partial)."""
     return config.planned_epochs(cfg.train.epochs, cfg.train.steps, n_train, cfg.data.batch_size)
