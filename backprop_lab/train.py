@@ -113,12 +113,18 @@ def sgd_of(cfg: Config) -> network.SGD:
     return network.SGD(lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay)
 
 
+def n_parameters(cfg: Config) -> int:
+    """Weights and biases of cfg's model (batch norm's few per-unit vectors are left out)."""
+    sizes = arch_of(cfg).sizes
+    return sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
+
+
 def memory_parts(cfg: Config) -> tuple[int, int]:
     """Bytes training takes beyond the data, roughly, in two parts: the parameters with a gradient
     (and a momentum buffer) of each, and a few activations of every layer for the largest block
     of rows (the 1,000-image gradient probe and test chunks)."""
     sizes = arch_of(cfg).sizes
-    weights = sum((n_in + 1) * n_out for n_in, n_out in zip(sizes, sizes[1:]))
+    weights = n_parameters(cfg)
     copies = 3 if cfg.optim.momentum else 2
     rows = max(cfg.data.batch_size, PROBE)
     return 4 * copies * weights, 4 * 4 * rows * sum(sizes[1:])  # float32

@@ -343,7 +343,22 @@ def test_gradcheck_checks_the_weight_decay_term(monkeypatch):
     assert [name for name, c in checks.items() if not c.ok] == ["W1", "W2"]
 
 
-def test_gradcheck_of_a_model_too_large_for_memory_is_one_line(capsys):
+def test_gradcheck_refuses_a_model_the_kernel_would_kill_before_it_starts(monkeypatch, capsys):
+    from backprop_lab import train as train_module
+
+    monkeypatch.setattr(train_module, "memory_available", lambda: 24 * 10**9)  # this project's CI machine
+    # 784-3,000,000-10: 2.4e9 parameters, 8 float64 copies at the check's peak
+    assert gradcheck.main(["model.hidden_size=3000000"]) == 2
+    assert capsys.readouterr().err == ("error: the 784-3000000-10 model does not fit in memory in float64 (checking it "
+                                       "takes about 152.6 GB; 24.0 GB are available); choose smaller "
+                                       "model.hidden_size/model.hidden_sizes\n")
+    assert gradcheck.main(["model.hidden_size=64"]) == 0
+
+
+def test_gradcheck_of_a_model_the_allocator_refuses_is_one_line(monkeypatch, capsys):
+    from backprop_lab import train as train_module
+
+    monkeypatch.setattr(train_module, "memory_available", lambda: None)  # not Linux: left to the allocator
     # 784 x 1e11 float64 weights: 627 TB, more than any machine's (virtual) memory
     assert gradcheck.main(["model.hidden_size=100000000000"]) == 2
     err = capsys.readouterr().err
