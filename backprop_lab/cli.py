@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import difflib
+import errno
 import logging
 import math
 import os
@@ -723,8 +724,19 @@ def saved(epochs: int) -> str:
     return f"the {plural(epochs, 'completed epoch')} {'is' if epochs == 1 else 'are'} saved"
 
 
+def cannot_write(run_dir: Path, e: OSError, then: str) -> str:
+    """One line for a write into the run directory that failed, saying how to go on."""
+    fix = "free some space" if e.errno == errno.ENOSPC else "make it writable"
+    return f"cannot write to the run directory {run_dir}: {(e.strerror or str(e)).lower()}; {fix}, then {then}"
+
+
 def first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def resume_after(run_dir: Path, epochs: int) -> str:
+    """For a run that stopped part way: the command that continues it, and what it keeps."""
+    return f"continue with: backprop-lab resume {run_dir} ({saved(epochs)})"
 
 
 def now() -> str:
@@ -735,6 +747,9 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     """Train one run into `run_dir` (or, with `resume`, continue the one there); return
     its final test accuracy. Every outcome is recorded in summary.json."""
     wall_start = time.perf_counter()
+    # the log file is a copy of what summary.json and the terminal say: a full disk must not
+    # add logging's "--- Logging error ---" tracebacks to the one line that reports it
+    logging.raiseExceptions = False
     from .mnist_files import prefetch
 
     prefetch(cfg.data.root)  # the data is read and checked on another core while torch loads
@@ -838,6 +853,9 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     def wall_seconds() -> float:  # kept current each epoch, so a killed part's time is not lost
         return wall_before + time.perf_counter() - wall_start
 
+    def write_failed(e: OSError) -> None:  # the run stops; what was written before is kept, for resume
+        summary.update(status="failed", error=cannot_write(run_dir, e, resume_after(run_dir, summary["epochs_completed"])))
+
     def save_checkpoint(epoch: int, row: dict[str, float] | None, layers: Any = ()) -> None:
         writer.save_checkpoint({**state.state_dict(), "epoch": epoch, "config_hash": summary["config_hash"],
                                 "row": row, "layers": list(layers)})
@@ -847,7 +865,12 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             save_checkpoint(0, None)
         writer.write_summary(summary)
     except OSError as e:
-        return refuse(f"cannot write to the run directory {run_dir}: {e.strerror or e}", EXIT_BAD_INPUT, in_sweep)
+        if not resume:  # nothing trained yet: leave no half-made folder to refuse the rerun
+            for name in (METRICS, CHECKPOINT):
+                (run_dir / name).unlink(missing_ok=True)
+            discard_if_empty(run_dir)
+        return refuse(cannot_write(run_dir, e, f"backprop-lab resume {run_dir}" if resume else "run it again"),
+                      EXIT_BAD_INPUT, in_sweep)
     log.info("%s: %s", "resumed" if resume else "config", summary["config"])
 
     reporter = Reporter()
@@ -902,7 +925,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         exit_code = EXIT_SIGPIPE
         summary["signal"] = "SIGPIPE"
     except OSError as e:
-        summary.update(status="failed", error=f"cannot write to the run directory {run_dir}: {e.strerror or e}")
+        write_failed(e)
         exit_code = EXIT_FAILED
     except Exception as e:  # noqa: BLE001 - recorded, logged with traceback, reported in one line
         log.exception("run failed")
@@ -940,7 +963,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         summary.update(wall_seconds=wall_seconds(), finished_at=now())
         writer.write_summary(summary)
     except OSError as e:
-        summary.update(status="failed", error=f"cannot write to the run directory {run_dir}: {e.strerror or e}")
+        write_failed(e)
         exit_code = EXIT_FAILED
     except KeyboardInterrupt:  # a second signal while the weights or the last summary were being written
         name = signal.Signals(stop.signum or signal.SIGINT).name
@@ -956,7 +979,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         try:
             writer.write_summary(summary)
         except OSError as e:
-            summary.update(status="failed", error=f"cannot write to the run directory {run_dir}: {e.strerror or e}")
+            write_failed(e)
             exit_code = EXIT_FAILED
     finally:
         for sig, handler in previous.items():

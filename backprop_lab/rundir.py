@@ -194,15 +194,42 @@ class RunWriter:
             os.fsync(f.fileno())
 
     def save_weights(self, params: dict[str, Tensor]) -> None:
-        import torch
-
         cpu = {name: t.detach().to("cpu") for name, t in params.items()}
-        atomic_write(self.run_dir / WEIGHTS, lambda f: torch.save(cpu, f), mode="wb")
+        atomic_write(self.run_dir / WEIGHTS, lambda f: torch_save(cpu, f), mode="wb")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        import torch
+        atomic_write(self.run_dir / CHECKPOINT, lambda f: torch_save(state, f), mode="wb")
 
-        atomic_write(self.run_dir / CHECKPOINT, lambda f: torch.save(state, f), mode="wb")
+
+class _KeepWriteError:
+    """A file whose failed write is kept: torch.save turns it into its own RuntimeError
+    ('unexpected pos ...'), which would hide a full disk behind a message about zip offsets."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def torch_save(obj: Any, f: Any) -> None:
+    """torch.save into an open file; a failed write raises its OSError (e.g. no space left on device)."""
+    import torch
+
+    out = _KeepWriteError(f)
+    try:
+        torch.save(obj, out)
+    except RuntimeError:
+        if out.error is not None:
+            raise out.error from None
+        raise
 
 
 def missing_checkpoint(run_dir: Path) -> str:

@@ -189,9 +189,60 @@ def test_full_disk_during_a_run_is_reported_and_earlier_epochs_survive(tmp_path,
         cli.run(cfg, run_dir, [])
     assert info.value.code == 1
     err = capsys.readouterr().err
-    assert "No space left on device" in err and "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"error: cannot write to the run directory {run_dir}: no space left on device; free some space, then "
+        f"continue with: backprop-lab resume {run_dir} (the 1 completed epoch is saved)"]
     s = summary(run_dir)
     assert s["epochs_completed"] == 1 and len(metrics(run_dir)) == 1  # what was written before is intact
+
+
+def test_torch_save_on_a_full_disk_raises_the_disk_error_not_torchs_own(tmp_path):
+    import errno
+
+    import torch
+
+    from backprop_lab import rundir
+
+    # /dev/full fails every write with ENOSPC, as a full disk does; torch.save alone says "unexpected pos"
+    with open("/dev/full", "wb", buffering=0) as full, pytest.raises(OSError) as info:
+        rundir.torch_save({"W1": torch.zeros(784, 128)}, full)
+    assert info.value.errno == errno.ENOSPC
+    with open(tmp_path / "w.pt", "wb") as f:
+        rundir.torch_save({"W1": torch.ones(3)}, f)
+    assert torch.load(tmp_path / "w.pt", weights_only=True)["W1"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_log_file_on_a_full_disk_adds_no_logging_traceback(tmp_path, capsys):
+    import errno
+    import logging
+    from dataclasses import replace
+
+    from backprop_lab import cli
+    from backprop_lab.config import Config
+
+    class FullDisk(logging.Handler):  # Hydra's file handler, once the disk is full
+        def emit(self, record):
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError:
+                self.handleError(record)
+
+    handler, logger = FullDisk(), logging.getLogger("backprop_lab")
+    logger.addHandler(handler)
+    raising, level = logging.raiseExceptions, logger.level
+    logger.setLevel(logging.INFO)  # as Hydra's job logging sets it
+    try:
+        cfg = Config()
+        cfg = replace(cfg, train=replace(cfg.train, epochs=1), data=replace(cfg.data, train_subset=500), device="cpu")
+        (tmp_path / "run").mkdir()
+        assert cli.run(cfg, tmp_path / "run", []) is not None
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logging.raiseExceptions = raising
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+    assert summary(tmp_path / "run")["status"] == "completed"
 
 
 @pytest.mark.slow  # a run and its resume, about 13 s
