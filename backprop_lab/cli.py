@@ -216,6 +216,11 @@ def check_output_dir(key: str, value: Any, used: bool) -> Path | None:
     if key == "hydra.run.dir":
         # Hydra would rewrite the folder's .hydra/ files before any check of ours runs.
         refuse_existing_run(path)
+        from .compare import is_sweep_root
+
+        if is_sweep_root(path):
+            raise RunDirError(f"{key}={value} is a sweep's folder, which holds its own jobs only; choose a folder "
+                              f"outside it, or leave {key} out for a fresh timestamped one")
         if path.is_dir():
             # e.g. hydra.run.dir=outputs (runs sit 2 levels down, sweep jobs 4); no deeper, so a
             # folder such as a home directory is not searched through

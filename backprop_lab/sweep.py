@@ -71,6 +71,14 @@ def check_options(hydra_cfg: Any) -> None:
             raise ConfigError(f"hydra.callbacks.sweep_report.{name}={shown} is not valid: expected true or false")
 
 
+def check_launcher(hydra_cfg: Any) -> None:
+    """submitit's SLURM launcher needs the cluster's commands; without them it fails with a traceback
+    after the sweep's folder is made."""
+    if str(hydra_cfg.launcher.get("_target_", "")).endswith(".SlurmLauncher") and shutil.which("srun") is None:
+        raise ConfigError("hydra/launcher=submitit_slurm needs a SLURM cluster, and this machine has no srun: run the "
+                          "sweep from the cluster's login node, or here with hydra/launcher=submitit_local or joblib")
+
+
 def stop_reason(sweep_dir: Path) -> str | None:
     try:
         return (sweep_dir / STOP_FILE).read_text().strip() or "an earlier job failed"
@@ -407,6 +415,7 @@ class SweepReport(Callback):
 
         try:
             check_options(config.hydra)
+            check_launcher(config.hydra)
             check_sweep_subdir(config.hydra.sweep._get_node("subdir")._value())  # unresolved: before any job exists
             check_not_a_run(Path(str(config.hydra.sweep.dir)))
         except (ConfigError, RunDirError) as e:
@@ -426,11 +435,15 @@ class SweepReport(Callback):
             raise SystemExit(2) from None
         # e.g. hydra.sweep.dir=outputs: its runs sit 2 levels down, this sweep's jobs would sit 1 down
         inner = next((found for depth in range(2, 5) for found in sweep_dir.glob("*/" * depth + "summary.json")), None)
-        if inner is not None:
+        if inner is not None and not compare.is_sweep_root(sweep_dir):  # a sweep's own jobs: refused below
             error_line(f"hydra.sweep.dir={sweep_dir} holds other runs ({inner.parent}); a sweep needs a folder of its "
                        f"own, or `compare` would mix its jobs with them: choose a new one, e.g. {sweep_dir / 'sweep1'}")
             raise SystemExit(2)
         earlier = [d.name for d in sweep_dir.iterdir() if (d / "summary.json").is_file() or (d / "metrics.csv").is_file()]
+        if inner is not None and not earlier:  # a sweep whose hydra.sweep.subdir put its jobs deeper
+            error_line(f"{sweep_dir} already holds a sweep (jobs such as {inner.parent}); it is kept as it is: choose "
+                       f"another hydra.sweep.dir")
+            raise SystemExit(2)
         if earlier and not compare.is_sweep_root(sweep_dir):
             error_line(f"hydra.sweep.dir={sweep_dir} holds runs ({len(earlier)}) but no sweep (none of "
                        f"{', '.join(compare.SWEEP_MARKS)}); a sweep needs a folder of its own: choose a new one, "

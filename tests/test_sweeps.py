@@ -187,6 +187,41 @@ def test_a_sweep_folder_holding_other_runs_is_refused(tmp_path):
     assert sorted(tmp_path.rglob("*")) == before
 
 
+def a_sweep(root: Path, *jobs: str) -> None:
+    """A sweep's folder as `-m` leaves it: its multirun.yaml and a summary.json per job."""
+    root.mkdir(parents=True)
+    (root / "multirun.yaml").write_text("{}\n")
+    for job in jobs:
+        (root / job).mkdir(parents=True)
+        (root / job / "summary.json").write_text("{}")
+
+
+def test_a_run_or_a_sweep_into_a_sweeps_folder_is_refused_with_advice_that_works(tmp_path):
+    a_sweep(tmp_path / "sw", "0", "1")
+    a_sweep(tmp_path / "deep", "a/0")  # hydra.sweep.subdir='a/${hydra.job.num}'
+    before = sorted(tmp_path.rglob("*"))
+    run = run_cli(*TINY, "hydra.run.dir=sw", cwd=tmp_path, timeout=60)
+    assert run.returncode == 2 and run.stderr == (
+        "error: hydra.run.dir=sw is a sweep's folder, which holds its own jobs only; choose a folder outside it, "
+        "or leave hydra.run.dir out for a fresh timestamped one\n")
+    deep = run_cli("-m", "seed=1,2", *TINY, "hydra.sweep.dir=deep", "hydra.sweep.subdir=a/${hydra.job.num}",
+                   cwd=tmp_path, timeout=60)
+    assert deep.returncode == 2 and deep.stderr == (
+        "error: deep already holds a sweep (jobs such as deep/a/0); it is kept as it is: choose another "
+        "hydra.sweep.dir\n")
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_the_slurm_launcher_off_a_slurm_cluster_is_one_line_and_leaves_no_folder(tmp_path):
+    (tmp_path / "bin").mkdir()  # a PATH without srun, as on a laptop
+    proc = run_cli("-m", "hydra/launcher=submitit_slurm", "seed=1,2", *TINY, cwd=tmp_path, timeout=60,
+                   env={"PATH": str(tmp_path / "bin")})
+    assert proc.returncode == 2 and proc.stderr == (
+        "error: hydra/launcher=submitit_slurm needs a SLURM cluster, and this machine has no srun: run the sweep "
+        "from the cluster's login node, or here with hydra/launcher=submitit_local or joblib\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
+
+
 def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "optim.lr=1e30,0.1", "data.train_subset=500", "train.epochs=1", "device=cpu",
