@@ -24,6 +24,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
@@ -58,6 +59,7 @@ stderr = ErrorConsole()
 # one folder. The config's hydra.run.dir and hydra.sweep.dir go through this resolver, which
 # claims the folder with an atomic mkdir and takes the next free `_N` suffix if it is taken.
 _claimed: dict[str, str] = {}
+_named: NamedDir | None = None
 
 
 def fresh_dir(path: str, kind: str = "run") -> str:
@@ -266,8 +268,12 @@ def claim_run_dir(path: Path) -> None:
     started together into one folder both pass the checks above, and Hydra's files of the
     one refused later would overwrite the other's record; the second is refused here instead.
     A claim whose process is gone (killed while starting) is taken over."""
-    global _claim
+    global _claim, _named
     marker = path / CLAIM
+    made = path.absolute()
+    while not made.parent.exists():  # the highest folder this claim makes, removed again if it comes to nothing
+        made = made.parent
+    made_any, had_log = not path.exists(), (path / LOG).exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
@@ -283,11 +289,44 @@ def claim_run_dir(path: Path) -> None:
             with os.fdopen(fd, "w") as f:
                 f.write(f"{os.getpid()}\n")
             _claim = marker
+            _named = NamedDir(path.resolve(), made.resolve() if made_any else None, had_log)
             atexit.register(release_claim)
             return
     except OSError as e:
         raise RunDirError(f"hydra.run.dir: {path} cannot be used: {e.strerror or e}") from None
     raise RunDirError(f"hydra.run.dir={path}: other runs are starting in it; choose another folder")
+
+
+@dataclass(frozen=True)
+class NamedDir:
+    """The hydra.run.dir this process claimed, and what was there before it."""
+
+    path: Path
+    made: Path | None  # the highest folder the claim created; None if the folder existed
+    had_log: bool  # a backprop-lab.log was there already: it is not this run's to remove
+
+
+def discard_named() -> None:
+    """Undo what a run refused or stopped while starting put into the folder the user named:
+    Hydra's .hydra/ and log, and the folders the claim made (what was there before stays)."""
+    global _named
+    if _named is None:
+        return
+    named, _named = _named, None
+    release_claim()
+    if not named.path.is_dir() or any(p.name not in {".hydra", LOG} for p in named.path.iterdir()):
+        return
+    shutil.rmtree(named.path / ".hydra", ignore_errors=True)
+    if not named.had_log:
+        (named.path / LOG).unlink(missing_ok=True)
+    if named.made is not None:
+        folder = named.path
+        with contextlib.suppress(OSError):
+            while True:
+                folder.rmdir()  # only if empty
+                if folder == named.made:
+                    break
+                folder = folder.parent
 
 
 def release_claim() -> None:
@@ -606,6 +645,7 @@ def main(noted: Sequence[int] = ()) -> None:
         name = signal.Signals(early.signum or signal.SIGINT).name
         for folder in _claimed.values():
             discard_if_empty(Path(folder).resolve())
+        discard_named()
         error_line(f"stopped by {name} while starting; nothing was trained" if trains else f"stopped by {name}")
         sys.exit(EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT)
     finally:
@@ -683,8 +723,12 @@ def refuse(message: str, code: int, in_sweep: bool) -> None:
 
 def discard_if_empty(run_dir: Path, claimed_only: bool = True) -> None:
     """Remove a run directory that holds nothing but Hydra's own files, so a run refused at
-    the start leaves nothing that looks like a result. Single runs remove only a folder this
-    process claimed (never one the user named); a sweep's job folders are always Hydra's."""
+    the start leaves nothing that looks like a result, and the same command can run again.
+    Single runs remove only a folder this process claimed, and of a folder the user named
+    only what this process put there; a sweep's job folders are always Hydra's."""
+    if claimed_only and _named is not None and run_dir == _named.path:
+        discard_named()
+        return
     if claimed_only and str(run_dir) not in {str(Path(p).resolve()) for p in _claimed.values()}:
         return
     if run_dir.is_dir() and all(p.name in {".hydra", LOG} for p in run_dir.iterdir()):

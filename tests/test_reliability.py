@@ -634,12 +634,14 @@ def test_files_replaced_atomically_get_the_mode_a_plain_write_would(tmp_path):
     assert mode("summary.json") == mode("plain.json") != 0o600  # not mkstemp's private 0600
 
 
-def start_and_signal_while_starting(tmp_path: Path, times: int) -> tuple[subprocess.Popen, str]:
-    """A run with the default run folder, signalled `times` times as soon as Hydra has made that
-    folder: torch and the data are still loading then (seconds), nothing is trained yet."""
-    proc = start("data.train_subset=500", "train.epochs=1", cwd=tmp_path)
+def start_and_signal_while_starting(tmp_path: Path, times: int, *args: str,
+                                    made: str = "outputs/*/*") -> tuple[subprocess.Popen, str]:
+    """A run (with the default run folder, unless args name one), signalled `times` times as soon as
+    Hydra's files are in the folder (`made`): torch and the data are still loading then (seconds),
+    nothing is trained yet."""
+    proc = start("data.train_subset=500", "train.epochs=1", *args, cwd=tmp_path)
     deadline = time.time() + 60
-    while not list(tmp_path.glob("outputs/*/*")) and time.time() < deadline:
+    while not list(tmp_path.glob(made + "/.hydra")) and time.time() < deadline:
         time.sleep(0.01)
     for _ in range(times):
         proc.send_signal(signal.SIGINT)
@@ -666,6 +668,33 @@ def test_a_second_ctrl_c_while_starting_stops_at_once_and_leaves_no_run_folder(t
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1] == "error: stopped by SIGINT while starting; nothing was trained"
     assert list(tmp_path.glob("outputs/*/*")) == [] and list(tmp_path.glob("outputs/*")) == []
+
+
+@pytest.mark.slow  # two starts and a run, about 8 s
+@pytest.mark.parametrize("existed", [False, True], ids=["a new folder", "an empty folder of the user's"])
+def test_a_second_ctrl_c_while_starting_leaves_a_named_run_folder_as_it_was(tmp_path, existed):
+    if existed:
+        (tmp_path / "mine" / "try1").mkdir(parents=True)
+    proc, err = start_and_signal_while_starting(tmp_path, 2, "hydra.run.dir=mine/try1", made="mine/try1")
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == (
+        "error: stopped by SIGINT while starting; nothing was trained"), err
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == (
+        ["mine", "mine/try1"] if existed else [])
+    again = run_cli("data.train_subset=500", "train.epochs=1", "hydra.run.dir=mine/try1", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # the same command runs
+
+
+def test_a_run_refused_at_the_start_leaves_a_named_run_folder_as_it_was(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "backprop-lab.log").write_text("the user's own line\n")
+    for folder in ("mine", "new/deeper"):
+        proc = run_cli(f"data.root={tmp_path}", "data.download=false", "train.epochs=1", f"hydra.run.dir={folder}",
+                       cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.startswith(f"error: MNIST files not found in {tmp_path}"), proc.stderr
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["mine", "mine/backprop-lab.log"]
+    assert (tmp_path / "mine" / "backprop-lab.log").read_text().startswith("the user's own line\n")
+    again = run_cli("data.train_subset=500", "train.epochs=1", "hydra.run.dir=mine", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # with the data found, the same folder takes the run
 
 
 # The entry point, with SIGINT sent `times` times as the CLI module starts importing Hydra: the
