@@ -650,7 +650,10 @@ def main(noted: Sequence[int] = ()) -> None:
         sys.exit(EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT)
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            # a finished run ignores signals until the process ends; Python's finalization would
+            # put SIG_DFL back for a handler, and a signal then kills the process (exit -2, not 130)
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, handler)
 
 
 def dispatch(argv: list[str]) -> None:
@@ -764,6 +767,24 @@ class StopRequest:
 
     def requested(self) -> bool:
         return self.signum is not None
+
+
+@contextlib.contextmanager
+def quiet_unraisable_interrupts() -> Any:
+    """The stop handler's KeyboardInterrupt can land in a weakref callback or __del__ (matplotlib
+    makes many), where Python prints it as 'Exception ignored in ...' with a traceback; the
+    handler has recorded the signal already, so it is dropped without a word."""
+    default = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = default
 
 
 def saved(epochs: int) -> str:
@@ -993,7 +1014,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                     raise KeyboardInterrupt
                 from .analysis import write_reports
 
-                confusion = write_reports(run_dir, arch_of(cfg), state.params, data)
+                with quiet_unraisable_interrupts():
+                    confusion = write_reports(run_dir, arch_of(cfg), state.params, data)
                 reporter.confusion(confusion)
             except BrokenPipeError:
                 summary["signal"] = "SIGPIPE"
@@ -1032,7 +1054,9 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             exit_code = EXIT_FAILED
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            # a single run's record is complete: a signal now could only cut its last lines short
+            # (as main's start-up handler it would even say "while starting"); a sweep's next job needs it
+            signal.signal(sig, handler if in_sweep else signal.SIG_IGN)
     log.info("summary: %s", summary)
     try:
         reporter.summary(summary)

@@ -36,6 +36,18 @@ def compose(*overrides: str):
         return hydra_compose("config", overrides=list(overrides))
 
 
+@pytest.fixture(autouse=True)
+def signal_handlers_kept():
+    """A run called in-process ignores SIGINT and SIGTERM once finished, as the process is to end
+    (cli.run); here the process goes on, so pytest's own handlers come back after each test."""
+    import signal
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
 @pytest.fixture(scope="session")
 def small_mnist():
     from backprop_lab.data import load_mnist

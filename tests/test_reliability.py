@@ -297,6 +297,26 @@ def test_sigterm_while_the_plots_are_drawn_skips_them_and_exits_143(tmp_path):
     assert s["status"] == "completed" and s["signal"] == "SIGTERM" and (run_dir / "weights.pt").exists()
 
 
+@pytest.mark.slow  # a full-data run until its plots start, about 15 s
+@pytest.mark.parametrize("gap", [0.0, 0.05, 0.3])
+def test_a_second_signal_after_the_run_ended_keeps_the_exit_status_and_prints_no_traceback(tmp_path, gap):
+    """Ctrl-C pressed twice as the run finishes: the first skips the plots; the second may land in
+    matplotlib's weakref callbacks, in the last lines printed or in Python's exit."""
+    run_dir = tmp_path / "run"
+    proc = start("train.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    deadline = time.time() + 120
+    while not (run_dir / "weights.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(gap)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err  # not -2, a process killed by the signal
+    assert "Traceback" not in err and "Exception ignored" not in err and "while starting" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: stopped by SIGINT after training; the run is complete")
+    assert summary(run_dir)["status"] == "completed"
+
+
 def test_a_model_too_large_for_memory_is_one_line(tmp_path):
     proc = run_cli("model.hidden_size=1000000000", "train.epochs=1", "data.train_subset=100", cwd=tmp_path)
     assert proc.returncode == 2
