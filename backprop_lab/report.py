@@ -104,6 +104,13 @@ class OutputConsole(Console):
         to_devnull(sys.stdout)
         raise BrokenPipeError(errno.EPIPE, "standard output was closed")
 
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """Text is never broken at a pipe's default 80 columns: a line stays one line for grep and
+        for files (a terminal still wraps it at its width); tables and panels render as ever."""
+        if not self.is_terminal and objects and all(isinstance(o, str) for o in objects):
+            kwargs.setdefault("soft_wrap", True)
+        super().print(*objects, **kwargs)
+
 
 def print_whole(console: Console, table: Table) -> None:
     """Print a table with every cell in full, whatever the width of the output: rich would cut

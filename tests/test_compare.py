@@ -718,3 +718,22 @@ def test_best_of_a_sweep_breaks_a_tie_in_final_accuracy_by_best_accuracy(tmp_pat
     (tmp_path / "sweep" / "multirun.yaml").write_text("hydra: {}\n")
     _, out, _ = run_compare(capsys, str(tmp_path / "sweep"), "--best")
     assert labels(out) == ["1"]
+
+
+def test_piped_text_lines_stay_whole_and_panels_keep_their_frame():
+    """A pipe gets rich's default 80 columns: a long line (a run's header, gradcheck's verdict)
+    would be broken mid-phrase into two; it stays one line, and a panel still fits its frame."""
+    import io
+
+    from rich.panel import Panel
+
+    from backprop_lab.report import OutputConsole
+
+    out = io.StringIO()  # not a terminal, as a pipe or a file
+    console = OutputConsole(file=out, width=80)
+    line = "backprop-lab: 784-64-32-10 tanh, batch norm, dropout 0.2, lr 0.1, momentum 0.9 (Nesterov), weight decay 0.001"
+    console.print(f"[bold]{line}[/bold]")
+    console.print(Panel("an error message " * 8, title="summary"))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == line
+    assert all(len(row) <= 80 for row in lines[1:]) and lines[1].startswith("╭") and lines[-1].startswith("╰")
