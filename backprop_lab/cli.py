@@ -813,6 +813,73 @@ def now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+def new_summary(cfg: Any, data: Any, device: Any, overrides: list[str], run_dir: Path, machine: str) -> dict[str, Any]:
+    """summary.json of a run about to start: what it is, on what, and nothing trained yet."""
+    import torch
+
+    from .rundir import config_hash
+    from .train import planned_epochs
+
+    return {
+        "status": "running",
+        "epochs_completed": 0,
+        "epochs_planned": planned_epochs(cfg, data.X_train.shape[0]),
+        "final_test_acc": None,
+        "best_test_acc": None,
+        "best_epoch": None,
+        "final_test_loss": None,
+        "train_seconds": 0.0,
+        "wall_seconds": 0.0,
+        "device": str(device),
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "config_hash": config_hash(cfg.to_dict()),
+        "overrides": overrides,
+        "data": {
+            "source": str(data.source),
+            "train_size": data.X_train.shape[0],
+            "test_size": data.X_test.shape[0],
+            "md5": data.md5,
+        },
+        "versions": {
+            "backprop_lab": __version__,
+            "torch": torch.__version__,
+            "hydra": hydra.__version__,
+            "python": platform.python_version(),
+        },
+        "machine": machine,
+        "started_at": now(),
+        "finished_at": None,
+        "run_dir": str(run_dir),
+        "weights": None,
+        "error": None,
+    }
+
+
+def continued_summary(run_dir: Path, checkpoint: dict[str, Any], writer: Any, machine: str) -> dict[str, Any]:
+    """summary.json of a run being resumed, caught up with its checkpoint (and metrics.csv with it)."""
+    from .rundir import read_summary
+
+    summary = read_summary(run_dir)
+    summary.setdefault("resumed_at", []).append(now())
+    # what it continues on: `resume ... threads=N` (or another machine) may differ from the start
+    summary.update(status="running", error=None, finished_at=None, machine=machine)
+    summary.pop("signal", None)  # what stopped the earlier part; a sweep would stop on it again
+    row = checkpoint["row"]
+    if row is not None and summary["epochs_completed"] < checkpoint["epoch"]:
+        # killed after the checkpoint, before the summary: the epoch's rows may be missing,
+        # partial or cut mid-line, so they are written again from the checkpoint
+        writer.keep_rows_before(checkpoint["epoch"])
+        writer.append(row)
+        writer.append_layers(checkpoint["epoch"], checkpoint.get("layers", []))
+        # killed before the summary caught up: it does now, from the checkpoint's row
+        summary.update(epochs_completed=checkpoint["epoch"], final_test_acc=row["test_acc"],
+                       final_test_loss=row["test_loss"], train_seconds=summary["train_seconds"] + row["seconds"])
+        if summary["best_test_acc"] is None or row["test_acc"] > summary["best_test_acc"]:
+            summary.update(best_test_acc=row["test_acc"], best_epoch=checkpoint["epoch"])
+    return summary
+
+
 def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, resume: bool = False) -> float | None:
     """Train one run into `run_dir` (or, with `resume`, continue the one there); return
     its final test accuracy. Every outcome is recorded in summary.json."""
@@ -831,9 +898,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
 
     from .data import DataError, load_mnist
     from .report import COLUMN_KEYS, Reporter
-    from .rundir import METRICS, RunWriter, check_usable, config_hash, load_checkpoint, read_summary
-    from .train import (Diverged, Stopped, arch_of, check_fits, does_not_fit, make_state, out_of_memory, planned_epochs,
-                        resolve_device, train)
+    from .rundir import METRICS, RunWriter, check_usable, load_checkpoint, read_summary
+    from .train import Diverged, Stopped, arch_of, check_fits, does_not_fit, make_state, out_of_memory, resolve_device, train
 
     try:
         device = resolve_device(cfg.device)
@@ -863,59 +929,10 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         return refuse(does_not_fit(cfg, f"the memory of {device}", first_line(e)), EXIT_BAD_INPUT, in_sweep)
     machine = f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
     if checkpoint is None:
-        summary: dict[str, Any] = {
-            "status": "running",
-            "epochs_completed": 0,
-            "epochs_planned": planned_epochs(cfg, data.X_train.shape[0]),
-            "final_test_acc": None,
-            "best_test_acc": None,
-            "best_epoch": None,
-            "final_test_loss": None,
-            "train_seconds": 0.0,
-            "wall_seconds": 0.0,
-            "device": str(device),
-            "seed": cfg.seed,
-            "config": cfg.to_dict(),
-            "config_hash": config_hash(cfg.to_dict()),
-            "overrides": overrides,
-            "data": {
-                "source": str(data.source),
-                "train_size": data.X_train.shape[0],
-                "test_size": data.X_test.shape[0],
-                "md5": data.md5,
-            },
-            "versions": {
-                "backprop_lab": __version__,
-                "torch": torch.__version__,
-                "hydra": hydra.__version__,
-                "python": platform.python_version(),
-            },
-            "machine": machine,
-            "started_at": now(),
-            "finished_at": None,
-            "run_dir": str(run_dir),
-            "weights": None,
-            "error": None,
-        }
+        summary = new_summary(cfg, data, device, overrides, run_dir, machine)
     else:
         state.load(checkpoint)
-        summary = read_summary(run_dir)
-        summary.setdefault("resumed_at", []).append(now())
-        # what it continues on: `resume ... threads=N` (or another machine) may differ from the start
-        summary.update(status="running", error=None, finished_at=None, machine=machine)
-        summary.pop("signal", None)  # what stopped the earlier part; a sweep would stop on it again
-        row = checkpoint["row"]
-        if row is not None and summary["epochs_completed"] < checkpoint["epoch"]:
-            # killed after the checkpoint, before the summary: the epoch's rows may be missing,
-            # partial or cut mid-line, so they are written again from the checkpoint
-            writer.keep_rows_before(checkpoint["epoch"])
-            writer.append(row)
-            writer.append_layers(checkpoint["epoch"], checkpoint.get("layers", []))
-            # killed before the summary caught up: it does now, from the checkpoint's row
-            summary.update(epochs_completed=checkpoint["epoch"], final_test_acc=row["test_acc"],
-                           final_test_loss=row["test_loss"], train_seconds=summary["train_seconds"] + row["seconds"])
-            if summary["best_test_acc"] is None or row["test_acc"] > summary["best_test_acc"]:
-                summary.update(best_test_acc=row["test_acc"], best_epoch=checkpoint["epoch"])
+        summary = continued_summary(run_dir, checkpoint, writer, machine)
     summary.update(pid=os.getpid(), host=platform.node(), boot_id=boot_id())  # tells a live run from a killed one
     start_epoch = 1 if checkpoint is None else checkpoint["epoch"] + 1
     wall_before = summary["wall_seconds"]  # of the earlier parts of a resumed run
