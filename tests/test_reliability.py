@@ -196,6 +196,29 @@ def test_full_disk_during_a_run_is_reported_and_earlier_epochs_survive(tmp_path,
     assert s["epochs_completed"] == 1 and len(metrics(run_dir)) == 1  # what was written before is intact
 
 
+def test_a_disk_full_before_the_first_epoch_leaves_no_half_made_run(tmp_path, monkeypatch, capsys):
+    import errno
+    from dataclasses import replace
+
+    from backprop_lab import cli, rundir
+    from backprop_lab.config import Config
+
+    def no_space(self, state):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.RunWriter, "save_checkpoint", no_space)  # the epoch-0 checkpoint
+    cfg = Config()
+    cfg = replace(cfg, train=replace(cfg.train, epochs=1), data=replace(cfg.data, train_subset=200), device="cpu")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with pytest.raises(SystemExit) as info:
+        cli.run(cfg, run_dir, [])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (f"error: cannot write to the run directory {run_dir}: no space left on device; "
+                                       f"free some space, then run it again\n")
+    assert list(run_dir.iterdir()) == []  # no metrics.csv header to make the rerun refuse the folder
+
+
 def test_torch_save_on_a_full_disk_raises_the_disk_error_not_torchs_own(tmp_path):
     import errno
 
