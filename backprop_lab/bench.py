@@ -54,7 +54,7 @@ from .compare import output_problem, plot_format_problem
 from .config import DEVICE_PATTERN, Config, ConfigError
 from .data import MNIST, SHIPPED_ROOT, DataError, load_mnist, read_idx
 from .report import SubcommandParser, error_line
-from .rundir import LOG
+from .rundir import LOG, cpu_description
 from .train import EpochMetrics, make_state, resolve_device, train
 
 Epoch = Callable[[], object]  # runs one epoch of one variant
@@ -485,10 +485,7 @@ def plot_scaling(rows: list[dict[str, Any]], path: str) -> None:
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = names[0] if names else cpu
+    cpu = cpu_description()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
             "torch": torch.__version__, "python": platform.python_version(), "device": str(device)}

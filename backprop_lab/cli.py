@@ -39,7 +39,8 @@ from . import __version__
 from .config import ConfigError, from_dictconfig, known_keys, list_keys, unknown_key_message
 from .report import ErrorConsole, error_line, plural, to_devnull
 from .analysis import CONFUSION_CSV, CONFUSION_PNG, CURVES_PNG, ERRORS_PNG
-from .rundir import CHECKPOINT, GRADS, LOG, RunDirError, boot_id, process_alive, refuse_existing_run
+from .rundir import (CHECKPOINT, GRADS, LOG, RunDirError, boot_id, cpu_description, process_alive,
+                     refuse_existing_run)
 
 # What a run writes besides its summary, metrics and weights (refuse_existing_run's): a folder
 # holding any of them is another run's, which a new run would add to or overwrite.
@@ -927,7 +928,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             (run_dir / METRICS).unlink(missing_ok=True)  # its header only: RunWriter made it
             discard_if_empty(run_dir)
         return refuse(does_not_fit(cfg, f"the memory of {device}", first_line(e)), EXIT_BAD_INPUT, in_sweep)
-    machine = f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+    machine = (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs ({cpu_description()}), "
+               f"torch threads {torch.get_num_threads()}")
     if checkpoint is None:
         summary = new_summary(cfg, data, device, overrides, run_dir, machine)
     else:

@@ -338,6 +338,28 @@ def boot_id() -> str | None:
         return None
 
 
+def cpu_description() -> str:
+    """The CPU and the instruction set torch's kernels use, e.g. 'AMD EPYC (family 25, model 17),
+    AVX512': MKL picks its kernels by instruction set, and the last digits of a run's results
+    can differ between CPU types that do (bit for bit the same on one machine)."""
+    import torch
+
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first processor's block is enough
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']}, model {fields['model']})"
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def effective_status(summary: dict[str, Any]) -> str:
     """The status a reader should show: a run still marked `running` whose process is gone
     (killed, machine restarted) is `incomplete`; its completed epochs are still in metrics.csv."""

@@ -46,6 +46,7 @@ def test_quick_bench_prints_the_table_and_writes_the_figures(quick_bench):
         assert name in proc.stdout
     figures = json.loads(json_path.read_text())
     assert figures["settings"]["train_size"] == 2048
+    assert figures["machine"]["cpu"].endswith(", " + torch.backends.cpu.get_cpu_capability())
     seconds = figures["epoch_seconds"]
     assert set(seconds) == {"a_chapter", "b_autograd", "c_trainer", "c_trainer_epoch", "c_plain", "d_limit"}
     assert all(v > 0 for v in seconds.values())
