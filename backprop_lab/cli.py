@@ -651,10 +651,9 @@ def main(noted: Sequence[int] = ()) -> None:
         sys.exit(EXIT_SIGTERM if name == "SIGTERM" else EXIT_SIGINT)
     finally:
         for sig, handler in previous.items():
-            # a finished run ignores signals until the process ends; Python's finalization would
-            # put SIG_DFL back for a handler, and a signal then kills the process (exit -2, not 130)
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                signal.signal(sig, handler)
+            # after a finished run the process only exits: Python's finalization would put SIG_DFL
+            # back for a Python handler, and a signal then would kill it (exit -2, not the run's)
+            signal.signal(sig, signal.SIG_IGN if early.finished else handler)
 
 
 def dispatch(argv: list[str]) -> None:
@@ -757,8 +756,11 @@ class StopRequest:
         self.signum = signum
         self.starting = starting  # before training: the stop comes at the first batch
         self.trained = False
+        self.finished = False  # main's handler, once the run's record is complete: a signal changes nothing
 
     def __call__(self, signum: int, frame: Any) -> None:
+        if self.finished:
+            return
         first = self.signum is None
         self.signum = self.signum or signum
         if not first or self.trained:
@@ -1072,10 +1074,12 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             write_failed(e)
             exit_code = EXIT_FAILED
     finally:
+        if isinstance(early, StopRequest) and not in_sweep:
+            # the record is complete: a signal now could only cut the last lines short, and main's
+            # start-up handler would call it a stop "while starting"; a sweep's next job needs it
+            early.finished = True
         for sig, handler in previous.items():
-            # a single run's record is complete: a signal now could only cut its last lines short
-            # (as main's start-up handler it would even say "while starting"); a sweep's next job needs it
-            signal.signal(sig, handler if in_sweep else signal.SIG_IGN)
+            signal.signal(sig, handler)
     log.info("summary: %s", summary)
     try:
         reporter.summary(summary)

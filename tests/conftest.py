@@ -38,8 +38,8 @@ def compose(*overrides: str):
 
 @pytest.fixture(autouse=True)
 def signal_handlers_kept():
-    """A run called in-process ignores SIGINT and SIGTERM once finished, as the process is to end
-    (cli.run); here the process goes on, so pytest's own handlers come back after each test."""
+    """The entry point (cli.main) leaves SIGINT and SIGTERM ignored after a finished run, as its
+    process is about to end; here the process goes on, so pytest's own handlers come back."""
     import signal
 
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
