@@ -727,6 +727,7 @@ def test_a_second_ctrl_c_while_starting_leaves_a_named_run_folder_as_it_was(tmp_
     assert again.returncode == 0, again.stderr  # the same command runs
 
 
+@pytest.mark.slow  # two refused starts and a run, about 10 s
 def test_a_run_refused_at_the_start_leaves_a_named_run_folder_as_it_was(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "backprop-lab.log").write_text("the user's own line\n")
