@@ -11,17 +11,26 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from backprop_lab import rundir
+from backprop_lab.config import Config
 from backprop_lab.rundir import effective_status
 
 from .conftest import run_cli
 
 SMALL = ["data.train_subset=4000", "train.epochs=3", "device=cpu"]
+
+
+def small_config(epochs: int, train_subset: int):
+    """The typed config of a short CPU run, for cli.run called in-process."""
+    cfg = Config()
+    return replace(cfg, train=replace(cfg.train, epochs=epochs), data=replace(cfg.data, train_subset=train_subset),
+                   device="cpu")
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen:
@@ -157,8 +166,6 @@ def test_full_disk_during_a_run_is_reported_and_earlier_epochs_survive(tmp_path,
     import errno
 
     from backprop_lab import cli, rundir
-    from backprop_lab.config import Config
-    from dataclasses import replace
 
     real_append = rundir.RunWriter.append
     calls = {"n": 0}
@@ -173,8 +180,7 @@ def test_full_disk_during_a_run_is_reported_and_earlier_epochs_survive(tmp_path,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(rundir.RunWriter, "append", append_then_fill)
-    cfg = Config()
-    cfg = replace(cfg, train=replace(cfg.train, epochs=3), data=replace(cfg.data, train_subset=500), device="cpu")
+    cfg = small_config(epochs=3, train_subset=500)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     real_atomic = rundir.atomic_write
@@ -198,17 +204,14 @@ def test_full_disk_during_a_run_is_reported_and_earlier_epochs_survive(tmp_path,
 
 def test_a_disk_full_before_the_first_epoch_leaves_no_half_made_run(tmp_path, monkeypatch, capsys):
     import errno
-    from dataclasses import replace
 
     from backprop_lab import cli, rundir
-    from backprop_lab.config import Config
 
     def no_space(self, state):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(rundir.RunWriter, "save_checkpoint", no_space)  # the epoch-0 checkpoint
-    cfg = Config()
-    cfg = replace(cfg, train=replace(cfg.train, epochs=1), data=replace(cfg.data, train_subset=200), device="cpu")
+    cfg = small_config(epochs=1, train_subset=200)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with pytest.raises(SystemExit) as info:
@@ -238,10 +241,8 @@ def test_torch_save_on_a_full_disk_raises_the_disk_error_not_torchs_own(tmp_path
 def test_a_log_file_on_a_full_disk_adds_no_logging_traceback(tmp_path, capsys):
     import errno
     import logging
-    from dataclasses import replace
 
     from backprop_lab import cli
-    from backprop_lab.config import Config
 
     class FullDisk(logging.Handler):  # Hydra's file handler, once the disk is full
         def emit(self, record):
@@ -255,8 +256,7 @@ def test_a_log_file_on_a_full_disk_adds_no_logging_traceback(tmp_path, capsys):
     raising, level = logging.raiseExceptions, logger.level
     logger.setLevel(logging.INFO)  # as Hydra's job logging sets it
     try:
-        cfg = Config()
-        cfg = replace(cfg, train=replace(cfg.train, epochs=1), data=replace(cfg.data, train_subset=500), device="cpu")
+        cfg = small_config(epochs=1, train_subset=500)
         (tmp_path / "run").mkdir()
         assert cli.run(cfg, tmp_path / "run", []) is not None
     finally:
@@ -355,13 +355,10 @@ def test_a_model_too_large_for_memory_is_one_line(tmp_path):
 def stopped_template(tmp_path_factory):
     """A run stopped by Ctrl-C after the first of its two epochs (made in-process: cheap); tests
     resume copies of it (`stopped`), each somewhere else than where it was made."""
-    from dataclasses import replace
 
     from backprop_lab import cli, report
-    from backprop_lab.config import Config
 
-    cfg = Config()
-    cfg = replace(cfg, train=replace(cfg.train, epochs=2), data=replace(cfg.data, train_subset=500), device="cpu")
+    cfg = small_config(epochs=2, train_subset=500)
     run_dir = tmp_path_factory.mktemp("stopped") / "run"
     run_dir.mkdir()
     real_epoch = report.Reporter.epoch
@@ -635,10 +632,8 @@ def test_a_missing_checkpoint_is_named_as_missing(stopped, capsys):
 def test_a_second_signal_while_the_weights_are_saved_is_recorded_resumably(tmp_path, monkeypatch, capsys):
     """Two signals arrive while weights.pt is being written: the run is recorded as interrupted
     by that signal (a sweep stops on it), in one line, and resume finishes it."""
-    from dataclasses import replace
 
     from backprop_lab import cli, rundir
-    from backprop_lab.config import Config
 
     sig, code = signal.SIGTERM, 143  # SIGINT takes the same path; its code was the one used for both
     real_save = rundir.RunWriter.save_weights
@@ -649,8 +644,7 @@ def test_a_second_signal_while_the_weights_are_saved_is_recorded_resumably(tmp_p
         real_save(self, params)
 
     monkeypatch.setattr(rundir.RunWriter, "save_weights", signalled_twice)
-    cfg = Config()
-    cfg = replace(cfg, train=replace(cfg.train, epochs=2), data=replace(cfg.data, train_subset=500), device="cpu")
+    cfg = small_config(epochs=2, train_subset=500)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with pytest.raises(SystemExit) as info:
@@ -835,10 +829,8 @@ def test_resume_refuses_a_run_whose_files_disagree_and_changes_nothing(tmp_path,
 
 
 def test_weights_drawn_too_large_to_train_name_the_init_scale(tmp_path, capsys):
-    from dataclasses import replace
 
     from backprop_lab import cli
-    from backprop_lab.config import Config
 
     cfg = Config()
     cfg = replace(cfg, model=replace(cfg.model, init_scale=1e300), train=replace(cfg.train, epochs=1),
