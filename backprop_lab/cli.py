@@ -921,14 +921,20 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             discard_if_empty(run_dir)
         return refuse(str(e), EXIT_BAD_INPUT, in_sweep)
 
+    def undo_start() -> None:
+        """A new run refused before its first epoch leaves no half-made folder to refuse the rerun:
+        the metrics.csv header RunWriter made, an epoch-0 checkpoint, then Hydra's files."""
+        if not resume:
+            for name in (METRICS, CHECKPOINT):
+                (run_dir / name).unlink(missing_ok=True)
+            discard_if_empty(run_dir)
+
     try:
         state = make_state(cfg, device)
     except (RuntimeError, MemoryError) as e:
         if not out_of_memory(e):
             raise
-        if not resume:
-            (run_dir / METRICS).unlink(missing_ok=True)  # its header only: RunWriter made it
-            discard_if_empty(run_dir)
+        undo_start()
         return refuse(does_not_fit(cfg, f"the memory of {device}", first_line(e)), EXIT_BAD_INPUT, in_sweep)
     machine = (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs ({cpu_description()}), "
                f"torch threads {torch.get_num_threads()}")
@@ -956,10 +962,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             save_checkpoint(0, None)
         writer.write_summary(summary)
     except OSError as e:
-        if not resume:  # nothing trained yet: leave no half-made folder to refuse the rerun
-            for name in (METRICS, CHECKPOINT):
-                (run_dir / name).unlink(missing_ok=True)
-            discard_if_empty(run_dir)
+        undo_start()
         return refuse(cannot_write(run_dir, e, f"backprop-lab resume {run_dir}" if resume else "run it again"),
                       EXIT_BAD_INPUT, in_sweep)
     log.info("%s: %s", "resumed" if resume else "config", summary["config"])
