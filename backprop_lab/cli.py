@@ -856,12 +856,14 @@ def new_summary(cfg: Any, data: Any, device: Any, overrides: list[str], run_dir:
         "run_dir": str(run_dir),
         "weights": None,
         "error": None,
+        "warnings": [],
     }
 
 
 def continued_summary(run_dir: Path, checkpoint: dict[str, Any], writer: Any, machine: str) -> dict[str, Any]:
     """summary.json of a run being resumed, caught up with its checkpoint (and metrics.csv with it)."""
     from .rundir import read_summary
+    from .train import note_dead_layers
 
     summary = read_summary(run_dir)
     summary.setdefault("resumed_at", []).append(now())
@@ -875,6 +877,7 @@ def continued_summary(run_dir: Path, checkpoint: dict[str, Any], writer: Any, ma
         writer.keep_rows_before(checkpoint["epoch"])
         writer.append(row)
         writer.append_layers(checkpoint["epoch"], checkpoint.get("layers", []))
+        note_dead_layers(summary, checkpoint["epoch"], checkpoint.get("layers", []))
         # killed before the summary caught up: it does now, from the checkpoint's row
         summary.update(epochs_completed=checkpoint["epoch"], final_test_acc=row["test_acc"],
                        final_test_loss=row["test_loss"], train_seconds=summary["train_seconds"] + row["seconds"])
@@ -902,7 +905,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     from .data import DataError, load_mnist
     from .report import COLUMN_KEYS, Reporter
     from .rundir import METRICS, RunWriter, check_usable, load_checkpoint, read_summary
-    from .train import Diverged, Stopped, arch_of, check_fits, does_not_fit, make_state, out_of_memory, resolve_device, train
+    from .train import (Diverged, Stopped, arch_of, check_fits, does_not_fit, make_state, note_dead_layers,
+                        out_of_memory, resolve_device, train)
 
     try:
         device = resolve_device(cfg.device)
@@ -990,6 +994,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                 )
                 if summary["best_test_acc"] is None or m.test_acc > summary["best_test_acc"]:
                     summary.update(best_test_acc=m.test_acc, best_epoch=m.epoch)
+                note_dead_layers(summary, m.epoch, m.layers)
                 writer.write_summary(summary)
                 log.info("epoch %s", row)
                 reporter.epoch(row)  # last: the files are complete whatever the terminal does
@@ -998,7 +1003,7 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
         # weights drawn that large (the chapter's scale is 0.01) overflow before any step can
         scale = cfg.model.init_scale > 1 and cfg.model.init in ("normal", "uniform")
         summary.update(status="diverged", error=f"{e}; try a smaller {'model.init_scale' if scale else 'optim.lr'}",
-                       diverged_at={"epoch": e.epoch, "batch": e.batch})
+                       diverged_at=e.record())
         exit_code = EXIT_DIVERGED
     except (Stopped, KeyboardInterrupt) as e:
         signum = stop.signum or signal.SIGINT

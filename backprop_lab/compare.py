@@ -53,7 +53,7 @@ from .analysis import CONFUSION_CSV, Confusion, from_counts
 from .config import N_TRAIN, dotted, planned_epochs
 from .report import (COLUMN_KEYS, STATUS_COLOURS, OutputConsole, Reporter, SubcommandParser, error_line, plural,
                      print_whole)
-from .rundir import GRADS, GRADS_COLUMNS, LOG, METRICS, SUMMARY, effective_status, read_summary
+from .rundir import GRADS, GRADS_COLUMNS_BEFORE_DEAD, LOG, METRICS, SUMMARY, effective_status, read_summary
 
 EXIT_NO_RUNS = 1  # like grep: "nothing found" is a result, not an error, but a script should notice it
 EXIT_BAD_INPUT = 2  # a path, option or file that cannot be used
@@ -190,7 +190,7 @@ def load_layers(run_dir: Path) -> list[dict[str, float]]:
     from 1, or RunError; [] for a run from before grads.csv existed."""
     if not (run_dir / GRADS).exists():
         return []
-    rows, cut = _read_numbers(run_dir, GRADS, GRADS_COLUMNS)
+    rows, cut = _read_numbers(run_dir, GRADS, GRADS_COLUMNS_BEFORE_DEAD)  # dead_fraction: newer runs only
     if cut:  # an extra: shown whole or left out, as any unreadable grads.csv
         raise RunError(cut)
     if not all(r[k].is_integer() and r[k] >= 1 for r in rows for k in ("epoch", "layer")):
@@ -355,7 +355,8 @@ def load_run(run_dir: Path, label: str, group: Path | None = None) -> Run:
     for name in ("final_test_acc", "best_test_acc", "best_epoch", "final_test_loss",
                  "epochs_completed", "epochs_planned", "train_seconds"):
         setattr(run, name, summary.get(name))
-    run.note = summary.get("error")
+    warnings = summary.get("warnings")  # a completed run's, e.g. a dead layer
+    run.note = summary.get("error") or ("; ".join(map(str, warnings)) if isinstance(warnings, list) and warnings else None)
     if metrics_error:
         run.status, run.note, run.problem = "corrupt", metrics_error, True
     elif run.metrics is None and summary["epochs_completed"]:

@@ -50,6 +50,7 @@ class TrainConfig:
     epochs: int = 20
     steps: int | None = None  # when set, the run length in minibatches (epochs is then unused)
     fused: bool = True
+    max_loss_ratio: float | None = 100.0  # diverged above this x the starting loss; None: only NaN/inf
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.epochs": (lambda v: _is_int(v) and v > 0, "a positive integer, e.g. 20"),
     "train.steps": (lambda v: v is None or (_is_int(v) and v > 0), "null (run for train.epochs) or a positive integer, e.g. 40000"),
     "train.fused": (lambda v: isinstance(v, bool), "true or false"),
+    "train.max_loss_ratio": (
+        lambda v: v is None or (_is_real(v) and v > 1),
+        "null (only a NaN or infinite loss is divergence) or a number > 1, e.g. 100",
+    ),
     "data.root": (
         lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
         "null (the MNIST copy shipped with backprop-lab) or a folder path",
@@ -218,7 +223,8 @@ def from_container(raw: dict[str, Any]) -> Config:
                 kwargs[f.name] = build(type(f.default), prefix + f.name + ".")
             else:
                 v = values[prefix + f.name]
-                kwargs[f.name] = float(v) if f.type == "float" else tuple(v) if isinstance(v, list) else v
+                is_float = f.type in ("float", "float | None") and v is not None
+                kwargs[f.name] = float(v) if is_float else tuple(v) if isinstance(v, list) else v
         return cls(**kwargs)
 
     cfg = build(Config, "")

@@ -339,15 +339,26 @@ def evaluate(arch: Arch, params: Params, X: Tensor, Y: Tensor, chunk: int = 1_00
 
 
 def layer_stats(arch: Arch, opt: SGD, params: Params, velocity: Params, X: Tensor, Y: Tensor) -> list[dict[str, float]]:
-    """Per layer: |dW| on the batch (X, Y) in training mode without dropout, |W|, and the
-    update-to-weight ratio lr * |d| / |W| of the step SGD would take from that gradient."""
-    grads = backward(arch, params, forward(arch, params, X, train=True), Y)
+    """Per layer: |dW| on the batch (X, Y) in training mode without dropout, |W|, the
+    update-to-weight ratio lr * |d| / |W| of the step SGD would take from that gradient, and
+    for a relu hidden layer the fraction of its units dead on the batch (NaN otherwise)."""
+    cache = forward(arch, params, X, train=True)
+    grads = backward(arch, params, cache, Y)
     rows = []
     for l in range(1, arch.n_layers + 1):
         name = f"W{l}"
         W, dW = params[name], grads[name]
         d, _ = sgd_direction(opt, name, W, dW, velocity.get(name))
         w_norm = W.norm().item()
+        hidden = l < arch.n_layers and arch.activation == "relu"
         rows.append({"layer": l, "grad_norm": dW.norm().item(), "weight_norm": w_norm,
-                     "update_ratio": opt.lr * d.norm().item() / w_norm if w_norm else float("nan")})
+                     "update_ratio": opt.lr * d.norm().item() / w_norm if w_norm else float("nan"),
+                     "dead_fraction": dead_fraction(cache.acts[l - 1]) if hidden else float("nan")})
     return rows
+
+
+def dead_fraction(a: Tensor) -> float:
+    """The fraction of a ReLU layer's units that output 0 for every row of a (m, n[l]): they pass
+    no gradient back (relu' = 0), so no step can bring them back. leaky_relu, sigmoid and tanh
+    units always pass some gradient, so only relu layers are measured."""
+    return (a <= 0).all(dim=0).to(a.dtype).mean().item()  # (m,n[l]) -> (n[l],) -> fraction

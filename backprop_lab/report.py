@@ -195,6 +195,7 @@ class Reporter:
         ]
         if summary.get("error"):
             lines.append(f"error             {summary['error']}")
+        lines += [f"warning           {w}" for w in summary.get("warnings") or []]
         self.console.print(Panel("\n".join(lines), title="summary", expand=False, highlight=False))
 
 

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 METRICS = "metrics.csv"
 GRADS = "grads.csv"
-GRADS_COLUMNS = ["epoch", "layer", "grad_norm", "weight_norm", "update_ratio"]
+GRADS_COLUMNS = ["epoch", "layer", "grad_norm", "weight_norm", "update_ratio", "dead_fraction"]
+GRADS_COLUMNS_BEFORE_DEAD = GRADS_COLUMNS[:5]  # grads.csv of runs from before dead_fraction: still read, still resumed
 SUMMARY = "summary.json"
 WEIGHTS = "weights.pt"
 CHECKPOINT = "checkpoint.pt"
@@ -184,14 +185,25 @@ class RunWriter:
         """One grads.csv row per layer for this epoch (the header first, if the file is new)."""
         if not layers:
             return
+        columns = self._grads_header() or GRADS_COLUMNS  # a resumed older run keeps its file's columns
         with open(self.run_dir / GRADS, "a", newline="") as f:
             out = csv.writer(f)
             if f.tell() == 0:
-                out.writerow(GRADS_COLUMNS)
+                out.writerow(columns)
             for stats in layers:
-                out.writerow([_csv_value(v) for v in ({**stats, "epoch": epoch}[c] for c in GRADS_COLUMNS)])
+                out.writerow([_csv_value(v) for v in ({**stats, "epoch": epoch}[c] for c in columns)])
             f.flush()
             os.fsync(f.fileno())
+
+    def _grads_header(self) -> list[str] | None:
+        """grads.csv's columns when it exists with a whole header this writer knows, else None."""
+        try:
+            with open(self.run_dir / GRADS, newline="") as f:
+                header = f.readline()
+        except FileNotFoundError:
+            return None
+        columns = header.strip().split(",")
+        return columns if header.endswith("\n") and columns in (GRADS_COLUMNS, GRADS_COLUMNS_BEFORE_DEAD) else None
 
     def save_weights(self, params: dict[str, Tensor]) -> None:
         cpu = {name: t.detach().to("cpu") for name, t in params.items()}

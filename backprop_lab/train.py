@@ -11,14 +11,21 @@ epoch, so a GPU is not made to wait on the host at every batch.
 The chapter's network with plain SGD trains through backprop.fused_step (unless
 train.fused=false); every other model (network.py: any depth, activation, batch norm,
 dropout, momentum, L2) through network.forward / backward / sgd_update. After each epoch,
-`layer_stats` measures every layer's gradient norm and update-to-weight ratio on a fixed
-probe batch (the first 1,000 training images), a few milliseconds.
+`layer_stats` measures every layer's gradient norm, update-to-weight ratio and (ReLU) dead
+units on a fixed probe batch (the first 1,000 training images), a few milliseconds.
 
 It stops early for two reasons only, both as exceptions that name the epoch and batch:
-`Diverged` (a logit became NaN or infinite) and `Stopped` (the caller asked, e.g. Ctrl-C).
+`Diverged` and `Stopped` (the caller asked, e.g. Ctrl-C). A run diverges by one of two rules,
+both checked every 100 batches and at the epoch's end, in the one read from the device that
+the check makes anyway:
+- `not_finite`: a logit became NaN or infinite (or the test loss did);
+- `loss_ratio`: the mean training loss of the batches since the last check rose above
+  train.max_loss_ratio times the run's starting loss (its first batch's, before any update).
+  A loss that explodes can come back down to a finite value at chance (lr=10 on MNIST: 962,
+  then 2.4), so "finite" alone would call such a run completed.
 After `Stopped` the parameters are as the last full batch left them. `Diverged` is found at
-the next check (every 100 batches and at the epoch's end), so by then the parameters may
-hold NaN; the caller's checkpoint of the last completed epoch is what remains good.
+the next check, so by then the parameters may hold NaN; the caller's checkpoint of the last
+completed epoch is what remains good.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import itertools
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -63,9 +70,21 @@ class EpochMetrics:
 
 
 class Diverged(ArithmeticError):
-    def __init__(self, epoch: int, batch: int):
-        super().__init__(f"training diverged at epoch {epoch}, batch {batch}: the loss is no longer finite")
-        self.epoch, self.batch = epoch, batch
+    """`rule` is "not_finite" or "loss_ratio"; for the latter, `loss` is the mean training loss
+    that fired it and `limit` the threshold it passed (max_loss_ratio x the starting loss)."""
+
+    def __init__(self, epoch: int, batch: int, rule: str = "not_finite",
+                 loss: float | None = None, limit: float | None = None):
+        if rule == "loss_ratio":
+            why = f"the training loss rose to {loss:.3g}, above train.max_loss_ratio's limit {limit:.3g}"
+        else:
+            why = "the loss is no longer finite"
+        super().__init__(f"training diverged at epoch {epoch}, batch {batch}: {why}")
+        self.epoch, self.batch, self.rule, self.loss, self.limit = epoch, batch, rule, loss, limit
+
+    def record(self) -> dict[str, Any]:
+        """summary.json's `diverged_at`."""
+        return {"epoch": self.epoch, "batch": self.batch, "rule": self.rule, "loss": self.loss, "limit": self.limit}
 
 
 class Stopped(Exception):
@@ -75,6 +94,7 @@ class Stopped(Exception):
 
 
 DIVERGENCE_CHECK_EVERY = 100  # batches; each check costs a few kernels and a read from the device
+DEAD_ALERT = 0.98  # a relu layer with at least this fraction of dead units (126 of 128) gets a warning
 
 
 def resolve_device(name: str, option: str = "device=", instead: str = "device=cpu or device=auto") -> torch.device:
@@ -180,10 +200,11 @@ class State:
     velocity: network.Params
     shuffle: torch.Generator
     dropout: torch.Generator
+    start_loss: float | None = None  # the first batch's loss before any update: loss_ratio's base
 
     def state_dict(self) -> dict[str, Any]:
         cpu = lambda d: {k: v.detach().to("cpu") for k, v in d.items()}  # noqa: E731
-        return {"params": cpu(self.params), "velocity": cpu(self.velocity),
+        return {"params": cpu(self.params), "velocity": cpu(self.velocity), "start_loss": self.start_loss,
                 "generator": self.shuffle.get_state(), "dropout_generator": self.dropout.get_state()}
 
     def load(self, saved: dict[str, Any]) -> None:
@@ -194,6 +215,8 @@ class State:
         self.shuffle.set_state(saved["generator"])
         if "dropout_generator" in saved:  # absent in checkpoints of runs from before dropout existed
             self.dropout.set_state(saved["dropout_generator"])
+        # absent before the loss_ratio rule: the resumed part's first batch becomes the base
+        self.start_loss = saved.get("start_loss")
 
 
 def make_state(cfg: Config, device: torch.device) -> State:
@@ -207,6 +230,40 @@ def make_state(cfg: Config, device: torch.device) -> State:
 def uses_fused_step(cfg: Config) -> bool:
     o = cfg.optim
     return cfg.train.fused and arch_of(cfg).is_chapter and o.momentum == 0 and o.weight_decay == 0
+
+
+def check_divergence(cfg: Config, state: State, Z: torch.Tensor, Y: torch.Tensor,
+                     checked: int, seen: int, epoch: int, batch: int) -> None:
+    """Raise Diverged if rows [checked, seen) of this epoch's logits Z hold a NaN or inf, or if
+    their mean loss passes train.max_loss_ratio x the starting loss. One read from the device."""
+    arch = arch_of(cfg)
+    rows = slice(checked, seen)
+    finite = torch.isfinite(Z[rows]).all(dim=1)  # (rows,)
+    measures = [finite.all().to(Z.dtype), network.loss_of(arch, Z[rows], Y[rows])]
+    if state.start_loss is None:  # the first check of a run: its first batch, trained from the initial weights
+        measures.append(network.loss_of(arch, Z[:min(batch, seen)], Y[:min(batch, seen)]))
+    all_finite, loss, *start = torch.stack(measures).tolist()
+    if not all_finite:
+        first_bad_row = checked + int(finite.logical_not().nonzero()[0])
+        raise Diverged(epoch, first_bad_row // batch + 1)
+    if start:
+        state.start_loss = start[0]
+    ratio = cfg.train.max_loss_ratio
+    if ratio is not None and loss > ratio * state.start_loss:
+        raise Diverged(epoch, math.ceil(seen / batch), "loss_ratio", loss, ratio * state.start_loss)
+
+
+def note_dead_layers(summary: dict[str, Any], epoch: int, layers: Sequence[dict[str, float]]) -> None:
+    """Keep summary's `dead_layers` ({layer: the epoch since which it has been dead, i.e. at least
+    DEAD_ALERT of its units}; a layer that revives leaves it) and `warnings` (e.g. 'layer 1: 100 %
+    of units dead from epoch 1') up to date with this epoch's grads rows. A dead network still
+    trains its last layer, so the run completes: it is flagged, not stopped."""
+    since = summary.get("dead_layers") or {}
+    dead = {str(s["layer"]): s["dead_fraction"] for s in layers if s.get("dead_fraction", math.nan) >= DEAD_ALERT}
+    since = {layer: since.get(layer, epoch) for layer in dead}
+    summary["dead_layers"] = since
+    summary["warnings"] = [f"layer {layer}: {round(100 * dead[layer])} % of units dead from epoch {first}"
+                           for layer, first in since.items()]
 
 
 def train(
@@ -262,10 +319,7 @@ def train(
                 Z_rows.copy_(cache.z)
             seen = min(n, (i + 1) * batch)
             if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 or i + 1 == steps:  # finds the first bad row all the same
-                finite = torch.isfinite(Z[checked:seen]).all(dim=1)  # (rows,)
-                if not finite.all():
-                    first_bad_row = checked + int(finite.logical_not().nonzero()[0])
-                    raise Diverged(epoch, first_bad_row // batch + 1)
+                check_divergence(cfg, state, Z, Y_epoch, checked, seen, epoch, batch)
                 checked = seen
             if on_batch is not None and ((i + 1) % progress_every == 0 or i + 1 == steps):
                 new = slice(reported, seen)

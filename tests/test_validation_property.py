@@ -48,6 +48,7 @@ DOCUMENTED = {
     "train.epochs": lambda v: is_int(v) and v >= 1,
     "train.steps": lambda v: v is None or (is_int(v) and v >= 1),
     "train.fused": lambda v: isinstance(v, bool),
+    "train.max_loss_ratio": lambda v: v is None or (is_finite(v) and v > 1),
     "data.root": lambda v: v is None or (isinstance(v, str) and v.strip() != ""),
     "data.batch_size": lambda v: is_int(v) and v >= 1,
     "data.train_subset": lambda v: v is None or (is_int(v) and 1 <= v <= 60000),
