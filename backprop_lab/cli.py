@@ -14,6 +14,7 @@ import atexit
 import contextlib
 import difflib
 import errno
+import importlib.resources
 import logging
 import math
 import os
@@ -46,7 +47,8 @@ from .rundir import (CHECKPOINT, GRADS, LOG, RunDirError, boot_id, cpu_descripti
 # holding any of them is another run's, which a new run would add to or overwrite.
 LEFT_BY_A_RUN = (GRADS, CHECKPOINT, ".hydra", CONFUSION_CSV, CONFUSION_PNG, ERRORS_PNG, CURVES_PNG)
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# conf/ at the top of a clone, installed as the package backprop_lab.conf (pyproject.toml)
+CONF_DIR = Path(str(importlib.resources.files("backprop_lab.conf")))
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
@@ -105,7 +107,7 @@ def config_groups() -> dict[str, list[str]]:
     return {
         d.name: sorted(p.stem for p in d.glob("*.yaml"))
         for d in CONF_DIR.iterdir()
-        if d.is_dir()
+        if d.is_dir() and any(d.glob("*.yaml"))  # not __pycache__
     }
 
 
@@ -904,6 +906,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
 
     from .data import DataError, load_mnist
     from .report import COLUMN_KEYS, Reporter
+    from . import tensorboard_events
+    from .compare import flatten
     from .rundir import METRICS, RunWriter, check_usable, load_checkpoint, read_summary
     from .train import (Diverged, Stopped, arch_of, check_fits, does_not_fit, make_state, note_dead_layers,
                         out_of_memory, resolve_device, train)
@@ -917,6 +921,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             raise RunDirError(f"{run_dir}/checkpoint.pt was written for another config; it cannot be resumed")
         if not resume:
             check_usable(run_dir)
+        if cfg.log.tensorboard:
+            tensorboard_events.require()  # before anything is written: one line naming what to install
         data = load_mnist(cfg.data.root, cfg.data.train_subset, device, cfg.data.download, image_size=cfg.data.image_size)
         writer = RunWriter(run_dir, COLUMN_KEYS, resume=resume)
         release_claim()  # metrics.csv holds the folder now: any other run is refused by it
@@ -971,6 +977,11 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                       EXIT_BAD_INPUT, in_sweep)
     log.info("%s: %s", "resumed" if resume else "config", summary["config"])
 
+    events = None
+    if cfg.log.tensorboard:  # a view of the files, for `tensorboard --logdir outputs`
+        events = tensorboard_events.EventWriter(run_dir)
+        if checkpoint is None:
+            events.hparams(flatten(summary["config"]))
     reporter = Reporter()
     early = signal.getsignal(signal.SIGINT)  # main's, which noted any signal while this run was starting
     stop = StopRequest(signum=early.signum if isinstance(early, StopRequest) else None)
@@ -985,6 +996,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
                 save_checkpoint(m.epoch, row, m.layers)  # first, so a kill between the two loses nothing
                 writer.append(row)
                 writer.append_layers(m.epoch, m.layers)
+                if events is not None:
+                    events.epoch(row, m.layers)
                 summary.update(
                     epochs_completed=m.epoch,
                     final_test_acc=m.test_acc,
@@ -1082,6 +1095,8 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
             write_failed(e)
             exit_code = EXIT_FAILED
     finally:
+        if events is not None:
+            events.close()
         if isinstance(early, StopRequest) and not in_sweep:
             # the record is complete: a signal now could only cut the last lines short, and main's
             # start-up handler would call it a stop "while starting"; a sweep's next job needs it

@@ -42,7 +42,7 @@ import re
 import sys
 import textwrap
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence, TextIO
 
 from rich import box
@@ -50,7 +50,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .analysis import CONFUSION_CSV, Confusion, from_counts
-from .config import N_TRAIN, dotted, planned_epochs
+from .config import N_TRAIN, dotted, planned_epochs, with_defaults
 from .report import (COLUMN_KEYS, STATUS_COLOURS, OutputConsole, Reporter, SubcommandParser, error_line, plural,
                      print_whole)
 from .rundir import GRADS, GRADS_COLUMNS_BEFORE_DEAD, LOG, METRICS, SUMMARY, effective_status, read_summary
@@ -351,7 +351,9 @@ def load_run(run_dir: Path, label: str, group: Path | None = None) -> Run:
             _fill_from_metrics(run)
         return run
     run.status = effective_status(summary)
-    run.config = run_config(summary["config"])
+    # keys added to backprop-lab since the run count as their defaults, which is what the run had
+    saved = summary["config"]
+    run.config = run_config(with_defaults(saved) if isinstance(saved, dict) else saved)
     for name in ("final_test_acc", "best_test_acc", "best_epoch", "final_test_loss",
                  "epochs_completed", "epochs_planned", "train_seconds"):
         setattr(run, name, summary.get(name))
@@ -859,12 +861,23 @@ def compare_main(argv: list[str]) -> int:
     parser.add_argument("--plot", metavar="FILE.png",
                         help="test accuracy and loss per epoch of the listed runs; with grads.csv, also "
                              "FILE-grads.png: each layer's gradient norm per epoch, one panel per run")
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="also write the listed runs' per-epoch scalars and hyperparameters as TensorBoard "
+                             "events, one subfolder of DIR per run (replaced when exported again)")
     args = parser.parse_args(argv)
     roots = args.paths or [Path("outputs")]
     problem = outputs_problem(args)
     if problem:
         error_line(problem)
         return EXIT_BAD_INPUT
+    if args.tensorboard:
+        from .tensorboard_events import TensorBoardMissing, require
+
+        try:
+            require()
+        except TensorBoardMissing as e:
+            error_line(f"--tensorboard: {e}")
+            return EXIT_BAD_INPUT
 
     try:
         runs = collect(roots)
@@ -905,6 +918,8 @@ def compare_main(argv: list[str]) -> int:
             write_csv(args.csv, runs, keys)
         if args.json:
             write_json(args.json, runs, keys)
+        if args.tensorboard:
+            export_tensorboard(Path(args.tensorboard), runs, to_stdout)
         if args.plot:
             drawn, with_metrics = write_plot(args.plot, runs, keys)
             if not drawn:
@@ -924,6 +939,32 @@ def compare_main(argv: list[str]) -> int:
         error_line(f"cannot write {e.filename}: {e.strerror or e}")
         return EXIT_BAD_INPUT
     return 0
+
+
+def tensorboard_subfolder(label: str) -> str:
+    """A run's folder under --tensorboard's DIR: its label (its path, as the table shows it),
+    kept inside DIR: a leading '/' and '..' parts dropped."""
+    parts = [p for p in PurePosixPath(label).parts if p not in ("/", "..", ".")]
+    return "/".join(parts) or "run"
+
+
+def export_tensorboard(dest: Path, runs: Sequence[Run], to_stdout: bool) -> None:
+    """Each listed run's events into dest/<its label>, as far as its metrics.csv goes; a run
+    without readable per-epoch metrics is skipped with a line saying why. OSError if dest cannot
+    be written."""
+    from .tensorboard_events import export_run
+
+    exported = 0
+    for run in runs:
+        if not run.metrics:
+            why = run.note if run.metrics is None and run.note else f"no epochs in {METRICS}"
+            warning_line(f"{run.path}: not exported to TensorBoard: {why}")
+            continue
+        export_run(dest / tensorboard_subfolder(run.label), run.config, run.status, run.metrics,
+                   [] if run.layers_error else run.layers)
+        exported += 1
+    Console(stderr=to_stdout).print(f"TensorBoard: {plural(exported, 'run')} in {dest}; view them with: "
+                                    f"tensorboard --logdir {dest}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _positive_int(text: str) -> int:

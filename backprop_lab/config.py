@@ -63,11 +63,17 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    tensorboard: bool = False  # also write TensorBoard events into the run directory as it trains
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     data: DataConfig = DataConfig()
+    log: LogConfig = LogConfig()
     loss: str = "cross_entropy"
     device: str = "auto"
     seed: int = 0
@@ -131,6 +137,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "data.download": (lambda v: isinstance(v, bool), "true or false"),
     "data.image_size": (lambda v: _is_int(v) and v in (28, 14), "28 (MNIST as it is) or 14 (2x2 mean pooling)"),
+    "log.tensorboard": (lambda v: isinstance(v, bool), "true or false"),
     "loss": (lambda v: v in LOSSES, f"one of {', '.join(LOSSES)}"),
     "device": (
         lambda v: isinstance(v, str) and DEVICE_PATTERN.match(v) is not None,

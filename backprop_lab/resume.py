@@ -26,9 +26,9 @@ from .report import SubcommandParser
 from .rundir import (CHECKPOINT, LOG, METRICS, SUMMARY, RunDirError, RunWriter, effective_status, load_checkpoint,
                      locked, read_summary, still_running)
 
-# Where the run computes, not what it computes: these may differ from the run's own config.
-# After a device change the results are no longer bitwise identical to an uninterrupted run's.
-RUNTIME_KEYS = ("device", "threads")
+# Where the run computes or what it logs, not what it computes: these may differ from the run's
+# own config. After a device change the results are no longer bitwise identical to an uninterrupted run's.
+RUNTIME_KEYS = ("device", "threads", "log.tensorboard")
 
 
 def main(argv: list[str]) -> int:

@@ -54,6 +54,7 @@ DOCUMENTED = {
     "data.train_subset": lambda v: v is None or (is_int(v) and 1 <= v <= 60000),
     "data.download": lambda v: isinstance(v, bool),
     "data.image_size": lambda v: v in (28, 14) and is_int(v),
+    "log.tensorboard": lambda v: isinstance(v, bool),
     "loss": lambda v: v in ("cross_entropy", "mse"),
     "device": lambda v: v in ("auto", "cpu", "mps", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()),
     "seed": lambda v: is_int(v) and 0 <= v <= 2**63 - 1,
