@@ -53,7 +53,7 @@ from .backprop import N_CLASSES, N_INPUTS, Params, backward, forward, init_param
 from .compare import output_problem, plot_format_problem
 from .config import DEVICE_PATTERN, Config, ConfigError
 from .data import MNIST, SHIPPED_ROOT, DataError, load_mnist, read_idx
-from .report import SubcommandParser, error_line
+from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, SubcommandParser, error_line
 from .rundir import LOG, cpu_description
 from .train import EpochMetrics, make_state, resolve_device, train
 
@@ -309,7 +309,6 @@ def torch_imported(cwd: str) -> float:
     return float(proc.stdout) - pressed
 
 
-
 def measure_startup(device: torch.device, tmp: str, say: Callable, repeats: int = STARTUP_REPEATS) -> dict[str, Any]:
     """Interleaved repeats of three commands. The one-batch run's wall time also covers a test
     pass, the plots and the files; the time to its first batch is read from its log. The
@@ -536,7 +535,7 @@ def main(argv: list[str]) -> int:
     problem = outputs_problem(args)
     if problem:
         error_line(problem)
-        return 2
+        return EXIT_BAD_INPUT
     console = Console(stderr=args.json == "-")  # keep stdout pure JSON when it carries the figures
     say = lambda text: Console(stderr=True, soft_wrap=True).print(f"[dim]bench: {text}[/dim]")  # noqa: E731
     load = os.getloadavg() if hasattr(os, "getloadavg") else None  # how busy the machine was: read with the figures
@@ -563,7 +562,7 @@ def main(argv: list[str]) -> int:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/bold red] {' '.join(str(e).split())}")
         return 2 if isinstance(e, (ConfigError, DataError)) else 1
     except KeyboardInterrupt:
-        return 130
+        return EXIT_SIGINT
     results["machine"]["load_average_1min"] = {"start": load[0], "end": os.getloadavg()[0]} if load else None
     results["targets"] = check_targets(results)
     render(console, results)

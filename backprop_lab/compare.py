@@ -41,7 +41,6 @@ import os
 import re
 import sys
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Sequence, TextIO
 
@@ -49,419 +48,20 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .analysis import CONFUSION_CSV, Confusion, from_counts
-from .config import N_TRAIN, dotted, planned_epochs, with_defaults
-from .report import (COLUMN_KEYS, STATUS_COLOURS, OutputConsole, Reporter, SubcommandParser, error_line, plural,
-                     print_whole)
-from .rundir import GRADS, GRADS_COLUMNS_BEFORE_DEAD, LOG, METRICS, SUMMARY, effective_status, read_summary
-
-EXIT_NO_RUNS = 1  # like grep: "nothing found" is a result, not an error, but a script should notice it
-EXIT_BAD_INPUT = 2  # a path, option or file that cannot be used
-
-
-class RunError(ValueError):
-    """A run directory, file or option that cannot be used; the message is one line for the user."""
-
-
-def warning_line(message: str) -> None:
-    Console(stderr=True, soft_wrap=True, highlight=False).print(f"[yellow]warning:[/yellow] {message}")
-
+from .errors import EXIT_BAD_INPUT, EXIT_NO_RUNS, RunError, SubcommandParser, error_line, warning_line
+from .report import STATUS_COLOURS, OutputConsole, Reporter, plural, print_whole
+from .rundir import CURVES_PNG, GRADS, LOG, METRICS, SUMMARY, effective_status
+from .runs import (COLUMN_GETTERS, Run, _log_error, by_layer, collect, fewer_epochs, find_run_dirs, is_run_dir,
+                   load_confusion, load_layers, load_metrics, load_summary)
 
 # --- reading one run ---------------------------------------------------------------------
-
-# Fields the header and the summary panel print: (dotted path in summary.json, allowed types).
-NUMBER, INT, TEXT, OPTIONAL_NUMBER, OPTIONAL_INT = (int, float), (int,), (str,), (int, float, type(None)), (int, type(None))
-SHOW_FIELDS: list[tuple[str, tuple[type, ...]]] = [
-    ("status", TEXT),
-    ("config.model.hidden_size", INT),
-    ("config.optim.lr", NUMBER),
-    ("config.data.batch_size", INT),
-    ("config.train.epochs", INT),
-    ("device", TEXT),
-    ("seed", INT),
-    ("data.train_size", INT),
-    ("run_dir", TEXT),
-    ("final_test_acc", OPTIONAL_NUMBER),
-    ("best_test_acc", OPTIONAL_NUMBER),
-    ("best_epoch", OPTIONAL_INT),
-    ("epochs_completed", INT),
-    ("epochs_planned", INT),
-    ("train_seconds", NUMBER),
-    ("wall_seconds", NUMBER),
-]
-
-
-def load_summary(run_dir: Path) -> dict[str, Any]:
-    """summary.json, checked to hold every field show and compare print, or RunError."""
-    try:
-        summary = read_summary(run_dir)
-    except json.JSONDecodeError as e:
-        raise RunError(f"{SUMMARY} is not valid JSON (half-written or corrupt: {e})") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise RunError(f"cannot read {SUMMARY}: {getattr(e, 'strerror', None) or e}") from None
-    if not isinstance(summary, dict):
-        raise RunError(f"{SUMMARY} holds a {type(summary).__name__}, not a run's summary")
-    missing, wrong = [], []
-    for path, types in SHOW_FIELDS:
-        try:
-            value = dotted(summary, path)
-        except KeyError:
-            missing.append(path)
-            continue
-        if not isinstance(value, types) or isinstance(value, bool):
-            wrong.append(path)
-    if missing:
-        raise RunError(f"{SUMMARY} lacks {', '.join(missing)} (an older format or a hand-edited file)")
-    if wrong:
-        raise RunError(f"{SUMMARY} has a value of the wrong type in {', '.join(wrong)}")
-    return summary
-
-
-QUOTED_CHARS = 40  # how much of a damaged line a message quotes: enough to recognise it, never a screenful
-
-
-def _quote(line: str) -> str:
-    return repr(line if len(line) <= QUOTED_CHARS else line[:QUOTED_CHARS] + "...")
-
-
-def _read_numbers(run_dir: Path, name: str, columns: Sequence[str]) -> tuple[list[dict[str, float]], str | None]:
-    """The rows of `name` as floats, checked to have a header with every one of `columns`, and
-    None, or, when the last row was cut off mid-line, a message saying so (that row left out).
-    RunError with one line, naming the line at fault, for an empty, short, garbled or unreadable file.
-
-    The writer ends every row with a line break and fsyncs it, so a last line without one was
-    being written when the process or the machine stopped; the rows before it are whole."""
-    try:
-        with open(run_dir / name, newline="") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise RunError(f"cannot read {name}: {getattr(e, 'strerror', None) or e}") from None
-    if not text:
-        raise RunError(f"{name} is empty (not even its header)")
-    # The csv module's line breaks only (str.splitlines also splits at \f and others), so that
-    # the line numbers in messages are the ones an editor shows.
-    lines = re.split(r"\r\n|\r|\n", text)
-    cut = None
-    if lines[-1] and len(lines) > 1:
-        cut = (f"{name} line {len(lines)}, its last, was cut off mid-row (the machine or the run stopped "
-               f"while writing it): {_quote(lines[-1])}")
-    lines = lines[:-1] if len(lines) > 1 else lines  # the cut row, or the "" after the final line break
-    try:
-        header = next(csv.reader(lines[:1]), [])
-    except csv.Error:
-        header = []
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise RunError(f"{name} lacks the column{'s' * (len(missing) > 1)} {', '.join(missing)}")
-    rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue  # a blank line, as csv.DictReader skips them
-        try:
-            values = next(csv.reader([line]))
-            if len(values) != len(header):
-                raise ValueError
-            rows.append({key: float(v) for key, v in zip(header, values)})
-        except (ValueError, csv.Error):
-            raise RunError(f"{name} line {number} is not a row of {len(header)} numbers: {_quote(line)}") from None
-    return rows, cut
-
-
-def load_metrics(run_dir: Path) -> tuple[list[dict[str, float]], str | None]:
-    """metrics.csv, checked to have every column and only numbers, or RunError; with the rows,
-    a message when its last row was cut off mid-line (the rows before it are returned)."""
-    return _read_numbers(run_dir, METRICS, COLUMN_KEYS)
-
-
-def fewer_epochs(held: int, summary: dict[str, Any]) -> str | None:
-    """What is wrong when metrics.csv holds fewer than the epochs summary.json records, else None.
-    The writer appends each row before it rewrites the summary, so this never happens to a
-    healthy run, live or killed: the file was truncated, or copied from an earlier state.
-    `held` counts a row that was cut off: that one is already warned about."""
-    recorded = summary["epochs_completed"]
-    if held >= recorded:
-        return None
-    holds = "no epochs (only its header line)" if not held else plural(held, "epoch")
-    return f"{METRICS} holds {holds}, but {SUMMARY} records {recorded} completed"
-
-
-def load_layers(run_dir: Path) -> list[dict[str, float]]:
-    """grads.csv, checked to have every column, only numbers and whole epoch and layer numbers
-    from 1, or RunError; [] for a run from before grads.csv existed."""
-    if not (run_dir / GRADS).exists():
-        return []
-    rows, cut = _read_numbers(run_dir, GRADS, GRADS_COLUMNS_BEFORE_DEAD)  # dead_fraction: newer runs only
-    if cut:  # an extra: shown whole or left out, as any unreadable grads.csv
-        raise RunError(cut)
-    if not all(r[k].is_integer() and r[k] >= 1 for r in rows for k in ("epoch", "layer")):
-        raise RunError(f"{GRADS} has an epoch or layer that is not a whole number from 1")
-    return rows
-
-
-def by_layer(rows: Sequence[dict[str, float]]) -> dict[int, list[dict[str, float]]]:
-    """{layer: its grads.csv rows in epoch order}; an epoch written twice (a resumed run that
-    was killed between its checkpoint and its rows) keeps its last row."""
-    layers: dict[int, dict[int, dict[str, float]]] = {}
-    for row in rows:
-        layers.setdefault(int(row["layer"]), {})[int(row["epoch"])] = row
-    return {layer: [epochs[e] for e in sorted(epochs)] for layer, epochs in sorted(layers.items())}
-
-
-def load_confusion(run_dir: Path) -> Confusion | None:
-    """confusion.csv as analysis.Confusion (the statistics recomputed from its counts), None when
-    the run has none (not completed, or older than the file), RunError when it cannot be read."""
-    path = run_dir / CONFUSION_CSV
-    if not path.exists():
-        return None
-    try:
-        with open(path, newline="") as f:
-            header, *body = list(csv.reader(f)) or [[]]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise RunError(f"cannot read {CONFUSION_CSV}: {getattr(e, 'strerror', None) or e}") from None
-    n = len(header) - 4  # true, pred_0 .. pred_{n-1}, precision, recall, accuracy
-    if n < 2 or header != ["true", *(f"pred_{p}" for p in range(n)), "precision", "recall", "accuracy"]:
-        raise RunError(f"{CONFUSION_CSV} lacks its header true,pred_0,...,precision,recall,accuracy")
-    body = [row for row in body if row]  # a trailing blank line
-    if [row[0] for row in body] != [str(t) for t in range(n)] or any(len(row) != len(header) for row in body):
-        raise RunError(f"{CONFUSION_CSV} does not have one full row for each of its {n} true classes")
-    try:
-        counts = [[int(c) for c in row[1: n + 1]] for row in body]
-    except ValueError:
-        raise RunError(f"{CONFUSION_CSV} has a count that is not a whole number") from None
-    if any(c < 0 for row in counts for c in row) or not any(map(any, counts)):
-        raise RunError(f"{CONFUSION_CSV} has a negative count, or no images at all")
-    return from_counts(counts)
-
-
-def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    """{'model': {'hidden_size': 128}} -> {'model.hidden_size': 128}."""
-    if not isinstance(config, dict):
-        return {}
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-UNUSED = "-"  # a config value the run ignored
-
-
-def run_config(config: Any) -> dict[str, Any]:
-    """The run's config, flat, with model.hidden_size as UNUSED when model.hidden_sizes set the
-    layers: otherwise a 64-32 network would list, filter and sort as hidden size 128."""
-    flat = flatten(config)
-    if flat.get("model.hidden_sizes") is not None and "model.hidden_size" in flat:
-        flat["model.hidden_size"] = UNUSED
-    return flat
-
-
-def _hydra_config(run_dir: Path) -> dict[str, Any]:
-    """The config Hydra saved, for a run that left no summary.json; {} if there is none."""
-    try:
-        import yaml  # Hydra's dependency; only needed for these leftovers
-
-        return run_config(yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()))
-    except Exception:  # noqa: BLE001 - a missing or odd file just means no config columns
-        return {}
-
-
-def _log_error(run_dir: Path) -> str | None:
-    """The last ERROR line of the run's log, e.g. why a sweep job's config was refused."""
-    try:
-        lines = (run_dir / LOG).read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    errors = [line.split("[ERROR] - ", 1)[1] for line in lines if "[ERROR] - " in line]
-    return errors[-1].strip() if errors else None
-
-
-@dataclass
-class Run:
-    """One run directory as compare lists it; every field has a value even for a broken run."""
-
-    path: Path
-    label: str  # relative to the root it was found under: date/time, or sweep/job
-    group: Path  # the sweep root for a sweep job, else the run directory itself (for --best)
-    status: str
-    config: dict[str, Any] = field(default_factory=dict)  # flat: {'model.hidden_size': 128, ...}
-    final_test_acc: float | None = None
-    best_test_acc: float | None = None
-    best_epoch: int | None = None
-    final_test_loss: float | None = None
-    epochs_completed: int | None = None
-    epochs_planned: int | None = None
-    train_seconds: float | None = None
-    note: str | None = None  # what is wrong with it, or the run's own error
-    problem: bool = False  # the note describes broken files (warned about on stderr)
-    metrics: list[dict[str, float]] | None = None
-    layers: list[dict[str, float]] = field(default_factory=list)  # grads.csv rows; [] if it has none
-    layers_error: str | None = None  # why grads.csv could not be read (the run keeps its status)
-    metrics_warnings: list[str] = field(default_factory=list)  # damage to metrics.csv that leaves it usable
-
-    @property
-    def grad_norm_1(self) -> float | None:
-        """The first layer's gradient norm at the last epoch in grads.csv."""
-        first = by_layer(self.layers).get(1)
-        return first[-1]["grad_norm"] if first else None
-
-    def value(self, column: str) -> Any:
-        """A sortable/filterable value: a COLUMNS name or a config key."""
-        if column in COLUMN_GETTERS:
-            return COLUMN_GETTERS[column](self)
-        return self.config.get(column)
-
-
-def load_run(run_dir: Path, label: str, group: Path | None = None) -> Run:
-    run = Run(path=run_dir, label=label, group=group or run_dir, status="corrupt")
-    try:
-        run.layers = load_layers(run_dir)
-    except RunError as e:
-        run.layers_error = str(e)
-    metrics_error = cut = None
-    if (run_dir / METRICS).exists():
-        try:
-            run.metrics, cut = load_metrics(run_dir)
-            if cut:
-                run.metrics_warnings.append(f"{cut}; only the rows before it are read")
-        except RunError as e:
-            metrics_error = str(e)
-
-    if not (run_dir / SUMMARY).exists():
-        run.config = _hydra_config(run_dir)
-        if run.metrics is not None or metrics_error:
-            run.status, run.problem = "incomplete", True
-            run.note = f"no {SUMMARY}: stopped before writing it" + (f"; {metrics_error}" if metrics_error else "")
-            if run.metrics:
-                _fill_from_metrics(run)
-        else:
-            error = _log_error(run_dir)
-            run.status = "refused" if error else "incomplete"
-            run.note = error or "nothing recorded yet (just started, or killed at once)"
-            run.problem = error is None
-        return run
-
-    try:
-        summary = load_summary(run_dir)
-    except RunError as e:
-        run.config, run.note, run.problem = _hydra_config(run_dir), str(e), True
-        if run.metrics:
-            _fill_from_metrics(run)
-        return run
-    run.status = effective_status(summary)
-    # keys added to backprop-lab since the run count as their defaults, which is what the run had
-    saved = summary["config"]
-    run.config = run_config(with_defaults(saved) if isinstance(saved, dict) else saved)
-    for name in ("final_test_acc", "best_test_acc", "best_epoch", "final_test_loss",
-                 "epochs_completed", "epochs_planned", "train_seconds"):
-        setattr(run, name, summary.get(name))
-    warnings = summary.get("warnings")  # a completed run's, e.g. a dead layer
-    run.note = summary.get("error") or ("; ".join(map(str, warnings)) if isinstance(warnings, list) and warnings else None)
-    if metrics_error:
-        run.status, run.note, run.problem = "corrupt", metrics_error, True
-    elif run.metrics is None and summary["epochs_completed"]:
-        run.status, run.note, run.problem = "corrupt", f"{METRICS} is missing", True
-    else:
-        short = fewer_epochs(len(run.metrics or []) + bool(cut), summary)
-        if short:  # the results are summary.json's; only --plot's curves are short
-            run.metrics_warnings.append(f"{short}; listed as {SUMMARY} records it")
-    if run.status == "incomplete":
-        done = len(run.metrics or [])
-        run.note = f"still marked running, but its process is gone (killed?); {plural(done, 'completed epoch')} in {METRICS}"
-    return run
-
-
-def _fill_from_metrics(run: Run) -> None:
-    rows = run.metrics or []
-    best = max(rows, key=lambda r: r["test_acc"])
-    run.final_test_acc, run.final_test_loss = rows[-1]["test_acc"], rows[-1]["test_loss"]
-    run.best_test_acc, run.best_epoch = best["test_acc"], int(best["epoch"])
-    run.epochs_completed = len(rows)
-    run.epochs_planned = _planned(run.config)
-    run.train_seconds = sum(r["seconds"] for r in rows)
-
-
-def _planned(config: dict[str, Any]) -> int | None:
-    """The epochs a run's config plans, as training counts them, or None if it does not say."""
-    epochs, steps, batch = (config.get(k) for k in ("train.epochs", "train.steps", "data.batch_size"))
-    subset = config.get("data.train_subset")
-    whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0  # noqa: E731
-    if not (whole(epochs) and whole(batch) and (steps is None or whole(steps)) and (subset is None or whole(subset))):
-        return None
-    return planned_epochs(epochs, steps, subset or N_TRAIN, batch)
 
 
 # --- finding runs --------------------------------------------------------------------------
 
-# A sweep's root folder: Hydra's basic sweeper writes multirun.yaml there and the Optuna sweeper
-# optimization_results.yaml (at the end only); sweep.SweepReport marks every sweep it starts.
-SWEEP_MARKS = ("multirun.yaml", "optimization_results.yaml", ".backprop-lab-sweep")
-
-
-def is_sweep_root(path: Path) -> bool:
-    return any((path / mark).is_file() for mark in SWEEP_MARKS)
-
-
-
-def is_run_dir(path: Path) -> bool:
-    """summary.json or metrics.csv; or, for a sweep job refused before it wrote either,
-    Hydra's .hydra/ folder with the log (a sweep root has none of these)."""
-    return (path / SUMMARY).is_file() or (path / METRICS).is_file() or (
-        (path / ".hydra").is_dir() and (path / LOG).is_file()
-    )
-
-
-def find_run_dirs(root: Path) -> list[Path]:
-    if is_run_dir(root):
-        return [root]
-    found = []
-    for here, dirs, _ in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # skips .hydra and hidden folders
-        if is_run_dir(Path(here)) and Path(here) != root:
-            found.append(Path(here))
-            dirs[:] = []  # runs do not nest
-    return found
-
-
-def collect(roots: Sequence[Path]) -> list[Run]:
-    """Every run under the roots, labelled relative to its root (prefixed by the root when
-    several are given, so that two sweeps' job `0`s stay apart). RunError for a bad root."""
-    runs: list[Run] = []
-    seen: set[Path] = set()
-    for root in roots:
-        if not root.exists():
-            raise RunError(f"{root} does not exist")
-        if not root.is_dir():
-            raise RunError(f"{root} is not a directory")
-        for run_dir in find_run_dirs(root):
-            resolved = run_dir.resolve()
-            if resolved in seen:
-                continue
-            seen.add(resolved)
-            rel = run_dir.relative_to(root).as_posix()
-            if rel == ".":
-                label = str(root)
-            else:
-                label = f"{root.as_posix().rstrip('/')}/{rel}" if len(roots) > 1 else rel
-            group = run_dir.parent if is_sweep_root(run_dir.parent) else run_dir
-            runs.append(load_run(run_dir, label, group))
-    return runs
-
 
 # --- choosing, ordering, describing ----------------------------------------------------------
 
-COLUMN_GETTERS: dict[str, Callable[[Run], Any]] = {
-    "run": lambda r: r.label,
-    "test_acc": lambda r: r.final_test_acc,
-    "best_test_acc": lambda r: r.best_test_acc,
-    "test_loss": lambda r: r.final_test_loss,
-    "epochs": lambda r: r.epochs_completed,
-    "time": lambda r: r.train_seconds,
-    "grad_norm_1": lambda r: r.grad_norm_1,
-    "status": lambda r: r.status,
-}
 DESCENDING = {"test_acc", "best_test_acc"}  # higher is better; every other column ascends
 
 
@@ -837,9 +437,50 @@ def outputs_problem(args: argparse.Namespace) -> str | None:
     problems = [output_problem(flag, dest, example) for flag, dest, example in
                 (("--csv", args.csv, "runs.csv"), ("--json", args.json, "runs.json")) if dest and dest != "-"]
     if args.plot:  # the format first: matplotlib would only refuse it at the end
-        problems += [plot_format_problem(args.plot), output_problem("--plot", args.plot, "curves.png"),
-                     output_problem("--plot's gradient figure", str(grads_plot_path(args.plot)), "curves.png")]
+        problems += [plot_format_problem(args.plot), output_problem("--plot", args.plot, CURVES_PNG),
+                     output_problem("--plot's gradient figure", str(grads_plot_path(args.plot)), CURVES_PNG)]
     return next((problem for problem in problems if problem), None)
+
+
+def warn_about(runs: Sequence[Run]) -> None:
+    """A warning line for each listed run with damaged files, before the table."""
+    for run in runs:
+        if run.problem:
+            warning_line(f"{run.path}: {run.note}; listed as {run.status}")
+        if run.layers_error:
+            warning_line(f"{run.path}: {run.layers_error}; listed without its |dW1|")
+        for message in run.metrics_warnings:
+            warning_line(f"{run.path}: {message}")
+
+
+def write_outputs(args: Any, runs: Sequence[Run], keys: Sequence[str], to_stdout: bool) -> int:
+    """--csv, --json, --tensorboard and --plot for the listed runs; the exit code."""
+    try:
+        if args.csv:
+            write_csv(args.csv, runs, keys)
+        if args.json:
+            write_json(args.json, runs, keys)
+        if args.tensorboard:
+            export_tensorboard(Path(args.tensorboard), runs, to_stdout)
+        if args.plot:
+            drawn, with_metrics = write_plot(args.plot, runs, keys)
+            if not drawn:
+                warning_line(f"no listed run has per-epoch metrics; {args.plot} has empty axes")
+            elif drawn < with_metrics:
+                warning_line(f"{args.plot} draws the first {drawn} of the {with_metrics} listed runs (more lines "
+                             f"could not be told apart); choose which with --sort, --top or --filter")
+            grads_dest = grads_plot_path(args.plot)
+            drawn, with_grads = write_grads_plot(grads_dest, runs, keys)
+            if drawn:
+                left_out = f" (the first {drawn} of {with_grads} runs with {GRADS})" if drawn < with_grads else ""
+                Console(stderr=to_stdout).print(f"gradient norms per layer: {grads_dest}{left_out}",
+                                                highlight=False, soft_wrap=True, markup=False)
+    except BrokenPipeError:  # `--csv - | head`: ended as a closed pipe ends any command (cli.main)
+        raise
+    except OSError as e:
+        error_line(f"cannot write {e.filename}: {e.strerror or e}")
+        return EXIT_BAD_INPUT
+    return 0
 
 
 def compare_main(argv: list[str]) -> int:
@@ -893,13 +534,7 @@ def compare_main(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
 
     found = len(runs)
-    for run in runs:
-        if run.problem:
-            warning_line(f"{run.path}: {run.note}; listed as {run.status}")
-        if run.layers_error:
-            warning_line(f"{run.path}: {run.layers_error}; listed without its |dW1|")
-        for message in run.metrics_warnings:
-            warning_line(f"{run.path}: {message}")
+    warn_about(runs)
     runs = [r for r in runs if all(matches(r, key, value) for key, value in filters)]
     if args.best:
         runs = best_per_sweep(runs)
@@ -913,32 +548,7 @@ def compare_main(argv: list[str]) -> int:
     if not to_stdout:  # the table would break a CSV or JSON stream on stdout
         title = f"{plural(len(runs), 'run')} under {', '.join(map(str, roots))}"
         print_table(OutputConsole(), runs, keys, title=title + (f", sorted by {args.sort}" if args.sort != "run" else ""))
-    try:
-        if args.csv:
-            write_csv(args.csv, runs, keys)
-        if args.json:
-            write_json(args.json, runs, keys)
-        if args.tensorboard:
-            export_tensorboard(Path(args.tensorboard), runs, to_stdout)
-        if args.plot:
-            drawn, with_metrics = write_plot(args.plot, runs, keys)
-            if not drawn:
-                warning_line(f"no listed run has per-epoch metrics; {args.plot} has empty axes")
-            elif drawn < with_metrics:
-                warning_line(f"{args.plot} draws the first {drawn} of the {with_metrics} listed runs (more lines "
-                             f"could not be told apart); choose which with --sort, --top or --filter")
-            grads_dest = grads_plot_path(args.plot)
-            drawn, with_grads = write_grads_plot(grads_dest, runs, keys)
-            if drawn:
-                left_out = f" (the first {drawn} of {with_grads} runs with {GRADS})" if drawn < with_grads else ""
-                Console(stderr=to_stdout).print(f"gradient norms per layer: {grads_dest}{left_out}",
-                                                highlight=False, soft_wrap=True, markup=False)
-    except BrokenPipeError:  # `--csv - | head`: ended as a closed pipe ends any command (cli.main)
-        raise
-    except OSError as e:
-        error_line(f"cannot write {e.filename}: {e.strerror or e}")
-        return EXIT_BAD_INPUT
-    return 0
+    return write_outputs(args, runs, keys, to_stdout)
 
 
 def tensorboard_subfolder(label: str) -> str:
@@ -996,7 +606,7 @@ def show_main(argv: list[str]) -> int:
         error_line(str(e))
         return EXIT_BAD_INPUT
     except OSError as e:
-        error_line(f"cannot write {args.run_dir / 'curves.png'}: {e.strerror or e}")
+        error_line(f"cannot write {args.run_dir / CURVES_PNG}: {e.strerror or e}")
         return EXIT_BAD_INPUT
     for message in warnings:
         warning_line(f"{args.run_dir}: {message}")
@@ -1019,7 +629,7 @@ def show_main(argv: list[str]) -> int:
         reporter.console.print()
         reporter.console.print(layer_table(layers))
     if args.plot:
-        reporter.console.print(f"learning curves: {args.run_dir / 'curves.png'}")
+        reporter.console.print(f"learning curves: {args.run_dir / CURVES_PNG}")
     return 0
 
 

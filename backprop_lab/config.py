@@ -9,15 +9,19 @@ Nothing past this module sees OmegaConf.
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import math
 import re
 from dataclasses import asdict, dataclass, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Callable
+
+from .errors import LabError
 
 N_TRAIN = 60_000  # images in MNIST's training set
 
 
-class ConfigError(ValueError):
+class ConfigError(LabError, ValueError):
     """A bad configuration value; the message is one line meant for the user."""
 
 
@@ -304,3 +308,7 @@ def _default(key: str) -> Any:
     for part in key.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+# conf/ at the top of a clone, installed as the package backprop_lab.conf (pyproject.toml)
+CONF_DIR = Path(str(importlib.resources.files("backprop_lab.conf")))

@@ -40,12 +40,12 @@ import torch.nn.functional as F
 
 from . import network as nw
 from .config import Config, ConfigError
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED
 
 AUTOGRAD_TOL = 1e-9  # relative error |g - g_ref| / |g_ref| in float64; a correct gradient gives ~1e-15
 FD_EPS = 1e-6
 FD_TOL = 1e-5  # |numeric - analytic| <= FD_TOL * (largest |analytic| of the parameter) + fd_floor(loss)
 FD_ROUNDOFF = 8  # the floor in units of eps |L| / FD_EPS; correct gradients measure <= 0.9 (module docstring)
-EXIT_FAIL, EXIT_BAD_INPUT = 1, 2
 # float64 copies of the parameters alive at check's peak: the parameters, backward's gradients, the
 # update direction, autograd's leaves, its gradients and its intermediates; measured 7.9 (peak RSS
 # over hidden sizes 20,000 and 100,000)
@@ -173,8 +173,9 @@ def check_fits(cfg: Config) -> None:
 
 
 def render(checks: list[Check], title: str) -> None:
-    from .report import OutputConsole, print_whole
     from rich.table import Table
+
+    from .report import OutputConsole, print_whole
 
     table = Table(title=title, title_justify="left", caption="autograd: max abs and relative error; "
                   "FD: entries checked by finite differences and their max abs error")
@@ -199,9 +200,9 @@ def main(argv: list[str]) -> int:
     from hydra import compose, initialize_config_dir
     from omegaconf.errors import OmegaConfBaseException
 
-    from .cli import CONF_DIR, check_overrides, first_line
-    from .config import from_dictconfig
-    from .report import SubcommandParser, error_line
+    from .config import CONF_DIR, from_dictconfig
+    from .errors import SubcommandParser, error_line, first_line
+    from .overrides import check_overrides
     from .rundir import RunDirError
     from .train import arch_of, does_not_fit, out_of_memory
 
@@ -235,7 +236,7 @@ def main(argv: list[str]) -> int:
         checks = check(cfg, args.batch, args.entries)
     except AssertionError as e:
         error_line(str(e))
-        return EXIT_FAIL
+        return EXIT_FAILED
     except (RuntimeError, MemoryError) as e:
         if not out_of_memory(e):
             raise
@@ -243,7 +244,7 @@ def main(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
     render(checks, f"gradcheck: {arch_of(cfg).describe()}, float64, batch {args.batch}"
                    + (f", weight decay {cfg.optim.weight_decay:g}" if cfg.optim.weight_decay else ""))
-    return 0 if all(c.ok for c in checks) else EXIT_FAIL
+    return 0 if all(c.ok for c in checks) else EXIT_FAILED
 
 
 if __name__ == "__main__":

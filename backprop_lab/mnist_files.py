@@ -15,6 +15,8 @@ import threading
 import zlib
 from pathlib import Path
 
+from .errors import LabError
+
 SHIPPED_ROOT = Path(__file__).parent / "datasets" / "mnist"
 
 # The widely published MD5 of each uncompressed canonical file (as in torchvision's MNIST).
@@ -27,7 +29,7 @@ CANONICAL_MD5 = {
 IDX_UBYTE = 0x08  # IDX type code for unsigned bytes
 
 
-class DataError(RuntimeError):
+class DataError(LabError, RuntimeError):
     """Missing, corrupt or unreadable data; the message is one line meant for the user."""
 
 

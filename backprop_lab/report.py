@@ -7,18 +7,17 @@ train.EpochMetrics's fields (as_dict), which the tests hold equal.
 
 from __future__ import annotations
 
-import argparse
 import errno
-import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator, NoReturn, Sequence
+from typing import Any, Iterator, Sequence
 
 from rich.console import Console
-from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from .errors import to_devnull
 
 # (key in records and metrics.csv, table heading, format)
 COLUMNS: list[tuple[str, str, str]] = [
@@ -82,15 +81,6 @@ def describe_config(cfg: dict[str, Any]) -> str:
     steps, epochs = train.get("steps"), train.get("epochs", 20)
     parts.append(plural(steps, "step") if steps else plural(epochs, "epoch"))
     return ", ".join(parts)
-
-
-def to_devnull(stream: Any) -> None:
-    """Point a closed pipe's file descriptor at /dev/null, so later writes (Python's final
-    flush too) go nowhere instead of failing again."""
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
-    except (OSError, ValueError):
-        pass
 
 
 class OutputConsole(Console):
@@ -199,29 +189,3 @@ class Reporter:
         self.console.print(Panel("\n".join(lines), title="summary", expand=False, highlight=False))
 
 
-
-class ErrorConsole(Console):
-    """Rich's Console on stderr, except that a closed stderr (`backprop-lab ... 2>&1 | head`) is
-    not a reason to change the exit status: rich would exit 1 there; the line is dropped."""
-
-    def __init__(self) -> None:
-        super().__init__(stderr=True, soft_wrap=True, highlight=False)
-
-    def on_broken_pipe(self) -> None:
-        self.quiet = True
-        to_devnull(sys.stderr)
-
-
-def error_line(message: str) -> None:
-    """One line on stderr, never wrapped: how every user-facing error ends."""
-    ErrorConsole().print(f"[bold red]error:[/bold red] {escape(message)}")  # the message's own [...] is text
-
-
-class SubcommandParser(argparse.ArgumentParser):
-    """argparse's parser for the subcommands, except that a usage error ends as every other
-    error here does, in one line (argparse prints the usage first, which buries the reason):
-    `error: <argparse's message>; see backprop-lab <sub> --help`, exit 2."""
-
-    def error(self, message: str) -> NoReturn:
-        error_line(f"{message}; see {self.prog} --help")
-        raise SystemExit(2)

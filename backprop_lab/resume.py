@@ -20,11 +20,11 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .cli import EXIT_BAD_INPUT, error_line, run
 from .config import ConfigError, config_changes, from_container, with_defaults
-from .report import SubcommandParser
-from .rundir import (CHECKPOINT, LOG, METRICS, SUMMARY, RunDirError, RunWriter, effective_status, load_checkpoint,
-                     locked, read_summary, still_running)
+from .errors import EXIT_BAD_INPUT, SubcommandParser, error_line
+from .rundir import CHECKPOINT, LOG, METRICS, SUMMARY, RunDirError, RunWriter, effective_status, locked, still_running
+from .runner import run
+from .runs import check_files, checked_summary
 
 # Where the run computes or what it logs, not what it computes: these may differ from the run's
 # own config. After a device change the results are no longer bitwise identical to an uninterrupted run's.
@@ -85,82 +85,6 @@ def resume(given: Path, overrides: list[str], force: bool = False) -> int:
                 return _completed(run_dir, summary)
             raise cannot_write(run_dir, e) from None
         return _resume_locked(run_dir, overrides, held, force)
-
-
-def checked_summary(run_dir: Path) -> dict[str, Any]:
-    """summary.json, refused (RunDirError) when unreadable or, for a run that is to continue, damaged."""
-    try:
-        summary = read_summary(run_dir)
-    except FileNotFoundError:
-        raise RunDirError(f"{run_dir} is not a backprop-lab run directory (no {SUMMARY})") from None
-    except (OSError, ValueError) as e:
-        raise RunDirError(f"cannot read {run_dir / SUMMARY}: {e}") from None
-    if not isinstance(summary, dict):
-        raise RunDirError(f"cannot read {run_dir / SUMMARY}: it holds no run summary")
-    count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
-    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-    damaged = [key for key, ok in (("config", isinstance(summary.get("config"), dict)),
-                                   ("epochs_completed", count(summary.get("epochs_completed"))),
-                                   ("epochs_planned", count(summary.get("epochs_planned"))),
-                                   ("best_test_acc", summary.get("best_test_acc") is None
-                                    or number(summary.get("best_test_acc"))),  # none before the first epoch
-                                   ("train_seconds", number(summary.get("train_seconds"))),  # the resumed run adds to them
-                                   ("wall_seconds", number(summary.get("wall_seconds")))) if not ok]
-    if damaged and summary.get("status") != "completed":
-        raise RunDirError(f"{run_dir / SUMMARY} is damaged ({', '.join(damaged)} missing or of the wrong type); "
-                          f"it cannot be resumed: start a new run")
-    return summary
-
-
-def _check_metrics(run_dir: Path, done: int, rows_may_follow: bool) -> None:
-    """metrics.csv must hold the header and one whole row for each of the `done` epochs the
-    summary counts, in order, and nothing after them but what a kill can leave: the rows of
-    the checkpoint's epoch (written again on resume) or a row cut off. Rows appended to a
-    damaged file would be lost to every reader."""
-    from .report import COLUMN_KEYS
-
-    path = run_dir / METRICS
-
-    def refuse(why: str) -> RunDirError:
-        return RunDirError(f"{path} {why}; the run cannot be resumed without losing its rows: start a new run "
-                           f"(its completed epochs stay readable with backprop-lab show)")
-
-    try:
-        with open(path, newline="") as f:
-            lines = f.read().splitlines(keepends=True)
-    except FileNotFoundError:
-        raise refuse("is missing") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise refuse(f"cannot be read ({getattr(e, 'strerror', None) or e})") from None
-    if not lines or lines[0].rstrip("\r\n").split(",") != COLUMN_KEYS:
-        raise refuse("does not start with the metrics header")
-    epochs = []
-    for line in lines[1: done + 1]:
-        try:
-            epochs.append(int(line.split(",", 1)[0]) if line.endswith("\n") else None)
-        except ValueError:
-            epochs.append(None)
-    if epochs != list(range(1, done + 1)):
-        raise refuse(f"does not hold one whole row for each of the {done} completed epoch(s) the summary counts")
-    if len(lines) > done + 1 and not rows_may_follow:
-        raise refuse(f"holds more than the rows of the {done} completed epoch(s) the summary counts")
-
-
-def check_files(run_dir: Path, summary: dict[str, Any], device: str) -> None:
-    """RunDirError unless the checkpoint and metrics.csv are those of the summary's run, as it
-    left them. Read before anything is written, so a run that cannot continue is left as it is.
-    Used by `resume` and by a resumed sweep's jobs."""
-    done = summary["epochs_completed"]
-    checkpoint = load_checkpoint(run_dir, device)
-    if checkpoint["config_hash"] != summary.get("config_hash"):
-        raise RunDirError(f"{run_dir / CHECKPOINT} was written for another config than its {SUMMARY}; "
-                          f"it cannot be resumed")
-    ahead = checkpoint["epoch"] == done + 1
-    if not done <= checkpoint["epoch"] <= done + 1:  # one ahead: killed after the checkpoint, before the summary
-        raise RunDirError(f"{run_dir / CHECKPOINT} is of epoch {checkpoint['epoch']}, but {SUMMARY} counts {done} "
-                          f"completed epoch(s): they are not of the same run; it cannot be resumed")
-    del checkpoint
-    _check_metrics(run_dir, done, rows_may_follow=ahead)
 
 
 def _completed(run_dir: Path, summary: dict[str, Any]) -> int:

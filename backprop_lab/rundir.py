@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from .errors import LabError
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -36,6 +38,10 @@ GRADS = "grads.csv"
 GRADS_COLUMNS = ["epoch", "layer", "grad_norm", "weight_norm", "update_ratio", "dead_fraction"]
 GRADS_COLUMNS_BEFORE_DEAD = GRADS_COLUMNS[:5]  # grads.csv of runs from before dead_fraction: still read, still resumed
 SUMMARY = "summary.json"
+# summary.json's layout version, its `schema` field. 1: the field itself, with `warnings`,
+# `dead_layers` and `diverged_at.rule`; runs of earlier releases have none (read as 0) and every
+# field they have keeps its name and meaning, so they are read as they are.
+SCHEMA = 1
 WEIGHTS = "weights.pt"
 CHECKPOINT = "checkpoint.pt"
 LOG = "backprop-lab.log"  # named by hydra.job.name in conf/config.yaml
@@ -43,7 +49,7 @@ LOCK = ".backprop-lab.lock"  # hidden: no reader of run directories looks for it
 CHECKPOINT_KEYS = ("params", "generator", "epoch", "config_hash", "row")
 
 
-class RunDirError(RuntimeError):
+class RunDirError(LabError, RuntimeError):
     """The run directory cannot be used; the message is one line meant for the user."""
 
 
@@ -333,11 +339,16 @@ def _epoch_at_least(line: str, epoch: int) -> bool:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:
-    """summary.json's record; ValueError (as for JSON cut short) if it holds no JSON object."""
+    """summary.json's record; ValueError (as for JSON cut short) if it holds no JSON object, or
+    one of a newer schema than this release reads. Every reader of the file comes through here."""
     with open(run_dir / SUMMARY) as f:
         summary = json.load(f)
     if not isinstance(summary, dict):
-        raise ValueError("summary.json does not hold the run's record (a JSON object)")
+        raise ValueError(f"{SUMMARY} does not hold the run's record (a JSON object)")
+    schema = summary.get("schema", 0)
+    if isinstance(schema, int) and schema > SCHEMA:
+        raise ValueError(f"{SUMMARY} has schema {schema}: it was written by a newer backprop-lab (this one reads "
+                         f"up to {SCHEMA}); upgrade backprop-lab to read it")
     return summary
 
 
@@ -406,3 +417,32 @@ def still_running(run_dir: Path, summary: dict[str, Any]) -> str:
         return (f"{run_dir} is marked running (pid {pid} on {host}, another machine, whose processes this one cannot "
                 f"see); if it no longer runs there, continue it here with: backprop-lab resume {run_dir} --force")
     return f"{run_dir} is still running (pid {pid} on {host}); wait for it to finish, or stop it first"
+
+
+# A sweep's root folder: Hydra's basic sweeper writes multirun.yaml there and the Optuna sweeper
+# optimization_results.yaml (at the end only); sweep.SweepReport marks every sweep it starts.
+SWEEP_MARKS = ("multirun.yaml", "optimization_results.yaml", ".backprop-lab-sweep")
+
+
+CONFUSION_CSV, CONFUSION_PNG, ERRORS_PNG, CURVES_PNG = "confusion.csv", "confusion.png", "errors.png", "curves.png"
+
+
+SUMMARY_CSV = "sweep_summary.csv"
+
+
+SUMMARY_JSON = "sweep_summary.json"
+
+
+STOP_FILE = ".fail_fast_stop"  # in the sweep root: the first failure, once fail_fast is on
+
+
+INTERRUPT_FILE = ".interrupted"  # in the sweep root: "SIGINT job 1 (...)", the signal that stopped a job
+
+
+REFUSED_FILE = ".refused_jobs"  # in the sweep root: "FOLDER<tab>why" for each job refused this pass whose folder holds an earlier run
+
+
+SWEEP_MARK = SWEEP_MARKS[-1]  # in the sweep root: the sweeper that started it
+
+
+KEPT_HYDRA = ".hydra.kept"  # in a job folder, while a resumed sweep runs: the run's own .hydra/

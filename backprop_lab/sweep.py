@@ -32,6 +32,7 @@ import contextlib
 import os
 import shutil
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +43,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.console import Console
 
-from . import compare
+from . import compare, runs as saved_runs
 from .config import ConfigError, config_changes, from_dictconfig
-from .report import ErrorConsole, error_line, plural
-from .rundir import RunDirError
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OF_SIGNAL, ErrorConsole, error_line, refuse
+from .report import plural
+from .rundir import (CHECKPOINT, INTERRUPT_FILE, KEPT_HYDRA, METRICS, REFUSED_FILE, STOP_FILE, SUMMARY, SUMMARY_CSV,
+                     SUMMARY_JSON, SWEEP_MARK, SWEEP_MARKS, WEIGHTS, RunDirError, effective_status, locked,
+                     read_summary, still_running)
 
-SUMMARY_CSV = "sweep_summary.csv"
-SUMMARY_JSON = "sweep_summary.json"
-STOP_FILE = ".fail_fast_stop"  # in the sweep root: the first failure, once fail_fast is on
-INTERRUPT_FILE = ".interrupted"  # in the sweep root: "SIGINT job 1 (...)", the signal that stopped a job
-REFUSED_FILE = ".refused_jobs"  # in the sweep root: "FOLDER<tab>why" for each job refused this pass whose folder holds an earlier run
-SWEEP_MARK = compare.SWEEP_MARKS[-1]  # in the sweep root: the sweeper that started it
-KEPT_HYDRA = ".hydra.kept"  # in a job folder, while a resumed sweep runs: the run's own .hydra/
 OPTIONS = ("resume", "fail_fast")
 FAILED_SCORE = 0.0  # what a job that did not complete returns to the sweeper
 
@@ -119,7 +116,7 @@ def interrupted(sweep_dir: Path) -> tuple[str, str] | None:
 def set_hydra_files_aside(sweep_dir: Path) -> None:
     for job in sweep_dir.iterdir():
         if (job / ".hydra").is_dir() and not (job / KEPT_HYDRA).exists():  # an earlier crash's copy is older
-            if (job / "summary.json").is_file() or (job / "metrics.csv").is_file():
+            if (job / SUMMARY).is_file() or (job / METRICS).is_file():
                 os.rename(job / ".hydra", job / KEPT_HYDRA)
 
 
@@ -178,9 +175,6 @@ def refused_jobs(sweep_dir: Path) -> dict[str, str]:
     return dict(line.split("\t", 1) for line in lines if "\t" in line)
 
 
-EXIT_OF_SIGNAL = {"SIGINT": 130, "SIGTERM": 143, "SIGPIPE": 141}
-
-
 def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -205,17 +199,17 @@ def launcher_threads(launcher: Any, cores: int) -> int | None:
 def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
     """One job of a sweep (called by cli.hydra_main): the sweep options, then cli.run."""
     if in_own_process(hydra_cfg):
-        from .cli import StopRequest
+        from .runner import StopRequest, set_handlers
 
         # A Ctrl-C reaches this process too: as in a single run, one that comes while the job
         # starts stops it at the first batch. Between jobs the process has nothing to stop, and
         # the waiting process (WaitingForJobs) has marked the sweep stopped for the next job.
-        previous = {sig: signal.signal(sig, StopRequest(starting=True)) for sig in (signal.SIGINT, signal.SIGTERM)}
+        starting = StopRequest(starting=True)
+        previous = set_handlers({signal.SIGINT: starting, signal.SIGTERM: starting})
         try:
             return _sweep_job(dcfg, run_dir, hydra_cfg)
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+            set_handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: previous[signal.SIGTERM]})
     return _sweep_job(dcfg, run_dir, hydra_cfg)
 
 
@@ -224,29 +218,36 @@ def in_own_process(hydra_cfg: Any) -> bool:
     return "BasicLauncher" not in str(hydra_cfg.launcher.get("_target_", ""))
 
 
-def _sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
-    from .cli import EXIT_BAD_INPUT, discard_if_empty, refuse, run
-    from .rundir import (CHECKPOINT, METRICS, SUMMARY, WEIGHTS, RunDirError, effective_status, locked, read_summary,
-                         still_running)
+@dataclass
+class SweepJob:
+    """One job of a sweep, as the sweep callback sees it: where it runs and how it reports."""
 
-    sweep_dir = Path(str(hydra_cfg.sweep.dir)).resolve()
-    opts = options(hydra_cfg)
-    what = f"job {hydra_cfg.job.num} ({shown(hydra_cfg.overrides.task) or 'no overrides'})"
+    run_dir: Path
+    sweep_dir: Path
+    opts: dict[str, Any]
+    what: str  # e.g. "job 1 (optim.lr=0.1)"
 
-    def failed(reason: str) -> float:
-        if opts["fail_fast"] is True:
-            request_stop(sweep_dir, f"{what} {reason}")
+    def failed(self, reason: str) -> float:
+        if self.opts["fail_fast"] is True:
+            request_stop(self.sweep_dir, f"{self.what} {reason}")
         return FAILED_SCORE
 
-    def refused_holding_a_run(message: str, why: str) -> float:
+    def refused_holding_a_run(self, message: str, why: str) -> float:
         refuse(message, EXIT_BAD_INPUT, in_sweep=True)
-        record_refused(sweep_dir, run_dir, why)
-        return failed("was refused")
+        record_refused(self.sweep_dir, self.run_dir, why)
+        return self.failed("was refused")
 
+
+def _sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
+    from .claim import discard_if_empty
+
+    job = SweepJob(run_dir, Path(str(hydra_cfg.sweep.dir)).resolve(), options(hydra_cfg),
+                   f"job {hydra_cfg.job.num} ({shown(hydra_cfg.overrides.task) or 'no overrides'})")
+    sweep_dir, opts = job.sweep_dir, job.opts
     if sweep_dir not in run_dir.parents:  # e.g. hydra.sweep.subdir=../.. set in a config file of the user's
-        refuse(f"{what}: its folder {run_dir} is not inside the sweep's {sweep_dir}; set hydra.sweep.subdir to "
+        refuse(f"{job.what}: its folder {run_dir} is not inside the sweep's {sweep_dir}; set hydra.sweep.subdir to "
                f"a folder inside it", EXIT_BAD_INPUT, in_sweep=True)
-        return failed("was refused")
+        return job.failed("was refused")
     # killed before its first summary.json: no epoch was completed, so it starts afresh
     fresh_start = (opts["resume"] is True and not (run_dir / SUMMARY).exists() and (run_dir / METRICS).exists()
                    and not (run_dir / WEIGHTS).exists() and len((run_dir / METRICS).read_text().splitlines()) <= 1)
@@ -259,76 +260,90 @@ def _sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
             try:  # as `backprop-lab resume` does: two sweeps resumed at once must not both train a job
                 held.enter_context(locked(run_dir))
             except (OSError, RunDirError) as e:
-                return refused_holding_a_run(
+                return job.refused_holding_a_run(
                     str(e) if isinstance(e, RunDirError) else f"cannot resume {run_dir}: {e.strerror or e}",
                     "its folder's run is being resumed by another process" if isinstance(e, RunDirError)
                     else f"its folder cannot be written ({e.strerror or e})")
-        overrides = list(hydra_cfg.overrides.task)
         try:
             check_options(hydra_cfg)
             cfg = from_dictconfig(dcfg)
         except ConfigError as e:
             refuse(str(e), EXIT_BAD_INPUT, in_sweep=True)
-            return failed("was refused")
-
+            return job.failed("was refused")
         resume = False
         if (run_dir / SUMMARY).exists():
-            if not opts["resume"]:
-                return refused_holding_a_run(
-                    f"{run_dir} already holds a run; it is kept as it is: to continue this sweep add "
-                    f"hydra.callbacks.sweep_report.resume=true, or choose another hydra.sweep.dir",
-                    "its folder already holds a run")
-            from .resume import check_files, checked_summary  # as `backprop-lab resume` checks a run
-
-            try:
-                summary = checked_summary(run_dir)
-            except RunDirError as e:
-                return refused_holding_a_run(str(e), "its folder's summary.json is unreadable or damaged")
-            changes = config_changes(summary.get("config") or {}, cfg)
-            if changes:
-                diff = ", ".join(changes)
-                return refused_holding_a_run(f"cannot resume {run_dir}: it holds a run of another config: {diff}; "
-                                             f"the sweep command must be the one that made this sweep",
-                                             f"its folder holds a run of another config: {diff}")
-            status = effective_status(summary)
-            if status in ("completed", "diverged"):  # final: the same config and seed give the same outcome
-                acc = summary.get("final_test_acc")
-                print(f"{what}: already {status} in {run_dir}; skipped", flush=True)
-                return float(acc) if status == "completed" and acc is not None else FAILED_SCORE
-            if status == "running":
-                return refused_holding_a_run(still_running(run_dir, summary), "its folder's run is still running")
-            try:
-                from .train import resolve_device
-
-                check_files(run_dir, summary, str(resolve_device(cfg.device)))
-            except (ConfigError, RunDirError) as e:
-                return refused_holding_a_run(str(e), f"its folder's run cannot be resumed: {e}")
-            print(f"{what}: {status} in {run_dir} after {plural(summary.get('epochs_completed') or 0, 'epoch')}; "
-                  f"resuming", flush=True)
+            outcome = earlier_run(job, cfg)
+            if outcome is not True:
+                return outcome
             resume = True
         elif fresh_start:
             (run_dir / METRICS).unlink()
             (run_dir / CHECKPOINT).unlink(missing_ok=True)
-
-        threads = None if cfg.threads is not None else launcher_threads(hydra_cfg.launcher, cpu_cores())
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
-        acc = run(cfg, run_dir, overrides, in_sweep=True, resume=resume)
-        try:
-            summary = read_summary(run_dir)
-        except (OSError, ValueError):
-            summary = None
-        if summary is not None and summary.get("signal"):
-            request_interrupt(sweep_dir, summary["signal"], what)
-            return FAILED_SCORE  # run() returns None once a signal stopped it, even after training
-        if acc is None:
-            return failed(effective_status(summary) if summary is not None else "was refused")
-        return acc
+        return train_job(job, cfg, hydra_cfg, resume)
 
 
-def job_line(num: Any, overrides: list[str], run: compare.Run, job_return: JobReturn | None = None) -> str:
+def earlier_run(job: SweepJob, cfg: Any) -> float | bool:
+    """A job whose folder holds a run: True to resume it, else the score to return (skipped as
+    completed or diverged, or refused in one line)."""
+    from .runs import check_files, checked_summary  # as `backprop-lab resume` checks a run
+
+    run_dir = job.run_dir
+    if not job.opts["resume"]:
+        return job.refused_holding_a_run(
+            f"{run_dir} already holds a run; it is kept as it is: to continue this sweep add "
+            f"hydra.callbacks.sweep_report.resume=true, or choose another hydra.sweep.dir",
+            "its folder already holds a run")
+    try:
+        summary = checked_summary(run_dir)
+    except RunDirError as e:
+        return job.refused_holding_a_run(str(e), f"its folder's {SUMMARY} is unreadable or damaged")
+    changes = config_changes(summary.get("config") or {}, cfg)
+    if changes:
+        diff = ", ".join(changes)
+        return job.refused_holding_a_run(f"cannot resume {run_dir}: it holds a run of another config: {diff}; "
+                                         f"the sweep command must be the one that made this sweep",
+                                         f"its folder holds a run of another config: {diff}")
+    status = effective_status(summary)
+    if status in ("completed", "diverged"):  # final: the same config and seed give the same outcome
+        acc = summary.get("final_test_acc")
+        print(f"{job.what}: already {status} in {run_dir}; skipped", flush=True)
+        return float(acc) if status == "completed" and acc is not None else FAILED_SCORE
+    if status == "running":
+        return job.refused_holding_a_run(still_running(run_dir, summary), "its folder's run is still running")
+    try:
+        from .train import resolve_device
+
+        check_files(run_dir, summary, str(resolve_device(cfg.device)))
+    except (ConfigError, RunDirError) as e:
+        return job.refused_holding_a_run(str(e), f"its folder's run cannot be resumed: {e}")
+    print(f"{job.what}: {status} in {run_dir} after {plural(summary.get('epochs_completed') or 0, 'epoch')}; "
+          f"resuming", flush=True)
+    return True
+
+
+def train_job(job: SweepJob, cfg: Any, hydra_cfg: Any, resume: bool) -> float:
+    """Train (or resume) the job with the launcher's share of the cores; its score for the sweeper."""
+    from .runner import run
+
+    threads = None if cfg.threads is not None else launcher_threads(hydra_cfg.launcher, cpu_cores())
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    acc = run(cfg, job.run_dir, list(hydra_cfg.overrides.task), in_sweep=True, resume=resume)
+    try:
+        summary = read_summary(job.run_dir)
+    except (OSError, ValueError):
+        summary = None
+    if summary is not None and summary.get("signal"):
+        request_interrupt(job.sweep_dir, summary["signal"], job.what)
+        return FAILED_SCORE  # run() returns None once a signal stopped it, even after training
+    if acc is None:
+        return job.failed(effective_status(summary) if summary is not None else "was refused")
+    return acc
+
+
+def job_line(num: Any, overrides: list[str], run: saved_runs.Run, job_return: JobReturn | None = None) -> str:
     """e.g. `job 1  model.hidden_size=16  ->  test acc 11.35%, completed, 0.0 s`."""
     head = f"job {num}  {shown(overrides) or '(no overrides)'}  ->  "
     if job_return is not None and job_return.status == JobStatus.FAILED:
@@ -411,7 +426,7 @@ class SweepReport(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the options before any job starts; clear an earlier pass's fail-fast stop."""
-        from .cli import check_not_a_run, check_sweep_subdir
+        from .claim import check_not_a_run, check_sweep_subdir
 
         try:
             check_options(config.hydra)
@@ -420,45 +435,46 @@ class SweepReport(Callback):
             check_not_a_run(Path(str(config.hydra.sweep.dir)))
         except (ConfigError, RunDirError) as e:
             error_line(str(e))
-            raise SystemExit(2) from None  # not an Exception, so Hydra does not turn it into a warning
+            raise SystemExit(EXIT_BAD_INPUT) from None  # not an Exception, so Hydra does not turn it into a warning
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if in_own_process(config.hydra):  # after the checks: resolving the default sweep.dir makes its folder
+            from .runner import set_handlers
+
             WaitingForJobs.current = WaitingForJobs(self, sweep_dir)
-            signal.signal(signal.SIGINT, WaitingForJobs.current)
-            signal.signal(signal.SIGTERM, WaitingForJobs.current)
+            set_handlers({signal.SIGINT: WaitingForJobs.current, signal.SIGTERM: WaitingForJobs.current})
         try:  # made here, as Hydra's launcher would next, so a path that cannot be a folder is one line
             sweep_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             why = "it, or a folder above it, exists but is not a folder" if isinstance(e, FileExistsError) else e.strerror or e
             error_line(f"cannot create the sweep directory {sweep_dir}: {why}; run from a writable folder "
                        f"or set hydra.sweep.dir=<writable path>")
-            raise SystemExit(2) from None
+            raise SystemExit(EXIT_BAD_INPUT) from None
         # e.g. hydra.sweep.dir=outputs: its runs sit 2 levels down, this sweep's jobs would sit 1 down
-        inner = next((found for depth in range(2, 5) for found in sweep_dir.glob("*/" * depth + "summary.json")), None)
-        if inner is not None and not compare.is_sweep_root(sweep_dir):  # a sweep's own jobs: refused below
+        inner = next((found for depth in range(2, 5) for found in sweep_dir.glob("*/" * depth + SUMMARY)), None)
+        if inner is not None and not saved_runs.is_sweep_root(sweep_dir):  # a sweep's own jobs: refused below
             error_line(f"hydra.sweep.dir={sweep_dir} holds other runs ({inner.parent}); a sweep needs a folder of its "
                        f"own, or `compare` would mix its jobs with them: choose a new one, e.g. {sweep_dir / 'sweep1'}")
-            raise SystemExit(2)
-        earlier = [d.name for d in sweep_dir.iterdir() if (d / "summary.json").is_file() or (d / "metrics.csv").is_file()]
+            raise SystemExit(EXIT_BAD_INPUT)
+        earlier = [d.name for d in sweep_dir.iterdir() if (d / SUMMARY).is_file() or (d / METRICS).is_file()]
         if inner is not None and not earlier:  # a sweep whose hydra.sweep.subdir put its jobs deeper
             error_line(f"{sweep_dir} already holds a sweep (jobs such as {inner.parent}); it is kept as it is: choose "
                        f"another hydra.sweep.dir")
-            raise SystemExit(2)
-        if earlier and not compare.is_sweep_root(sweep_dir):
+            raise SystemExit(EXIT_BAD_INPUT)
+        if earlier and not saved_runs.is_sweep_root(sweep_dir):
             error_line(f"hydra.sweep.dir={sweep_dir} holds runs ({len(earlier)}) but no sweep (none of "
-                       f"{', '.join(compare.SWEEP_MARKS)}); a sweep needs a folder of its own: choose a new one, "
+                       f"{', '.join(SWEEP_MARKS)}); a sweep needs a folder of its own: choose a new one, "
                        f"e.g. {sweep_dir / 'sweep1'}")
-            raise SystemExit(2)
+            raise SystemExit(EXIT_BAD_INPUT)
         if earlier and not options(config.hydra)["resume"]:
             error_line(f"{sweep_dir} already holds a sweep ({len(earlier)} job folder(s)); it is kept as it is: choose "
                        f"another hydra.sweep.dir, or add hydra.callbacks.sweep_report.resume=true to continue it")
-            raise SystemExit(2)
+            raise SystemExit(EXIT_BAD_INPUT)
         if earlier:
             other = other_overrides(sweep_dir, list(config.hydra.overrides.task))
             if other:
                 error_line(f"{sweep_dir} was made by a sweep with other overrides ({other}); to resume it, give the "
                            f"same ones; it is kept as it is (for other values, choose another hydra.sweep.dir)")
-                raise SystemExit(2)
+                raise SystemExit(EXIT_BAD_INPUT)
         for name in (STOP_FILE, INTERRUPT_FILE, REFUSED_FILE):  # an earlier pass's
             (sweep_dir / name).unlink(missing_ok=True)
         # whatever the sweeper (Optuna writes no multirun.yaml), so a resume and `compare` know the folder
@@ -467,9 +483,9 @@ class SweepReport(Callback):
         except OSError as e:
             error_line(f"cannot write in the sweep directory {sweep_dir}: {e.strerror or e}; run from a writable "
                        f"folder or set hydra.sweep.dir=<writable path>")
-            raise SystemExit(2) from None
+            raise SystemExit(EXIT_BAD_INPUT) from None
         if options(config.hydra)["resume"]:
-            earlier = compare.collect([sweep_dir]) if sweep_dir.is_dir() else []
+            earlier = saved_runs.collect([sweep_dir]) if sweep_dir.is_dir() else []
             set_hydra_files_aside(sweep_dir)
             done = sum(r.status == "completed" for r in earlier)
             self._console().print(
@@ -494,7 +510,7 @@ class SweepReport(Callback):
                 f"fail-fast, {reason}"
             self._console().print(head + f"not run: {why}", markup=False)
             return
-        run = compare.load_run(run_dir, label=str(hydra_cfg.job.num))
+        run = saved_runs.load_run(run_dir, label=str(hydra_cfg.job.num))
         held = refused_jobs(sweep_dir).get(job_key(sweep_dir, run_dir))
         if held:  # sweep_job refused it: its folder's results are not this job's
             run.status, run.note = "refused", held
@@ -518,22 +534,22 @@ class SweepReport(Callback):
         reason = stop_reason(sweep_dir)
         if reason:
             error_line(f"fail-fast: {reason}; no job was started after it")
-            raise SystemExit(1)  # not an Exception, so Hydra does not turn it into a warning
+            raise SystemExit(EXIT_FAILED)  # not an Exception, so Hydra does not turn it into a warning
         if not any(r.status == "completed" for r in runs):  # a script must be able to tell
             error_line("no job of this sweep completed: each one failed, diverged or was refused (see above)")
-            raise SystemExit(1)
+            raise SystemExit(EXIT_FAILED)
 
     def _report(self, sweep_dir: Path) -> list[Any]:
         """Prints and writes the sweep's table; returns its runs (none if no job left a folder)."""
         console = self._console()
         if not sweep_dir.is_dir():
             return []  # nothing ran (e.g. every job was rejected before Hydra made a folder)
-        runs = compare.collect([sweep_dir])
+        runs = saved_runs.collect([sweep_dir])
         if not runs:
             return []
         held = refused_jobs(sweep_dir)
         # the earlier run in the folder of a job refused this pass is not that job's result
-        runs = [compare.Run(path=r.path, label=r.label, group=r.group, status="refused", note=held[key])
+        runs = [saved_runs.Run(path=r.path, label=r.label, group=r.group, status="refused", note=held[key])
                 if (key := job_key(sweep_dir, r.path)) in held else r for r in runs]
         runs = compare.sort_runs(runs, "test_acc")
         keys = compare.differing_keys(runs)

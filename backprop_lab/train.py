@@ -290,7 +290,6 @@ def train(
     # Each batch's logits, kept as trained, so the epoch's train loss and accuracy are
     # computed in one vectorised pass instead of a handful of tiny ops per batch.
     Z = torch.empty(n, Y_all.shape[1], dtype=X_all.dtype, device=device)  # (n,10)
-    X_probe, Y_probe = X_all[:PROBE], Y_all[:PROBE]
     # The training set in each epoch's order, gathered in one pass per epoch into this buffer:
     # cheaper than a gather per batch (benchmarked), for one more copy of the set in memory.
     X_epoch = torch.empty_like(X_all)  # (n,784)
@@ -330,25 +329,27 @@ def train(
                 raise Stopped(epoch, i + 1)
 
         batch_seconds = time.perf_counter() - start  # accurate on a GPU too: the last check read from it
-        Z_trained, Y_trained = Z[:trained], Y_epoch[:trained]
-        train_loss = network.loss_of(arch, Z_trained, Y_trained).item()
         y_trained = data.y_train.index_select(0, order[:trained])  # (trained,) labels: cheaper than Y's argmax
-        train_acc = (Z_trained.argmax(dim=1) == y_trained).sum().item() / trained
-        test_loss_sum, test_correct = network.evaluate(arch, params, data.X_test, data.Y_test)
-        n_test = data.X_test.shape[0]
-        test_loss = test_loss_sum.item() / n_test
-        if not math.isfinite(test_loss):  # finite logits but weights gone to inf
-            raise Diverged(epoch, steps)
-        layers = tuple(network.layer_stats(arch, opt, params, state.velocity, X_probe, Y_probe))
-        seconds = time.perf_counter() - start
-        yield EpochMetrics(
-            epoch=epoch,
-            train_loss=train_loss,
-            train_acc=train_acc,
-            test_loss=test_loss,
-            test_acc=test_correct.item() / n_test,
-            seconds=seconds,
-            samples_per_s=trained / seconds,
-            batch_seconds=batch_seconds,
-            layers=layers,
-        )
+        yield epoch_metrics(cfg, data, state, epoch, steps, Z[:trained], Y_epoch[:trained], y_trained,
+                            start, batch_seconds)
+
+
+def epoch_metrics(cfg: Config, data: MNIST, state: State, epoch: int, steps: int, Z: torch.Tensor,
+                  Y: torch.Tensor, y: torch.Tensor, start: float, batch_seconds: float) -> EpochMetrics:
+    """The epoch's record: train loss and accuracy from the logits Z (trained, 10) of its batches
+    as they were trained (targets Y, labels y), a test pass, and the probe's layer statistics."""
+    arch, params = arch_of(cfg), state.params
+    trained = Z.shape[0]
+    train_loss = network.loss_of(arch, Z, Y).item()
+    train_acc = (Z.argmax(dim=1) == y).sum().item() / trained
+    test_loss_sum, test_correct = network.evaluate(arch, params, data.X_test, data.Y_test)
+    n_test = data.X_test.shape[0]
+    test_loss = test_loss_sum.item() / n_test
+    if not math.isfinite(test_loss):  # finite logits but weights gone to inf
+        raise Diverged(epoch, steps)
+    X_probe, Y_probe = data.X_train[:PROBE], data.Y_train[:PROBE]
+    layers = tuple(network.layer_stats(arch, sgd_of(cfg), params, state.velocity, X_probe, Y_probe))
+    seconds = time.perf_counter() - start
+    return EpochMetrics(epoch=epoch, train_loss=train_loss, train_acc=train_acc, test_loss=test_loss,
+                        test_acc=test_correct.item() / n_test, seconds=seconds, samples_per_s=trained / seconds,
+                        batch_seconds=batch_seconds, layers=layers)

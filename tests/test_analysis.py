@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from backprop_lab import analysis
+from backprop_lab import analysis, predict
 from backprop_lab.backprop import Params, forward
 
 from .conftest import run_cli
@@ -119,7 +119,7 @@ def test_predict_digits_written_as_images(trained, mnist, tmp_path):
         ImageOps.invert(image).resize((100, 100), Image.BILINEAR).save(tmp_path / f"{i}_100.png")
         files += [tmp_path / f"{i}.png", tmp_path / f"{i}_inverted.png", tmp_path / f"{i}_100.png"]
         labels += [digit] * 3
-    X = torch.from_numpy(np.stack([analysis.to_mnist(analysis.load_image(f)) for f in files]))
+    X = torch.from_numpy(np.stack([predict.to_mnist(predict.load_image(f)) for f in files]))
     assert forward(params, X).z2.argmax(dim=1).tolist() == labels
 
     proc = run_cli("predict", str(trained), *map(str, files), cwd=tmp_path)
@@ -151,7 +151,7 @@ def test_predict_images_and_test_images_together(trained, mnist, tmp_path, order
     tests = ["--from-test", "0", "--from-test", "3"]
     monkeypatch.chdir(tmp_path)
     argv = [str(trained), "mine.png", *tests] if order == "image first" else [str(trained), *tests, "mine.png"]
-    assert analysis.predict_main(argv) == 0
+    assert predict.predict_main(argv) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("│")]
     assert [row.split("│")[1].strip() for row in rows] == [
@@ -199,7 +199,7 @@ def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypa
         proc = run_cli("predict", *args, cwd=tmp_path)
         code, err = proc.returncode, proc.stderr
     else:  # the rest in-process, to save a second of torch import each
-        code, err = analysis.predict_main(args), capsys.readouterr().err
+        code, err = predict.predict_main(args), capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and expected in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -237,7 +237,7 @@ def test_predict_refuses_an_image_over_pillows_limit_before_decoding_it(trained,
 
     write_blank_png(tmp_path / "big.png", side, side)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's own check, at a size quick to test
-    assert analysis.predict_main([str(trained), str(tmp_path / "big.png")]) == 2
+    assert predict.predict_main([str(trained), str(tmp_path / "big.png")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and "Warning" not in err
     assert f"big.png is too large to be a digit image ({side * side:,} pixels; Pillow reads at most 1,000)" in err
@@ -247,8 +247,8 @@ def test_blank_image_is_refused(tmp_path):
     from PIL import Image
 
     Image.new("L", (50, 50), 255).save(tmp_path / "white.png")
-    with pytest.raises(analysis.PredictError, match="blank"):
-        analysis.to_mnist(analysis.load_image(tmp_path / "white.png"))
+    with pytest.raises(predict.PredictError, match="blank"):
+        predict.to_mnist(predict.load_image(tmp_path / "white.png"))
 
 
 def test_a_failing_plot_does_not_fail_the_run(tmp_path, monkeypatch):

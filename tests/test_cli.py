@@ -364,7 +364,7 @@ def test_an_error_line_on_a_closed_stderr_keeps_the_exit_status():
     read, write = os.pipe()
     os.close(read)  # nobody reads: every write gets EPIPE
     try:
-        proc = subprocess.run([sys.executable, "-c", "import sys; from backprop_lab.report import error_line; "
+        proc = subprocess.run([sys.executable, "-c", "import sys; from backprop_lab.errors import error_line; "
                                "error_line('the run stopped'); sys.exit(141)"], stderr=write, timeout=60)
     finally:
         os.close(write)
@@ -390,7 +390,7 @@ def test_a_run_dir_holding_other_runs_or_their_leftovers_is_refused(tmp_path):
 
 
 def test_an_error_line_prints_square_brackets_as_they_are(capsys):
-    from backprop_lab.report import error_line
+    from backprop_lab.errors import error_line
 
     error_line("[enforce fail at alloc_cpu.cpp:127] out of memory; model.hidden_sizes=[256,128]")
     assert capsys.readouterr().err.strip() == (
@@ -421,10 +421,10 @@ def test_version_names_backprop_lab(tmp_path):
     ("-m", "hparams_search=mlp", "hydra.sweeper.n_trials=2", "optim.lr=tag(log, interval(0.01, 1))"),
 ])
 def test_valid_hydra_settings_pass_the_up_front_checks(tmp_path, monkeypatch, args):
-    from backprop_lab import cli
+    from backprop_lab import overrides
 
     monkeypatch.chdir(tmp_path)
-    cli.check_overrides(list(args))  # raises ConfigError on a refusal
+    overrides.check_overrides(list(args))  # raises ConfigError on a refusal
     assert list(tmp_path.iterdir()) == []  # checking made no folder
 
 
@@ -481,21 +481,21 @@ def test_an_interpolation_in_the_run_folder_that_cannot_be_resolved_is_no_traceb
 
 def test_a_named_run_folder_is_claimed_until_the_run_holds_it(tmp_path):
     """A claim held by a live process refuses a second run; one left by a dead process is taken over."""
-    from backprop_lab import cli
+    from backprop_lab import claim
     from backprop_lab.rundir import RunDirError
 
     from .test_compare import dead_pid
 
     folder = tmp_path / "named"
     folder.mkdir()
-    (folder / cli.CLAIM).write_text(f"{os.getpid()}\n")  # a run starting there: this process stands in for it
+    (folder / claim.CLAIM).write_text(f"{os.getpid()}\n")  # a run starting there: this process stands in for it
     with pytest.raises(RunDirError, match=rf"another run is starting in it \(pid {os.getpid()}\)"):
-        cli.claim_run_dir(folder)
-    (folder / cli.CLAIM).write_text(f"{dead_pid()}\n")  # killed while starting
-    cli.claim_run_dir(folder)
-    assert (folder / cli.CLAIM).read_text() == f"{os.getpid()}\n"
-    cli.release_claim()
-    assert not (folder / cli.CLAIM).exists()
+        claim.claim_run_dir(folder)
+    (folder / claim.CLAIM).write_text(f"{dead_pid()}\n")  # killed while starting
+    claim.claim_run_dir(folder)
+    assert (folder / claim.CLAIM).read_text() == f"{os.getpid()}\n"
+    claim.release_claim()
+    assert not (folder / claim.CLAIM).exists()
 
 
 @pytest.mark.slow  # three runs at once, about 15 s

@@ -7,7 +7,7 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from backprop_lab.cli import check_overrides, config_groups
+from backprop_lab.overrides import check_overrides, config_groups
 from backprop_lab.config import Config, ConfigError, from_container, known_keys
 
 from .conftest import CONF_DIR, compose

@@ -27,7 +27,7 @@ SMALL = ["data.train_subset=4000", "train.epochs=3", "device=cpu"]
 
 
 def small_config(epochs: int, train_subset: int):
-    """The typed config of a short CPU run, for cli.run called in-process."""
+    """The typed config of a short CPU run, for runner.run called in-process."""
     cfg = Config()
     return replace(cfg, train=replace(cfg.train, epochs=epochs), data=replace(cfg.data, train_subset=train_subset),
                    device="cpu")
@@ -165,7 +165,7 @@ def test_full_disk_during_a_run_is_reported_and_earlier_epochs_survive(tmp_path,
     """The disk fills up after the first epoch: every later write fails with ENOSPC."""
     import errno
 
-    from backprop_lab import cli, rundir
+    from backprop_lab import rundir, runner
 
     real_append = rundir.RunWriter.append
     calls = {"n": 0}
@@ -192,7 +192,7 @@ def test_full_disk_during_a_run_is_reported_and_earlier_epochs_survive(tmp_path,
 
     monkeypatch.setattr(rundir, "atomic_write", atomic_until_full)
     with pytest.raises(SystemExit) as info:
-        cli.run(cfg, run_dir, [])
+        runner.run(cfg, run_dir, [])
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert err.strip().splitlines() == [
@@ -205,7 +205,7 @@ def test_full_disk_during_a_run_is_reported_and_earlier_epochs_survive(tmp_path,
 def test_a_disk_full_before_the_first_epoch_leaves_no_half_made_run(tmp_path, monkeypatch, capsys):
     import errno
 
-    from backprop_lab import cli, rundir
+    from backprop_lab import rundir, runner
 
     def no_space(self, state):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -215,7 +215,7 @@ def test_a_disk_full_before_the_first_epoch_leaves_no_half_made_run(tmp_path, mo
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with pytest.raises(SystemExit) as info:
-        cli.run(cfg, run_dir, [])
+        runner.run(cfg, run_dir, [])
     assert info.value.code == 2
     assert capsys.readouterr().err == (f"error: cannot write to the run directory {run_dir}: no space left on device; "
                                        f"free some space, then run it again\n")
@@ -242,7 +242,7 @@ def test_a_log_file_on_a_full_disk_adds_no_logging_traceback(tmp_path, capsys):
     import errno
     import logging
 
-    from backprop_lab import cli
+    from backprop_lab import runner
 
     class FullDisk(logging.Handler):  # Hydra's file handler, once the disk is full
         def emit(self, record):
@@ -258,7 +258,7 @@ def test_a_log_file_on_a_full_disk_adds_no_logging_traceback(tmp_path, capsys):
     try:
         cfg = small_config(epochs=1, train_subset=500)
         (tmp_path / "run").mkdir()
-        assert cli.run(cfg, tmp_path / "run", []) is not None
+        assert runner.run(cfg, tmp_path / "run", []) is not None
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -356,7 +356,7 @@ def stopped_template(tmp_path_factory):
     """A run stopped by Ctrl-C after the first of its two epochs (made in-process: cheap); tests
     resume copies of it (`stopped`), each somewhere else than where it was made."""
 
-    from backprop_lab import cli, report
+    from backprop_lab import report, runner
 
     cfg = small_config(epochs=2, train_subset=500)
     run_dir = tmp_path_factory.mktemp("stopped") / "run"
@@ -370,7 +370,7 @@ def stopped_template(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(report.Reporter, "epoch", epoch_then_ctrl_c)
         with pytest.raises(SystemExit) as info:
-            cli.run(cfg, run_dir, ["train.epochs=2", "data.train_subset=500", "device=cpu"])
+            runner.run(cfg, run_dir, ["train.epochs=2", "data.train_subset=500", "device=cpu"])
     assert info.value.code == 130
     s = summary(run_dir)
     assert s["status"] == "interrupted" and s["epochs_completed"] == 1
@@ -633,7 +633,7 @@ def test_a_second_signal_while_the_weights_are_saved_is_recorded_resumably(tmp_p
     """Two signals arrive while weights.pt is being written: the run is recorded as interrupted
     by that signal (a sweep stops on it), in one line, and resume finishes it."""
 
-    from backprop_lab import cli, rundir
+    from backprop_lab import rundir, runner
 
     sig, code = signal.SIGTERM, 143  # SIGINT takes the same path; its code was the one used for both
     real_save = rundir.RunWriter.save_weights
@@ -648,7 +648,7 @@ def test_a_second_signal_while_the_weights_are_saved_is_recorded_resumably(tmp_p
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with pytest.raises(SystemExit) as info:
-        cli.run(cfg, run_dir, [])
+        runner.run(cfg, run_dir, [])
     assert info.value.code == code
     err = capsys.readouterr().err
     name = signal.Signals(sig).name
@@ -656,9 +656,9 @@ def test_a_second_signal_while_the_weights_are_saved_is_recorded_resumably(tmp_p
     s = summary(run_dir)
     assert s["status"] == "interrupted" and s["signal"] == name and s["epochs_completed"] == 2
     assert s["finished_at"] is not None and not (run_dir / "weights.pt").exists()
-    assert not isinstance(signal.getsignal(sig), cli.StopRequest)  # the handlers were put back
+    assert not isinstance(signal.getsignal(sig), runner.StopRequest)  # the handlers were put back
     monkeypatch.setattr(rundir.RunWriter, "save_weights", real_save)
-    assert cli.run(cfg, run_dir, [], resume=True) is not None  # what `backprop-lab resume` runs, once checked
+    assert runner.run(cfg, run_dir, [], resume=True) is not None  # what `backprop-lab resume` runs, once checked
     assert summary(run_dir)["status"] == "completed" and (run_dir / "weights.pt").is_file()
 
 
@@ -830,13 +830,13 @@ def test_resume_refuses_a_run_whose_files_disagree_and_changes_nothing(tmp_path,
 
 def test_weights_drawn_too_large_to_train_name_the_init_scale(tmp_path, capsys):
 
-    from backprop_lab import cli
+    from backprop_lab import runner
 
     cfg = Config()
     cfg = replace(cfg, model=replace(cfg.model, init_scale=1e300), train=replace(cfg.train, epochs=1),
                   data=replace(cfg.data, train_subset=500), device="cpu")
     (tmp_path / "run").mkdir()
     with pytest.raises(SystemExit) as info:
-        cli.run(cfg, tmp_path / "run", [])
+        runner.run(cfg, tmp_path / "run", [])
     assert info.value.code == 3
     assert capsys.readouterr().err.strip().endswith("the loss is no longer finite; try a smaller model.init_scale")

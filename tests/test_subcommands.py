@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from backprop_lab import analysis, bench, compare, gradcheck, resume
+from backprop_lab import analysis, bench, compare, gradcheck, predict, resume, runs
 from backprop_lab.report import describe_config, plural
 from backprop_lab.rundir import CHECKPOINT, METRICS
 
 MAINS = {"resume": resume.main, "show": compare.show_main, "compare": compare.compare_main,
-         "predict": analysis.predict_main, "gradcheck": gradcheck.main, "bench": bench.main}
+         "predict": predict.predict_main, "gradcheck": gradcheck.main, "bench": bench.main}
 
 
 @pytest.mark.parametrize("sub,args,message", [
@@ -57,7 +57,7 @@ def test_resume_of_a_run_killed_before_its_summary_says_what_is_there(tmp_path, 
                                  f"stopped before writing one; compare lists it as incomplete): it cannot be "
                                  f"resumed; start a new run\n")
     assert sorted(p.name for p in killed.iterdir()) == [CHECKPOINT, METRICS]
-    assert compare.load_run(killed, "killed").status == "incomplete"  # as the message says
+    assert runs.load_run(killed, "killed").status == "incomplete"  # as the message says
 
 
 def test_counts_of_one_are_singular():

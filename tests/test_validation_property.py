@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from backprop_lab.cli import check_overrides, parse_hydra_args
+from backprop_lab.overrides import check_overrides, parse_hydra_args
 from backprop_lab.config import Config, ConfigError, from_dictconfig, known_keys
 
 from .conftest import CONF_DIR
