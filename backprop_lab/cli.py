@@ -53,6 +53,15 @@ def print_help(argv: list[str]) -> None:
           f"\n\n{OmegaConf.to_yaml(cfg)}\n{text.footer}")
 
 
+def print_hydra_help() -> None:
+    """`--hydra-help`: conf/config.yaml's hydra.hydra_help.template, the flags and groups that work."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("config", return_hydra_config=True)
+    print(str(cfg.hydra.hydra_help.template).replace("$VERSION", hydra.__version__))
+
+
 def main(noted: Sequence[int] = ()) -> None:
     """`noted`: the signals that came while this module was imported (__main__ noted them)."""
     argv = sys.argv[1:]
@@ -110,6 +119,9 @@ def dispatch(argv: list[str]) -> None:
         check_shown_config(argv)
         if "--help" in argv or "-h" in argv:
             print_help(argv)
+            return
+        if "--hydra-help" in argv:  # Hydra's own composes no app config, so lists what backprop-lab refuses
+            print_hydra_help()
             return
         if to_claim is not None:  # once every check has passed, so a refusal leaves no folder
             claim_run_dir(to_claim)

@@ -52,7 +52,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_NO_RUNS, RunError, SubcommandParser, er
 from .report import STATUS_COLOURS, OutputConsole, Reporter, plural, print_whole
 from .rundir import CURVES_PNG, GRADS, LOG, METRICS, SUMMARY, effective_status
 from .runs import (COLUMN_GETTERS, Run, _log_error, by_layer, collect, fewer_epochs, find_run_dirs, is_run_dir,
-                   load_confusion, load_layers, load_metrics, load_summary)
+                   load_confusion, load_layers, load_metrics, load_summary, or_newest)
 
 # --- reading one run ---------------------------------------------------------------------
 
@@ -225,9 +225,52 @@ def _epochs(run: Run) -> str:
     return f"{run.epochs_completed}/{'?' if run.epochs_planned is None else run.epochs_planned}"
 
 
-def print_table(console: Console, runs: Sequence[Run], keys: Sequence[str], title: str | None = None) -> None:
+def parse_keys(text: str, runs: Sequence[Run]) -> list[str]:
+    """--keys a,b: config keys that some listed run has, in the order given; RunError otherwise."""
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    known = config_keys(runs)
+    unknown = [k for k in keys if k not in known]
+    if unknown or not keys:
+        raise RunError(f"--keys {text!r}: {', '.join(unknown) or 'no key'} is not a config key of these runs; "
+                       f"keys: {', '.join(known)}")
+    return keys
+
+
+# Columns a narrow terminal does without, in this order, before the runs' differing keys go.
+OPTIONAL_COLUMNS = ("best acc", "|dW1|", "test loss", "time")
+
+
+def print_table(console: Console, runs: Sequence[Run], keys: Sequence[str], title: str | None = None,
+                chosen: bool = False, hint: str = "choose columns with --keys KEY,KEY") -> None:
     """The comparison table, then one line per run with a note (its error, or what is broken).
-    The |dW1| column is there when at least one listed run has grads.csv."""
+    The |dW1| column is there when at least one listed run has grads.csv. The table fits the
+    console's width (80 columns on a pipe, as rich counts them): first OPTIONAL_COLUMNS go, then
+    differing keys from the last (unless `chosen`), and a line says which were left out."""
+    from rich.measure import Measurement
+
+    keys, dropped, left_out = list(keys), [], []
+    while True:
+        table = comparison_table(runs, keys, None, dropped)  # the title wraps, the columns must fit
+        width = Measurement.get(console, console.options.update_width(10_000), table).maximum
+        if width <= console.width:
+            table.title = title
+            break
+        if len(dropped) < len(OPTIONAL_COLUMNS):
+            dropped.append(OPTIONAL_COLUMNS[len(dropped)])
+        elif keys and not chosen:
+            left_out.insert(0, keys.pop())
+        else:
+            break  # the labels alone are wider: a terminal wraps the lines
+    print_whole(console, table)
+    if left_out:
+        console.print(f"  {plural(len(left_out), 'differing key')} left out to fit {console.width} columns: "
+                      f"{', '.join(left_out)}; {hint}", highlight=False, markup=False, soft_wrap=False)  # wrapped to the width
+    for run in runs:
+        if run.note:
+            console.print(f"  {run.label}: {run.status}: {run.note}", highlight=False, soft_wrap=True, markup=False)
+
+
+def comparison_table(runs: Sequence[Run], keys: Sequence[str], title: str | None, dropped: Sequence[str]) -> Table:
     grads = any(run.layers for run in runs)
     rows = [
         [
@@ -245,16 +288,17 @@ def print_table(console: Console, runs: Sequence[Run], keys: Sequence[str], titl
     ]
     headings = ["run", *keys, "test acc", "best acc", "test loss", "epochs", "time", *(["|dW1|"] if grads else []),
                 "status"]
-    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", title_justify="left")
-    for heading in headings:
-        table.add_column(heading, justify="left" if heading in ("run", "status") else "right", no_wrap=True)
+    shown = [i for i, heading in enumerate(headings) if heading not in dropped]
+    narrow = bool(dropped)  # no outer padding either
+    table = Table(title=title, box=box.SIMPLE_HEAD, header_style="bold", title_justify="left", pad_edge=not narrow,
+                  collapse_padding=narrow)
+    for i in shown:
+        table.add_column(headings[i], justify="left" if headings[i] in ("run", "status") else "right", no_wrap=True)
     for run, row in zip(runs, rows):
         colour = STATUS_COLOURS.get(run.status, "red")
-        table.add_row(*row[:-1], f"[{colour}]{row[-1]}[/{colour}]")
-    print_whole(console, table)
-    for run in runs:
-        if run.note:
-            console.print(f"  {run.label}: {run.status}: {run.note}", highlight=False, soft_wrap=True, markup=False)
+        cells = [row[i] for i in shown]
+        table.add_row(*cells[:-1], f"[{colour}]{cells[-1]}[/{colour}]")
+    return table
 
 
 RESULT_FIELDS = ["final_test_acc", "best_test_acc", "best_epoch", "final_test_loss",
@@ -490,10 +534,15 @@ def compare_main(argv: list[str]) -> int:
         epilog="Columns for --sort: run, test_acc, best_test_acc, test_loss, epochs, time, grad_norm_1, status, "
                "or any config key such as optim.lr. Example: backprop-lab compare outputs/ --sort test_acc --top 3",
     )
-    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="folders to search (default: outputs)")
-    parser.add_argument("--sort", metavar="COLUMN", default="run",
-                        help="accuracies sort best first, everything else ascending (default: run, i.e. by date)")
-    parser.add_argument("--top", metavar="N", type=_positive_int, help="keep the first N after sorting")
+    parser.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                        help="folders to search (default: outputs); latest: the newest run under outputs")
+    parser.add_argument("--sort", metavar="COLUMN",
+                        help="accuracies sort best first, everything else ascending (default: run, i.e. by date; "
+                             "with --top: test_acc)")
+    parser.add_argument("--top", metavar="N", type=_positive_int,
+                        help="keep the first N after sorting: the best N by test accuracy unless --sort says otherwise")
+    parser.add_argument("--keys", metavar="KEY,KEY",
+                        help="the config keys to show as columns (default: those that differ between the runs)")
     parser.add_argument("--filter", metavar="KEY=VALUE", action="append", default=[],
                         help="keep runs whose config key (or status) has this value; repeatable, all must match")
     parser.add_argument("--best", action="store_true", help="only the best run (final test acc) of each sweep")
@@ -506,7 +555,6 @@ def compare_main(argv: list[str]) -> int:
                         help="also write the listed runs' per-epoch scalars and hyperparameters as TensorBoard "
                              "events, one subfolder of DIR per run (replaced when exported again)")
     args = parser.parse_args(argv)
-    roots = args.paths or [Path("outputs")]
     problem = outputs_problem(args)
     if problem:
         error_line(problem)
@@ -521,14 +569,17 @@ def compare_main(argv: list[str]) -> int:
             return EXIT_BAD_INPUT
 
     try:
+        roots = [or_newest(p) for p in args.paths] or [Path("outputs")]
         runs = collect(roots)
         if not runs:
             error_line(f"no runs found under {', '.join(map(str, roots))} (a run directory holds {SUMMARY})")
             return EXIT_NO_RUNS
+        args.sort = args.sort or ("test_acc" if args.top else "run")
         choices = sort_choices(runs)
         if args.sort not in choices:
             raise RunError(f"unknown --sort column {args.sort!r}; choose from: {', '.join(choices)}")
         filters = [parse_filter(f, runs) for f in args.filter]
+        chosen = parse_keys(args.keys, runs) if args.keys is not None else None
     except RunError as e:
         error_line(str(e))
         return EXIT_BAD_INPUT
@@ -538,16 +589,19 @@ def compare_main(argv: list[str]) -> int:
     runs = [r for r in runs if all(matches(r, key, value) for key, value in filters)]
     if args.best:
         runs = best_per_sweep(runs)
+    matched = len(runs)
     runs = sort_runs(runs, args.sort)[: args.top]
     if not runs:
         error_line(f"no runs match {' '.join(args.filter) or '--best'} ({plural(found, 'run')} found)")
         return EXIT_NO_RUNS
 
-    keys = differing_keys(runs)
+    keys = chosen if chosen is not None else differing_keys(runs)
     to_stdout = "-" in (args.csv, args.json)
     if not to_stdout:  # the table would break a CSV or JSON stream on stdout
-        title = f"{plural(len(runs), 'run')} under {', '.join(map(str, roots))}"
-        print_table(OutputConsole(), runs, keys, title=title + (f", sorted by {args.sort}" if args.sort != "run" else ""))
+        counted = f"{len(runs)} of {plural(matched, 'run')}" if len(runs) < matched else plural(len(runs), "run")
+        title = f"{counted} under {', '.join(map(str, roots))}"
+        print_table(OutputConsole(), runs, keys, title=title + (f", sorted by {args.sort}" if args.sort != "run" else ""),
+                    chosen=chosen is not None)
     return write_outputs(args, runs, keys, to_stdout)
 
 
@@ -593,10 +647,11 @@ def show_main(argv: list[str]) -> int:
         description="Print a saved run's header, per-epoch table, confusion matrix and summary, as training "
                     "printed them, then its per-layer gradient statistics.",
     )
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory; latest: the newest run under outputs")
     parser.add_argument("--plot", action="store_true", help="redraw RUN_DIR/curves.png from metrics.csv")
     args = parser.parse_args(argv)
     try:
+        args.run_dir = or_newest(args.run_dir)
         summary, rows, warnings = load_for_show(args.run_dir)
         if args.plot:
             from .analysis import CURVES_PNG, plot_curves

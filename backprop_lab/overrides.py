@@ -18,12 +18,24 @@ from .errors import stderr
 from .rundir import LOG
 
 
-def config_groups() -> dict[str, list[str]]:
-    return {
-        d.name: sorted(p.stem for p in d.glob("*.yaml"))
-        for d in CONF_DIR.iterdir()
-        if d.is_dir() and any(d.glob("*.yaml"))  # not __pycache__
-    }
+def config_groups(config_dir: str | None = None) -> dict[str, list[str]]:
+    """{group: its options} of the shipped configs, with those of --config-dir's folder added."""
+    groups: dict[str, set[str]] = {}
+    for folder in [CONF_DIR] + ([Path(config_dir)] if config_dir else []):
+        for d in folder.iterdir():
+            if d.is_dir() and any(d.glob("*.yaml")):  # not __pycache__
+                groups.setdefault(d.name, set()).update(p.stem for p in d.glob("*.yaml"))
+    return {name: sorted(options) for name, options in groups.items()}
+
+
+REQUIRED_GROUPS = ("model", "optim", "data")  # conf/config.yaml's defaults that every run composes
+
+
+def dotted_default(key: str) -> Any:
+    """The default of a config key, e.g. 0.1 for 'optim.lr'."""
+    from .config import Config, dotted
+
+    return dotted(Config().to_dict(), key)
 
 
 def parse_hydra_args(argv: list[str]) -> tuple[Any, list[str]]:
@@ -122,7 +134,7 @@ def check_overrides(argv: list[str]) -> Path | None:
     """
     args, overrides = parse_overrides(argv)
     makes_dirs = not (args.help or args.hydra_help or args.cfg or args.info is not None or args.shell_completion)
-    groups = config_groups()
+    groups = config_groups(args.config_dir)
     to_claim: Path | None = None
     for o in overrides:
         named = check_override(o, args, groups, makes_dirs)
@@ -207,6 +219,12 @@ def check_override(o: Any, args: Any, groups: dict[str, list[str]], makes_dirs: 
     if o.is_add() and key in known_keys():  # Hydra: "Could not append to config" over six lines
         raise ConfigError(f"{o.input_line}: {key} is already in the config, so '+' cannot add it; "
                           f"set it without the '+': {o.input_line[1:]}")
+    if o.is_delete() and (key in known_keys() or key in REQUIRED_GROUPS):  # Hydra would drop it without a word
+        raise ConfigError(f"{o.input_line}: every run needs {key}, so it cannot be deleted; set it to another value "
+                          f"instead, e.g. {key}={OmegaConf.to_yaml({'v': dotted_default(key)}).split(': ', 1)[-1].strip()}"
+                          if key in known_keys() else
+                          f"{o.input_line}: every run needs a {key} config, so it cannot be deleted; choose one of "
+                          f"{', '.join(groups.get(key, []))} instead, e.g. {key}={(groups.get(key) or ['...'])[0]}")
     if key.split(".")[0].split("/")[0] == "hydra" or o.is_add() or o.is_force_add() or o.is_delete():
         return named  # Hydra's own settings (check_hydra_settings), and deliberate additions checked later
     if key in groups:

@@ -31,7 +31,8 @@ COLUMNS: list[tuple[str, str, str]] = [
 ]
 COLUMN_KEYS = [key for key, _, _ in COLUMNS]
 # A run's status as the summary panel and compare's table colour it; any other (failed, diverged, ...) is red.
-STATUS_COLOURS = {"completed": "green", "running": "cyan", "interrupted": "yellow", "incomplete": "yellow"}
+STATUS_COLOURS = {"completed": "green", "running": "cyan", "interrupted": "yellow", "incomplete": "yellow",
+                  "not started": "dim"}
 WIDTH = 11
 
 
@@ -117,13 +118,19 @@ def print_whole(console: Console, table: Table) -> None:
 
 
 class Reporter:
-    def __init__(self, console: Console | None = None):
+    """What a run shows on the terminal. `quiet` (a sweep's job): nothing but the progress bar,
+    and that only with `progress`; the files hold the rest."""
+
+    def __init__(self, console: Console | None = None, quiet: bool = False, progress: bool = True):
         self.console = console or OutputConsole()
+        self.quiet, self.show_progress = quiet, progress
         self.header_printed = False
         self.next_epoch = 1  # for the progress bar's label
 
     def start(self, summary: dict[str, Any]) -> None:
         """The run's header, from its summary record (so `show` can print it again)."""
+        if self.quiet:
+            return
         self.console.print(f"[bold]backprop-lab: {describe_config(summary['config'])}[/bold]", highlight=False)
         self.console.print(
             f"  device {summary['device']}, seed {summary['seed']}, "
@@ -136,6 +143,9 @@ class Reporter:
     def progress(self, epochs: int, batches: int | None = None) -> Iterator[Any]:
         """Yield an on_batch(done, total, loss) callback that drives a transient progress bar;
         `batches` per epoch, if known, shows the bar's length before the first report."""
+        if not self.show_progress or (self.quiet and not self.console.is_terminal):  # a log file gets no bar
+            yield None
+            return
         bar = Progress(
             TextColumn("epoch {task.fields[epoch]}/" + str(epochs)),
             BarColumn(),
@@ -154,22 +164,33 @@ class Reporter:
             yield on_batch
 
     def epoch(self, row: dict[str, float]) -> None:
+        self.next_epoch = int(row["epoch"]) + 1
+        if self.quiet:
+            return
         self.console.print(epoch_table([row], header=not self.header_printed))
         self.header_printed = True
-        self.next_epoch = int(row["epoch"]) + 1
 
     def table(self, rows: Sequence[dict[str, float]]) -> None:
         self.console.print(epoch_table(rows, header=True))
 
     def confusion(self, conf: Any) -> None:
         """The test set's confusion matrix (analysis.Confusion) as a rich table."""
+        if self.quiet:
+            return
+        from rich.measure import Measurement
+
         from .views import confusion_table
 
-        table = confusion_table(conf, title="confusion matrix (test set): rows true digit, columns predicted")
+        title = "confusion matrix (test set): rows true digit, columns predicted"
+        table = confusion_table(conf, title=title)
+        if Measurement.get(self.console, self.console.options.update_width(10_000), table).maximum > self.console.width:
+            table = confusion_table(conf, title=title, compact=True)  # 80 columns: no vertical lines, short headings
         self.console.print()
         print_whole(self.console, table)
 
     def summary(self, summary: dict[str, Any], status: str | None = None) -> None:
+        if self.quiet:
+            return
         status = status or summary["status"]
         colour = STATUS_COLOURS.get(status, "red")
         lines = [f"status            [{colour}]{status}[/{colour}]"]

@@ -14,17 +14,22 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import platform
+import re
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from .config import ConfigError, config_changes, from_container, with_defaults
-from .errors import EXIT_BAD_INPUT, SubcommandParser, error_line
-from .rundir import CHECKPOINT, LOG, METRICS, SUMMARY, RunDirError, RunWriter, effective_status, locked, still_running
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, SubcommandParser, error_line
+from .rundir import (CHECKPOINT, LOG, METRICS, MULTIRUN_YAML, SUMMARY, RunDirError, RunWriter, effective_status, locked,
+                     still_running)
 from .runner import run
-from .runs import check_files, checked_summary
+from .runs import check_files, checked_summary, is_sweep_root
 
 # Where the run computes or what it logs, not what it computes: these may differ from the run's
 # own config. After a device change the results are no longer bitwise identical to an uninterrupted run's.
@@ -42,6 +47,8 @@ def main(argv: list[str]) -> int:
                         help="continue a run marked running on another machine, once you know it no longer runs there")
     args = parser.parse_intermixed_args(argv)
     try:
+        if is_sweep_root(args.run_dir):
+            return continue_sweep(args.run_dir, args.overrides)
         return resume(args.run_dir, args.overrides, force=args.force)
     except (ConfigError, RunDirError) as e:
         error_line(str(e))
@@ -53,6 +60,32 @@ def cannot_write(run_dir: Path, e: OSError) -> RunDirError:
     advice = ("free some space, or copy the run to another disk and resume the copy" if e.errno == errno.ENOSPC
               else "copy the run to a writable folder and resume the copy")
     return RunDirError(f"cannot write to {run_dir}: {reason}; {advice}")
+
+
+def continue_sweep(sweep_dir: Path, overrides: list[str]) -> int:
+    """`resume SWEEP_DIR`: the sweep's own command again (from Hydra's multirun.yaml) with
+    hydra.callbacks.sweep_report.resume=true, in this process's place; completed jobs are
+    skipped, interrupted ones continue from their checkpoints."""
+    import yaml
+
+    if overrides:
+        raise RunDirError(f"{sweep_dir} is a sweep: resume continues it with its own command, so it takes no "
+                          f"KEY=VALUE ({' '.join(overrides)})")
+    try:
+        saved = yaml.safe_load((sweep_dir / MULTIRUN_YAML).read_text())["hydra"]["overrides"]
+        hydra_overrides, task = [str(o) for o in saved["hydra"]], [str(o) for o in saved["task"]]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        why = e.strerror if isinstance(e, OSError) else f"no overrides in it ({type(e).__name__})"
+        raise RunDirError(f"{sweep_dir} is a sweep, but its {MULTIRUN_YAML} cannot be read ({why}); run its command "
+                          f"again with hydra.sweep.dir={sweep_dir} hydra.callbacks.sweep_report.resume=true") from None
+    ours = ("hydra.mode=", "hydra.sweep.dir=", "hydra.callbacks.sweep_report.resume=")
+    folder = str(sweep_dir.resolve())
+    folder = folder if re.fullmatch(r"[\w/.+-]+", folder) else "'" + folder.replace("'", "\\'") + "'"
+    args = ["-m", *(o for o in hydra_overrides if not o.startswith(ours)), *task, f"hydra.sweep.dir={folder}",
+            "hydra.callbacks.sweep_report.resume=true"]
+    print(f"continuing the sweep {sweep_dir}: backprop-lab {shlex.join(args)}", flush=True)
+    os.execv(sys.executable, [sys.executable, "-m", "backprop_lab", *args])
+    return EXIT_FAILED  # not reached: execv replaces this process
 
 
 def not_resumable(path: Path) -> str | None:

@@ -208,9 +208,11 @@ class ActiveRun:
             discard_if_empty(self.run_dir)
 
 
-def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, resume: bool = False) -> float | None:
+def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, resume: bool = False,
+        quiet: bool = False, progress: bool = True) -> float | None:
     """Train one run into `run_dir` (or, with `resume`, continue the one there); return
-    its final test accuracy. Every outcome is recorded in summary.json."""
+    its final test accuracy. Every outcome is recorded in summary.json. `quiet` prints no
+    header, tables or summary (a sweep's job), `progress` whether a progress bar shows."""
     wall_start = time.perf_counter()
     # the log file is a copy of what summary.json and the terminal say: a full disk must not
     # add logging's "--- Logging error ---" tracebacks to the one line that reports it
@@ -218,6 +220,9 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
     active = start(cfg, run_dir, overrides, in_sweep, resume, wall_start)
     if active is None:
         return None
+    from .report import Reporter
+
+    active.reporter = Reporter(quiet=quiet, progress=progress)
     early = signal.getsignal(signal.SIGINT)  # main's, which noted any signal while this run was starting
     stop = StopRequest(signum=early.signum if isinstance(early, StopRequest) else None)
     previous = set_handlers({signal.SIGINT: stop, signal.SIGTERM: stop})
@@ -322,11 +327,9 @@ def first_records(active: ActiveRun, new: bool) -> bool:
 def train_epochs(active: ActiveRun, stop: StopRequest) -> int:
     """Step 2: every epoch left, each recorded (checkpoint, metrics, grads, summary) before it is
     shown; the exit code of how training ended, with the summary's status and error set."""
-    from .report import Reporter
     from .train import Diverged, Stopped, train
 
-    cfg, summary = active.cfg, active.summary
-    active.reporter = reporter = Reporter()
+    cfg, summary, reporter = active.cfg, active.summary, active.reporter
     try:
         reporter.start(summary)
         reporter.next_epoch = active.start_epoch

@@ -359,6 +359,32 @@ def is_run_dir(path: Path) -> bool:
     )
 
 
+LATEST = "latest"  # show/compare's name for the newest run under outputs/
+
+
+def newest_run(root: Path = Path("outputs")) -> Path:
+    """The run under `root` that started last (summary.json's started_at; else its folder's time),
+    for `show latest` and `compare latest`; RunError when there is none."""
+    if not root.is_dir():
+        raise RunError(f"{LATEST}: there is no {root} folder here, so no newest run; run from the folder that holds it")
+    dirs = find_run_dirs(root)
+    if not dirs:
+        raise RunError(f"{LATEST}: no run under {root}")
+
+    def started(run_dir: Path) -> str:
+        try:
+            return str(read_summary(run_dir).get("started_at") or "")
+        except (OSError, ValueError):
+            return ""
+
+    return max(dirs, key=lambda d: (started(d), d.stat().st_mtime))
+
+
+def or_newest(path: Path) -> Path:
+    """`path`, or the newest run when it is `latest` and no such folder exists."""
+    return newest_run() if str(path) == LATEST and not path.exists() else path
+
+
 def find_run_dirs(root: Path) -> list[Path]:
     if is_run_dir(root):
         return [root]

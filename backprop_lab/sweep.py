@@ -29,13 +29,16 @@ never stops a sweep.
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -47,11 +50,11 @@ from . import compare, runs as saved_runs
 from .config import ConfigError, config_changes, from_dictconfig
 from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OF_SIGNAL, ErrorConsole, error_line, refuse
 from .report import plural
-from .rundir import (CHECKPOINT, INTERRUPT_FILE, KEPT_HYDRA, METRICS, REFUSED_FILE, STOP_FILE, SUMMARY, SUMMARY_CSV,
-                     SUMMARY_JSON, SWEEP_MARK, SWEEP_MARKS, WEIGHTS, RunDirError, effective_status, locked,
-                     read_summary, still_running)
+from .rundir import (CHECKPOINT, INTERRUPT_FILE, KEPT_HYDRA, METRICS, MULTIRUN_YAML, PLANNED_FILE, REFUSED_FILE,
+                     STOP_FILE, SUMMARY, SUMMARY_CSV, SUMMARY_JSON, SWEEP_MARK, SWEEP_MARKS, WEIGHTS, RunDirError,
+                     effective_status, locked, read_summary, still_running)
 
-OPTIONS = ("resume", "fail_fast")
+OPTIONS = ("resume", "fail_fast", "verbose")
 FAILED_SCORE = 0.0  # what a job that did not complete returns to the sweeper
 
 
@@ -147,6 +150,90 @@ def shown(overrides: Any) -> str:
             value = None
         words.append(f"{line.split('=', 1)[0]}={str(value).lower()}" if isinstance(value, bool) else line)
     return " ".join(words)
+
+
+@functools.lru_cache(maxsize=8)
+def fixed_overrides(sweep_dir: Path) -> frozenset[str]:
+    """The sweep's overrides that every job shares (no sweep syntax), from Hydra's multirun.yaml:
+    a job's result line leaves them out, so it names what this job varies and fits the width."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        task = yaml.safe_load((sweep_dir / MULTIRUN_YAML).read_text())["hydra"]["overrides"]["task"]
+        parsed = OverridesParser.create().parse_overrides([str(o) for o in task])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, HydraException):
+        return frozenset()
+    return frozenset(o.input_line for o in parsed if not o.is_sweep_override())
+
+
+def varied(overrides: Sequence[str], fixed: frozenset[str]) -> list[str]:
+    """The overrides of a job less those all jobs share (all of them if that leaves none)."""
+    return [o for o in overrides if o not in fixed] or list(overrides)
+
+
+def planned_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The basic sweeper's jobs, each as its overrides, in the order it launches them; None for
+    another sweeper (Optuna proposes its trials as it goes)."""
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list[list[str]] | None:
+    """Every job's config checked as its run would check it, before the first starts: a bad value
+    in the last job is refused now, not hours in (ConfigError naming the job); returns `jobs`."""
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    loader = GlobalHydra.instance().config_loader()
+    for num, job in enumerate(jobs or []):
+        try:
+            job_config = loader.load_sweep_config(config, list(job))
+        except Exception:  # noqa: BLE001 - a composition error: Hydra's own check reports it next
+            continue
+        with open_dict(job_config):
+            del job_config["hydra"]
+        try:
+            from_dictconfig(job_config)
+        except ConfigError as e:
+            raise ConfigError(f"job {num} ({shown(job)}): {e}; no job was started") from None
+    return jobs
+
+
+def checked_jobs(config: DictConfig) -> list[list[str]] | None:
+    """planned_jobs, each checked (check_planned_jobs); a bad one ends the sweep in one line, before
+    any job starts, taking back the sweep folder this start made."""
+    from .claim import discard_if_empty
+
+    try:
+        return check_planned_jobs(config, planned_jobs(config))
+    except ConfigError as e:
+        error_line(str(e))
+        discard_if_empty(Path(str(config.hydra.sweep.dir)).resolve())
+        raise SystemExit(EXIT_BAD_INPUT) from None  # not an Exception, so Hydra does not turn it into a warning
+
+
+def not_started(sweep_dir: Path, runs: Sequence[Any]) -> list[Any]:
+    """Rows for the planned jobs (PLANNED_FILE) that have no folder: a sweep stopped before them."""
+    try:
+        planned = json.loads((sweep_dir / PLANNED_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    have = {run.path.name for run in runs}
+    shared = next((run.config for run in runs if run.config), {})  # what the sweep's jobs have in common
+    rows = []
+    for num, job in enumerate(planned if isinstance(planned, list) else []):
+        if str(num) not in have and isinstance(job, list):
+            own = {w.split("=", 1)[0]: yaml.safe_load(w.split("=", 1)[1]) for w in map(str, job) if "=" in w}
+            rows.append(saved_runs.Run(path=sweep_dir / str(num), label=str(num), group=sweep_dir,
+                                       status="not started", config={**shared, **own}))
+    return rows
 
 
 def job_key(sweep_dir: Path, run_dir: Path) -> str:
@@ -330,7 +417,10 @@ def train_job(job: SweepJob, cfg: Any, hydra_cfg: Any, resume: bool) -> float:
         import torch
 
         torch.set_num_threads(threads)
-    acc = run(cfg, job.run_dir, list(hydra_cfg.overrides.task), in_sweep=True, resume=resume)
+    # quiet unless verbose: the job's tables are in its folder (show), its result line comes from
+    # on_job_end; no progress bar from a process of its own, whose lines would interleave
+    acc = run(cfg, job.run_dir, list(hydra_cfg.overrides.task), in_sweep=True, resume=resume,
+              quiet=job.opts["verbose"] is not True, progress=not in_own_process(hydra_cfg))
     try:
         summary = read_summary(job.run_dir)
     except (OSError, ValueError):
@@ -418,8 +508,9 @@ class WaitingForJobs:
 
 
 class SweepReport(Callback):
-    def __init__(self, console: Console | None = None, resume: Any = False, fail_fast: Any = False):
-        self.console = console  # resume and fail_fast are read by each job from the Hydra config
+    def __init__(self, console: Console | None = None, resume: Any = False, fail_fast: Any = False,
+                 verbose: Any = False):
+        self.console = console  # the options are read by each job from the Hydra config
 
     def _console(self) -> Console:
         return self.console or Console(highlight=False, soft_wrap=True)
@@ -436,6 +527,7 @@ class SweepReport(Callback):
         except (ConfigError, RunDirError) as e:
             error_line(str(e))
             raise SystemExit(EXIT_BAD_INPUT) from None  # not an Exception, so Hydra does not turn it into a warning
+        planned = checked_jobs(config)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if in_own_process(config.hydra):  # after the checks: resolving the default sweep.dir makes its folder
             from .runner import set_handlers
@@ -494,6 +586,9 @@ class SweepReport(Callback):
                 f"resume: nothing to resume in {sweep_dir} (no earlier jobs there); running every job",
                 markup=False)
 
+        if planned is not None:  # the table at the end lists the jobs that never started
+            (sweep_dir / PLANNED_FILE).write_text(json.dumps([list(job) for job in planned]))
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         hydra_cfg = job_return.hydra_cfg.hydra
         if hydra_cfg.mode != RunMode.MULTIRUN:
@@ -505,7 +600,8 @@ class SweepReport(Callback):
         reason = stop_reason(sweep_dir)
         stopped = interrupted(sweep_dir)
         if (reason or stopped) and not run_dir.exists():
-            head = f"job {hydra_cfg.job.num}  {shown(job_return.overrides) or '(no overrides)'}  ->  "
+            words = varied(list(job_return.overrides or []), fixed_overrides(sweep_dir))
+            head = f"job {hydra_cfg.job.num}  {shown(words) or '(no overrides)'}  ->  "
             why = f"the sweep was stopped by {stopped[0]}{f' ({stopped[1]})' * bool(stopped[1])}" if stopped else \
                 f"fail-fast, {reason}"
             self._console().print(head + f"not run: {why}", markup=False)
@@ -516,7 +612,8 @@ class SweepReport(Callback):
             run.status, run.note = "refused", held
         elif not run_dir.exists() or (run.status == "incomplete" and run.epochs_completed is None):
             run.status, run.note = "refused", run.note if run_dir.exists() else "no run directory"
-        self._console().print(job_line(hydra_cfg.job.num, list(job_return.overrides or []), run, job_return),
+        words = varied(list(job_return.overrides or []), fixed_overrides(sweep_dir))
+        self._console().print(job_line(hydra_cfg.job.num, words, run, job_return),
                               markup=False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -547,6 +644,7 @@ class SweepReport(Callback):
         runs = saved_runs.collect([sweep_dir])
         if not runs:
             return []
+        runs += not_started(sweep_dir, runs)
         held = refused_jobs(sweep_dir)
         # the earlier run in the folder of a job refused this pass is not that job's result
         runs = [saved_runs.Run(path=r.path, label=r.label, group=r.group, status="refused", note=held[key])
@@ -554,8 +652,9 @@ class SweepReport(Callback):
         runs = compare.sort_runs(runs, "test_acc")
         keys = compare.differing_keys(runs)
         console.print()
-        compare.print_table(console, runs, keys, title=f"sweep {sweep_dir}: {plural(len(runs), 'job')}, best test acc first")
+        compare.print_table(console, runs, keys, title=f"sweep {sweep_dir}: {plural(len(runs), 'job')}, best test acc first",
+                            hint=f"show them with: backprop-lab compare {sweep_dir} --keys KEY,KEY")
         compare.write_csv(str(sweep_dir / SUMMARY_CSV), runs, keys)
         compare.write_json(str(sweep_dir / SUMMARY_JSON), runs, keys)
-        console.print(f"wrote {SUMMARY_CSV} and {SUMMARY_JSON} in {sweep_dir}", markup=False)
+        console.print(f"wrote {SUMMARY_CSV} and {SUMMARY_JSON} in the sweep's folder", markup=False)
         return runs

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.color import Color
 from rich.style import Style
 from rich.table import Table
@@ -51,8 +52,9 @@ def _confused_text(conf: Confusion) -> str:
     return f"most confused: {pairs or 'none'}"
 
 
-def confusion_table(conf: Confusion, title: str | None = None) -> Table:
-    """The counts of `conf` (rows true, columns predicted) with per-class statistics at the right."""
+def confusion_table(conf: Confusion, title: str | None = None, compact: bool = False) -> Table:
+    """The counts of `conf` (rows true, columns predicted) with per-class statistics at the right;
+    `compact` (for 80 columns): no vertical lines, one space between columns, short headings."""
     n = len(conf.counts)
     worst = {(t, p) for t, p, _ in conf.most_confused}
     table = Table(
@@ -61,12 +63,13 @@ def confusion_table(conf: Confusion, title: str | None = None) -> Table:
         title_justify="left",
         caption_justify="left",
         header_style="bold",
+        **({"box": box.SIMPLE_HEAD, "collapse_padding": True, "pad_edge": False} if compact else {}),
     )
-    table.add_column("true\\pred", justify="right", style="bold", no_wrap=True)
+    table.add_column("t\\p" if compact else "true\\pred", justify="right", style="bold", no_wrap=True)
     for p in range(n):  # a count is never cut to "9…": narrow terminals shorten the headings instead
         widest = max((len(str(conf.counts[t][p])) for t in range(n)), default=1)
         table.add_column(str(p), justify="right", no_wrap=True, min_width=max(widest, len(str(p))))
-    for heading in ("precision", "recall", "accuracy"):
+    for heading in ("prec", "recall", "acc") if compact else ("precision", "recall", "accuracy"):
         table.add_column(heading, justify="right", no_wrap=True, min_width=len("100.0%"))
     for t in range(n):
         cells = []

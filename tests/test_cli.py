@@ -210,18 +210,22 @@ def test_console_script_is_installed(tmp_path):
     assert proc.returncode == 0 and "hidden_size: 128" in proc.stdout
 
 
-def test_a_bad_job_in_a_sweep_does_not_stop_the_others(tmp_path):
-    proc = run_cli("-m", "model.hidden_size=0,16", "data.train_subset=300", "train.epochs=1",
+def test_a_bad_job_in_a_sweep_is_refused_before_any_job_trains(tmp_path):
+    """Every job's config is checked up front, as its run would check it: a bad value in the last
+    job is refused now, in one line naming the job, not when its turn comes."""
+    proc = run_cli("-m", "model.hidden_size=16,0", "data.train_subset=300", "train.epochs=1",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
-    assert "model.hidden_size=0 is not valid" in proc.stderr
-    assert json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())["status"] == "completed"
-    assert not (tmp_path / "sweep" / "0" / "summary.json").exists()
-    assert proc.returncode == 0  # one job completed: the table tells which did not
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: job 1 (model.hidden_size=0 data.train_subset=300 train.epochs=1): "
+                               "model.hidden_size=0 is not valid")
+    assert lines[0].endswith("; no job was started")
+    assert not (tmp_path / "sweep").exists()  # nothing trained, no folder left
 
 
 @pytest.mark.slow  # a subprocess run or two; `make test-slow` (and CI) run it
 def test_a_sweep_where_no_job_completes_exits_1(tmp_path):
-    proc = run_cli("-m", "optim.lr=-1,1e30", "data.train_subset=300", "train.epochs=1",
+    proc = run_cli("-m", "optim.lr=1e30,1e31", "data.train_subset=300", "train.epochs=1",
                    f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (

@@ -113,6 +113,13 @@ def table(text: str) -> tuple[list[str], list[list[str]]]:
     return split(lines[rule - 1]), body
 
 
+@pytest.fixture(autouse=True)
+def wide_output(monkeypatch):
+    """These tests read the tables' cells; how a table fits a narrow terminal is tested apart
+    (test_terminal.py, and the 60-column test below)."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+
 def run_compare(capsys, *args: str) -> tuple[int, str, str]:
     code = compare_main(list(args))
     out, err = capsys.readouterr()
@@ -634,8 +641,8 @@ def test_sweep_reports_each_job_and_writes_its_summary(tmp_path):
         assert job_summary["status"] == "completed" and job_summary["config"]["model"]["hidden_size"] == size
         line = next(line for line in proc.stdout.splitlines() if line.startswith(f"job {job} "))
         assert f"model.hidden_size={size}" in line and re.search(r"test acc \d+\.\d\d%, completed, [\d.]+ s", line)
-    # each job's line comes right after its own summary panel, before the next job starts
-    assert proc.stdout.index("job 0 ") < proc.stdout.index("784-32-10")
+    # each job's line as it ends, in order; the jobs' own headers and tables stay in their folders
+    assert proc.stdout.index("job 0 ") < proc.stdout.index("job 1 ") and "784-32-10" not in proc.stdout
     with open(sweep / "sweep_summary.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     accs = [float(r["final_test_acc"]) for r in rows]
@@ -664,8 +671,9 @@ def test_a_closed_stdout_ends_any_command_quietly_with_141(tmp_path, command):
     assert err == ""
 
 
-def test_a_narrow_terminal_gets_every_column_whole(tmp_path):
-    """rich would cut the last columns (status, the results) to fit 60 columns; the lines wrap instead."""
+def test_a_narrow_terminal_gets_whole_columns_and_the_names_of_those_left_out(tmp_path):
+    """rich would cut the last columns (status, the results) to fit 60 columns; instead optional
+    columns and then differing keys are left out, each shown column is whole, and a line names them."""
     from rich.console import Console
 
     from backprop_lab.compare import collect, differing_keys, print_table
@@ -676,8 +684,11 @@ def test_a_narrow_terminal_gets_every_column_whole(tmp_path):
     console = Console(record=True, width=60, force_terminal=True)
     print_table(console, runs, differing_keys(runs))
     text = console.export_text()
-    assert "a-run-with-a-long-name" in text and "model.hidden_size" in text
-    assert "80.00%" in text and "70.00% (1)" not in text and "80.00% (2)" in text and text.count("completed") == 2
+    assert "a-run-with-a-long-name" in text and "…" not in text and text.count("completed") == 2
+    assert "80.00%" in text and "60.00%" in text  # the final accuracies stay
+    assert max(len(line) for line in text.splitlines()) <= 60
+    assert " ".join(text.split()).endswith("1 differing key left out to fit 60 columns: model.hidden_size; "
+                                           "choose columns with --keys KEY,KEY")
     assert console.width == 60  # put back for what is printed next
 
 
