@@ -172,21 +172,28 @@ def check_fits(cfg: Config) -> None:
                                                                  f"{available / 1e9:,.1f} GB are available"))
 
 
-def render(checks: list[Check], title: str) -> None:
+def check_table(checks: list[Check], title: str, compact: bool) -> Any:
+    """One row per parameter; `compact` (80 columns): no vertical lines, one space between columns."""
+    from rich import box
     from rich.table import Table
 
-    from .report import OutputConsole, print_whole
-
     table = Table(title=title, title_justify="left", caption="autograd: max abs and relative error; "
-                  "FD: entries checked by finite differences and their max abs error")
+                  "FD: entries checked by finite differences and their max abs error",
+                  **({"box": box.SIMPLE_HEAD, "collapse_padding": True, "pad_edge": False} if compact else {}))
     for col in ("param", "shape", "|grad|", "autograd abs", "autograd rel", "FD n", "FD abs", "result"):
         table.add_column(col, justify="left" if col in ("param", "shape") else "right", no_wrap=True)
     for c in checks:
         table.add_row(c.name, "x".join(map(str, c.shape)), f"{c.grad_norm:.2e}", f"{c.autograd_max_abs:.1e}",
                       f"{c.autograd_rel:.1e}", str(c.fd_entries), f"{c.fd_max_abs:.1e}",
                       "[green]pass[/green]" if c.ok else "[bold red]FAIL[/bold red]")
+    return table
+
+
+def render(checks: list[Check], title: str) -> None:
+    from .report import OutputConsole, fitting, print_whole
+
     console = OutputConsole()
-    print_whole(console, table)
+    print_whole(console, fitting(console, lambda compact: check_table(checks, title, compact)))
     failed = [c.name for c in checks if not c.ok]
     if failed:
         console.print(f"[bold red]{len(failed)} of {len(checks)} parameters FAIL:[/bold red] {', '.join(failed)}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from rich.console import Console
 from rich.panel import Panel
@@ -103,6 +103,17 @@ class OutputConsole(Console):
         super().print(*objects, **kwargs)
 
 
+def fitting(console: Console, build: Callable[[bool], Table]) -> Table:
+    """build(False), or build(True), its compact form (no vertical lines, short headings), when the
+    first is wider than the console (a pipe's 80 columns included)."""
+    from rich.measure import Measurement
+
+    table = build(False)
+    if Measurement.get(console, console.options.update_width(10_000), table).maximum > console.width:
+        table = build(True)
+    return table
+
+
 def print_whole(console: Console, table: Table) -> None:
     """Print a table with every cell in full, whatever the width of the output: rich would cut
     the last columns short to fit a narrow window, or a pipe's default 80 columns, without a
@@ -177,14 +188,10 @@ class Reporter:
         """The test set's confusion matrix (analysis.Confusion) as a rich table."""
         if self.quiet:
             return
-        from rich.measure import Measurement
-
         from .views import confusion_table
 
         title = "confusion matrix (test set): rows true digit, columns predicted"
-        table = confusion_table(conf, title=title)
-        if Measurement.get(self.console, self.console.options.update_width(10_000), table).maximum > self.console.width:
-            table = confusion_table(conf, title=title, compact=True)  # 80 columns: no vertical lines, short headings
+        table = fitting(self.console, lambda compact: confusion_table(conf, title=title, compact=compact))
         self.console.print()
         print_whole(self.console, table)
 
