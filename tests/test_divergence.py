@@ -104,19 +104,19 @@ def test_an_exploding_run_is_diverged_exit_3_keeps_its_checkpoint_and_is_not_res
 
 
 def test_a_dead_network_completes_with_a_warning_in_its_summary_grads_and_compare(tmp_path):
-    """lr=2: every hidden unit of the chapter's network is dead after epoch 1; the run completes."""
+    """lr=3: every hidden unit of the chapter's network is dead after epoch 1 and stays dead (at lr=2
+    126 of 128 are, here: too close to the 98 % line to test on any CPU); the run completes."""
     run_dir = tmp_path / "run"
-    proc = run_cli("optim.lr=2", "data.train_subset=2000", "train.epochs=2", f"hydra.run.dir={run_dir}",
+    proc = run_cli("optim.lr=3", "data.train_subset=2000", "train.epochs=2", f"hydra.run.dir={run_dir}",
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     s = summary(run_dir)
     assert s["status"] == "completed" and s["dead_layers"] == {"1": 1}
-    assert len(s["warnings"]) == 1 and s["warnings"][0].startswith("layer 1: ")
-    assert s["warnings"][0].endswith(" % of units dead from epoch 1")
+    assert s["warnings"] == ["layer 1: 100 % of units dead from epoch 1"]
     rows = [line.split(",") for line in (run_dir / "grads.csv").read_text().splitlines()]
     assert rows[0][-1] == "dead_fraction"
     layer1 = [float(r[-1]) for r in rows[1:] if r[1] == "1"]
-    assert layer1[0] == 1.0 and all(f >= 0.98 for f in layer1)
+    assert layer1 == [1.0, 1.0]
     assert all(r[-1] == "nan" for r in rows[1:] if r[1] == "2")  # the softmax layer has no ReLU units
     assert "warning           layer 1: " in proc.stdout  # the summary panel
     shown = run_cli("compare", str(run_dir), cwd=tmp_path)
@@ -125,7 +125,7 @@ def test_a_dead_network_completes_with_a_warning_in_its_summary_grads_and_compar
 
 def test_in_a_sweep_each_rule_is_reported_and_the_next_job_goes_on(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", "optim.lr=1000,2,0.1", "data.train_subset=2000", "train.epochs=2", "device=cpu",
+    proc = run_cli("-m", "optim.lr=1000,3,0.1", "data.train_subset=2000", "train.epochs=2", "device=cpu",
                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     lines = {line.split("  ")[0]: line for line in proc.stdout.splitlines() if line.startswith("job ")}
