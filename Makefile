@@ -8,12 +8,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup run test test-slow test-all clean-venv
 
+# setuptools announces every editable install of a flat layout ("Editable installation. Please be
+# careful with folders ..."): a notice about editable installs in general, silenced below.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	# setuptools announces every editable install of a flat layout ("Editable installation. Please be
-	# careful with folders ..."): a notice about editable installs in general, silenced here.
 	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
