@@ -17,6 +17,12 @@ One example per row, m examples per batch, H hidden units, 10 classes:
 
     W <- W - lr * dW            (for W1, b1, W2, b2)
 
+Members: every equation also holds with a leading member dimension K, for K same-shape
+networks trained side by side (a sweep's jobs as one batched model): X (K, m, 784), W1
+(K, 784, H), b1 (K, 1, H), ... and `@` becomes a batched product. Sums and means run over the
+rows (dim -2) and the classes (dim -1), transposes are `.mT`, so one set of equations serves a
+single run (2-D, unchanged) and K members (3-D); `stack` / `member` convert between the two.
+
 Code names follow the equations. `backward` is pure: it reads the forward cache and
 returns fresh gradients; `sgd_step`, and `fused_step` (the same step with fewer kernels,
 which training uses), are the only functions that change parameters.
@@ -103,15 +109,16 @@ def relu_grad(a: Tensor) -> Tensor:
 
 
 def softmax(z: Tensor) -> Tensor:
-    e = (z - z.amax(dim=1, keepdim=True)).exp()  # (m,10); shifting by the row max keeps exp finite
-    return e / e.sum(dim=1, keepdim=True)  # (m,10)
+    e = (z - z.amax(dim=-1, keepdim=True)).exp()  # (m,10); shifting by the row max keeps exp finite
+    return e / e.sum(dim=-1, keepdim=True)  # (m,10)
 
 
 def cross_entropy(z: Tensor, Y: Tensor) -> Tensor:
-    """Mean cross-entropy -(1/m) sum(Y * log softmax(z)), through log-softmax so log(0) never occurs."""
-    shifted = z - z.amax(dim=1, keepdim=True)  # (m,10)
-    log_p = shifted - shifted.exp().sum(dim=1, keepdim=True).log()  # (m,10)
-    return -(Y * log_p).sum() / z.shape[0]
+    """Mean cross-entropy -(1/m) sum(Y * log softmax(z)), through log-softmax so log(0) never occurs;
+    with members, one per member: (K,)."""
+    shifted = z - z.amax(dim=-1, keepdim=True)  # (m,10)
+    log_p = shifted - shifted.exp().sum(dim=-1, keepdim=True).log()  # (m,10)
+    return -(Y * log_p).sum(dim=(-2, -1)) / z.shape[-2]
 
 
 def cross_entropy_delta(p: Tensor, Y: Tensor) -> Tensor:
@@ -133,22 +140,38 @@ def forward(params: Params, X: Tensor) -> Cache:
 def backward(params: Params, cache: Cache, Y: Tensor) -> Grads:
     # Dividing the (m,k) deltas by m, rather than the larger (n,k) products, is the same
     # equation with less arithmetic: dW2 = a1^T dz2 / m = a1^T (dz2 / m).
-    m = cache.X.shape[0]
+    m = cache.X.shape[-2]
+    rows = params.b1.dim() > 1  # members: each bias is a (K,1,n) row, and so is its gradient
     dz2 = cross_entropy_delta(cache.p, Y)  # (m,10)
-    dW2 = cache.a1.T @ (dz2 / m)  # (H,m) @ (m,10) -> (H,10)
-    db2 = dz2.mean(dim=0)  # (10,)
-    dz1 = (dz2 @ params.W2.T) * relu_grad(cache.a1)  # (m,10) @ (10,H) -> (m,H)
-    dW1 = cache.X.T @ (dz1 / m)  # (784,m) @ (m,H) -> (784,H)
-    db1 = dz1.mean(dim=0)  # (H,)
+    dW2 = cache.a1.mT @ (dz2 / m)  # (H,m) @ (m,10) -> (H,10)
+    db2 = dz2.mean(dim=-2, keepdim=rows)  # (10,)
+    dz1 = (dz2 @ params.W2.mT) * relu_grad(cache.a1)  # (m,10) @ (10,H) -> (m,H)
+    dW1 = cache.X.mT @ (dz1 / m)  # (784,m) @ (m,H) -> (784,H)
+    db1 = dz1.mean(dim=-2, keepdim=rows)  # (H,)
     return Grads(dW1=dW1, db1=db1, dW2=dW2, db2=db2)
 
 
-def sgd_step(params: Params, grads: Grads, lr: float) -> None:
-    """W <- W - lr * dW, in place so the parameter tensors keep their storage."""
-    params.W1.sub_(grads.dW1, alpha=lr)
-    params.b1.sub_(grads.db1, alpha=lr)
-    params.W2.sub_(grads.dW2, alpha=lr)
-    params.b2.sub_(grads.db2, alpha=lr)
+def sgd_step(params: Params, grads: Grads, lr: float | Tensor) -> None:
+    """W <- W - lr * dW, in place so the parameter tensors keep their storage. With members,
+    `lr` may be a (K,1,1) tensor: each member's own rate."""
+    for W, dW in ((params.W1, grads.dW1), (params.b1, grads.db1), (params.W2, grads.dW2), (params.b2, grads.db2)):
+        if isinstance(lr, Tensor):
+            W.sub_(lr * dW)  # (K,1,1) * (K,r,c)
+        else:
+            W.sub_(dW, alpha=lr)
+
+
+def stack(members: list[Params]) -> Params:
+    """K single runs' parameters as one set with a leading member dimension (copies)."""
+    return Params(W1=torch.stack([p.W1 for p in members]),  # (K,784,H)
+                  b1=torch.stack([p.b1 for p in members]).unsqueeze(-2),  # (K,1,H)
+                  W2=torch.stack([p.W2 for p in members]),  # (K,H,10)
+                  b2=torch.stack([p.b2 for p in members]).unsqueeze(-2))  # (K,1,10)
+
+
+def member(params: Params, k: int) -> Params:
+    """Member k of stacked parameters, as a single run holds them (views)."""
+    return Params(W1=params.W1[k], b1=params.b1[k, 0], W2=params.W2[k], b2=params.b2[k, 0])
 
 
 # --- the same step, fused, for training speed ------------------------------------------

@@ -247,3 +247,60 @@ def test_training_gives_the_same_weights_with_any_thread_count(small_mnist, fuse
         torch.set_num_threads(before)
     for name in weights[1]:
         assert (weights[1][name] - weights[2][name]).abs().max() <= 1e-6, name
+
+
+# --- members: K networks as one, the first step towards vectorised sweeps (issue 22) ------------
+
+
+def test_k_members_train_as_their_single_run_twins_float64(small_mnist):
+    """Three members with their own seeds (initial weights and batch order) and learning rates,
+    trained as one stacked model through the same forward / backward / sgd_step, end where each
+    trained alone ends, to 1e-12; and their losses are the twins' losses."""
+    X_all, Y_all = small_mnist.X_train.double(), small_mnist.Y_train.double()
+    seeds, lrs, m, steps = (0, 1, 2), (0.05, 0.1, 0.3), 64, 20
+
+    def start(seed: int) -> tuple[bp.Params, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        params = bp.init_params(32, 0.01, g, dtype=torch.float64)
+        return params, torch.randperm(X_all.shape[0], generator=g)[: m * steps]
+
+    twins, orders = zip(*(start(s) for s in seeds))
+    twin_losses = []
+    for params, order, lr in zip(twins, orders, lrs):
+        for i in range(steps):
+            rows = order[i * m:(i + 1) * m]
+            cache = bp.forward(params, X_all[rows])
+            twin_losses.append(bp.cross_entropy(cache.z2, Y_all[rows]).item())
+            bp.sgd_step(params, bp.backward(params, cache, Y_all[rows]), lr)
+
+    stacked = bp.stack([start(s)[0] for s in seeds])
+    lr = torch.tensor(lrs, dtype=torch.float64).reshape(-1, 1, 1)  # (K,1,1)
+    losses = []
+    for i in range(steps):
+        rows = torch.stack([order[i * m:(i + 1) * m] for order in orders])  # (K,m): each member its own batch
+        X, Y = X_all[rows], Y_all[rows]  # (K,m,784), (K,m,10)
+        cache = bp.forward(stacked, X)
+        losses.append(bp.cross_entropy(cache.z2, Y))  # (K,)
+        bp.sgd_step(stacked, bp.backward(stacked, cache, Y), lr)
+
+    for k, twin in enumerate(twins):
+        for name, value in bp.member(stacked, k).as_dict().items():
+            assert torch.allclose(value, twin.as_dict()[name], rtol=0, atol=1e-12), (k, name)
+        assert [loss[k].item() for loss in losses] == pytest.approx(twin_losses[k * steps:(k + 1) * steps], abs=1e-12)
+
+
+def test_k_member_gradients_match_autograd_float64():
+    g = torch.Generator().manual_seed(7)
+    K, m, H = 3, 16, 8
+    params = bp.stack([bp.init_params(H, 0.5, g, dtype=torch.float64) for _ in range(K)])
+    params.b1.normal_(generator=g)
+    params.b2.normal_(generator=g)
+    X = torch.randn(K, m, bp.N_INPUTS, generator=g, dtype=torch.float64)
+    Y = bp.one_hot(torch.randint(0, 10, (K * m,), generator=g), dtype=torch.float64).reshape(K, m, 10)
+    grads = bp.backward(params, bp.forward(params, X), Y)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.as_dict().items()}
+    z2 = torch.relu(X @ leaves["W1"] + leaves["b1"]) @ leaves["W2"] + leaves["b2"]
+    F.cross_entropy(z2.reshape(K * m, 10), Y.reshape(K * m, 10).argmax(dim=1), reduction="sum").div(m).backward()
+    for name, ours in (("W1", grads.dW1), ("b1", grads.db1), ("W2", grads.dW2), ("b2", grads.db2)):
+        assert ours.shape == leaves[name].shape
+        assert torch.allclose(ours, leaves[name].grad, rtol=1e-10, atol=1e-13), name
