@@ -176,3 +176,9 @@ def test_a_single_runs_output_fits_80_columns(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "confusion matrix (test set)" in proc.stdout and "recall" in proc.stdout
     assert widest(proc.stdout) <= 80, proc.stdout
+
+
+def test_help_and_hydra_help_fit_80_columns(tmp_path):
+    for flag in ("--help", "--hydra-help"):
+        proc = run_cli(flag, cwd=tmp_path, env={"COLUMNS": "80"})
+        assert proc.returncode == 0 and widest(proc.stdout) <= 80, (flag, proc.stdout)
