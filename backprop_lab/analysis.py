@@ -100,17 +100,17 @@ def predict_probs(arch: Arch, params: Params, X: Tensor) -> Tensor:
 # --- the files -------------------------------------------------------------------------------
 
 
-def write_reports(run_dir: Path, arch: Arch, params: Params, data: MNIST) -> Confusion:
-    """All four files of a completed run; returns the confusion for the caller to report."""
+def write_reports(run_dir: Path, arch: Arch, params: Params, data: MNIST,
+                  rows: Sequence[dict[str, float]]) -> Confusion:
+    """All four files of a completed run (`rows`: its metrics.csv, for the curves); returns the
+    confusion for the caller to report."""
     probs = predict_probs(arch, params, data.X_test)  # (10000, 10): one forward pass
     y_true = data.y_test.cpu()
     conf = confusion(y_true, probs.argmax(dim=1))
     write_confusion_csv(run_dir / CONFUSION_CSV, conf)
     plot_confusion(run_dir / CONFUSION_PNG, conf)
     plot_errors(run_dir / ERRORS_PNG, data.X_test.cpu(), y_true, probs)
-    from .rundir import read_metrics
-
-    plot_curves(run_dir / CURVES_PNG, read_metrics(run_dir), arch.loss)
+    plot_curves(run_dir / CURVES_PNG, rows, arch.loss)
     return conf
 
 

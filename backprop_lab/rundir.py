@@ -325,11 +325,6 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    with open(run_dir / METRICS, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def _epoch_at_least(line: str, epoch: int) -> bool:
     """A metrics.csv or grads.csv line (both start with the epoch) of `epoch` or later."""
     try:

@@ -425,10 +425,12 @@ def write_plots(active: ActiveRun, stop: StopRequest, exit_code: int) -> int:
         if stop.requested():
             raise KeyboardInterrupt
         from .analysis import write_reports
+        from .runs import load_metrics
         from .train import arch_of
 
         with quiet_unraisable_interrupts():
-            confusion = write_reports(active.run_dir, arch_of(active.cfg), active.state.params, active.data)
+            rows, _ = load_metrics(active.run_dir)  # the one reader of metrics.csv; a cut last row is left out
+            confusion = write_reports(active.run_dir, arch_of(active.cfg), active.state.params, active.data, rows)
         active.reporter.confusion(confusion)
     except BrokenPipeError:
         summary["signal"] = "SIGPIPE"
