@@ -120,8 +120,11 @@ def print_whole(console: Console, table: Table) -> None:
     word. A terminal narrower than the table wraps its lines instead."""
     from rich.measure import Measurement
 
-    width = console.width
-    console.width = max(width, Measurement.get(console, console.options.update_width(10_000), table).maximum)
+    width, title = console.width, table.title
+    table.title = None  # measured without it: a long title wraps to the columns' width, it never widens them
+    needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    table.title = title
+    console.width = max(width, needed)
     try:
         console.print(table, highlight=False)
     finally:

@@ -652,7 +652,9 @@ class SweepReport(Callback):
         runs = compare.sort_runs(runs, "test_acc")
         keys = compare.differing_keys(runs)
         console.print()
-        compare.print_table(console, runs, keys, title=f"sweep {sweep_dir}: {plural(len(runs), 'job')}, best test acc first",
+        # not the soft-wrapping console of the result lines: the table's title wraps to the width
+        compare.print_table(self.console or Console(highlight=False), runs, keys,
+                            title=f"sweep {sweep_dir}: {plural(len(runs), 'job')}, best test acc first",
                             hint=f"show them with: backprop-lab compare {sweep_dir} --keys KEY,KEY")
         compare.write_csv(str(sweep_dir / SUMMARY_CSV), runs, keys)
         compare.write_json(str(sweep_dir / SUMMARY_JSON), runs, keys)

@@ -161,7 +161,7 @@ def test_an_interrupted_sweeps_table_lists_the_jobs_that_never_started(tmp_path)
                    "hydra.callbacks.sweep_report.fail_fast=true", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 1
     table = proc.stdout[proc.stdout.index(f"sweep {sweep}"):]
-    assert "3 jobs" in table.splitlines()[0]
+    assert "3 jobs, best test acc first" in " ".join(table.split()[:12])  # the title may wrap
     rows = {line.split()[0]: line for line in table.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"])}
     assert sorted(rows) == ["0", "1", "2"]
     assert rows["1"].rstrip().endswith("not started") and rows["2"].rstrip().endswith("not started")
@@ -182,3 +182,20 @@ def test_help_and_hydra_help_fit_80_columns(tmp_path):
     for flag in ("--help", "--hydra-help"):
         proc = run_cli(flag, cwd=tmp_path, env={"COLUMNS": "80"})
         assert proc.returncode == 0 and widest(proc.stdout) <= 80, (flag, proc.stdout)
+
+
+def test_parallel_jobs_print_whole_result_lines_only(tmp_path):
+    """joblib runs two jobs at once, each in a process of its own: no progress bars, no tables
+    from the jobs, only whole result lines, then the table (all within 80 columns)."""
+    import re
+
+    proc = run_cli("-m", "optim.lr=0.05,0.1,0.2,0.4", "data.train_subset=300", "train.epochs=1",
+                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={tmp_path / 's'}",
+                   cwd=tmp_path, env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    head = proc.stdout[: proc.stdout.index("sweep ")]
+    lines = [line for line in head.splitlines() if line.strip()]
+    assert len(lines) == 4 and all(re.fullmatch(r"job \d  optim\.lr=[\d.]+  ->  test acc [\d.]+%, completed, [\d.]+ s",
+                                                line) for line in lines), head
+    assert sorted(line.split()[1] for line in lines) == ["0", "1", "2", "3"]
+    assert widest(proc.stdout) <= 80
