@@ -49,7 +49,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import EXIT_BAD_INPUT, EXIT_NO_RUNS, RunError, SubcommandParser, error_line, warning_line
-from .report import STATUS_COLOURS, OutputConsole, Reporter, plural, print_whole
+from .report import STATUS_COLOURS, OutputConsole, Reporter, natural_width, plural, print_whole
 from .rundir import CURVES_PNG, GRADS, LOG, METRICS, SUMMARY, effective_status
 from .runs import (COLUMN_GETTERS, Run, _log_error, by_layer, collect, fewer_epochs, find_run_dirs, is_run_dir,
                    load_confusion, load_layers, load_metrics, load_summary, or_newest)
@@ -246,13 +246,10 @@ def print_table(console: Console, runs: Sequence[Run], keys: Sequence[str], titl
     The |dW1| column is there when at least one listed run has grads.csv. The table fits the
     console's width (80 columns on a pipe, as rich counts them): first OPTIONAL_COLUMNS go, then
     differing keys from the last (unless `chosen`), and a line says which were left out."""
-    from rich.measure import Measurement
-
     keys, dropped, left_out = list(keys), [], []
     while True:
         table = comparison_table(runs, keys, None, dropped)  # the title wraps, the columns must fit
-        width = Measurement.get(console, console.options.update_width(10_000), table).maximum
-        if width <= console.width:
+        if natural_width(console, table) <= console.width:
             table.title = title
             break
         if len(dropped) < len(OPTIONAL_COLUMNS):

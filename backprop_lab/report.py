@@ -103,13 +103,18 @@ class OutputConsole(Console):
         super().print(*objects, **kwargs)
 
 
+def natural_width(console: Console, table: Table) -> int:
+    """The columns a table takes with every cell whole, whatever the console's width."""
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update_width(10_000), table).maximum
+
+
 def fitting(console: Console, build: Callable[[bool], Table]) -> Table:
     """build(False), or build(True), its compact form (no vertical lines, short headings), when the
     first is wider than the console (a pipe's 80 columns included)."""
-    from rich.measure import Measurement
-
     table = build(False)
-    if Measurement.get(console, console.options.update_width(10_000), table).maximum > console.width:
+    if natural_width(console, table) > console.width:
         table = build(True)
     return table
 
@@ -118,11 +123,9 @@ def print_whole(console: Console, table: Table) -> None:
     """Print a table with every cell in full, whatever the width of the output: rich would cut
     the last columns short to fit a narrow window, or a pipe's default 80 columns, without a
     word. A terminal narrower than the table wraps its lines instead."""
-    from rich.measure import Measurement
-
     width, title = console.width, table.title
     table.title = None  # measured without it: a long title wraps to the columns' width, it never widens them
-    needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    needed = natural_width(console, table)
     table.title = title
     console.width = max(width, needed)
     try:

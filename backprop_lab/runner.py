@@ -280,7 +280,8 @@ def start(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool, resume:
             discard_if_empty(run_dir)
         return refuse(str(e), EXIT_BAD_INPUT, in_sweep)
 
-    active = ActiveRun(cfg, run_dir, in_sweep, resume, data, None, writer, {}, 1, 0.0, wall_start)
+    active = ActiveRun(cfg=cfg, run_dir=run_dir, in_sweep=in_sweep, resume=resume, data=data, state=None,
+                       writer=writer, summary={}, start_epoch=1, wall_before=0.0, wall_start=wall_start)
     try:
         active.state = make_state(cfg, device)
     except (RuntimeError, MemoryError) as e:

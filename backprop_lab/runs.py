@@ -53,8 +53,6 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
         raise RunError(f"cannot read {SUMMARY}: {getattr(e, 'strerror', None) or e}") from None
     except ValueError as e:  # not a run's record, or a newer schema
         raise RunError(str(e)) from None
-    if not isinstance(summary, dict):
-        raise RunError(f"{SUMMARY} holds a {type(summary).__name__}, not a run's summary")
     missing, wrong = [], []
     for path, types in SHOW_FIELDS:
         try:

@@ -232,11 +232,10 @@ def uses_fused_step(cfg: Config) -> bool:
     return cfg.train.fused and arch_of(cfg).is_chapter and o.momentum == 0 and o.weight_decay == 0
 
 
-def check_divergence(cfg: Config, state: State, Z: torch.Tensor, Y: torch.Tensor,
+def check_divergence(arch: network.Arch, ratio: float | None, state: State, Z: torch.Tensor, Y: torch.Tensor,
                      checked: int, seen: int, epoch: int, batch: int) -> None:
     """Raise Diverged if rows [checked, seen) of this epoch's logits Z hold a NaN or inf, or if
-    their mean loss passes train.max_loss_ratio x the starting loss. One read from the device."""
-    arch = arch_of(cfg)
+    their mean loss passes `ratio` (train.max_loss_ratio) x the starting loss. One read from the device."""
     rows = slice(checked, seen)
     finite = torch.isfinite(Z[rows]).all(dim=1)  # (rows,)
     measures = [finite.all().to(Z.dtype), network.loss_of(arch, Z[rows], Y[rows])]
@@ -248,7 +247,6 @@ def check_divergence(cfg: Config, state: State, Z: torch.Tensor, Y: torch.Tensor
         raise Diverged(epoch, first_bad_row // batch + 1)
     if start:
         state.start_loss = start[0]
-    ratio = cfg.train.max_loss_ratio
     if ratio is not None and loss > ratio * state.start_loss:
         raise Diverged(epoch, math.ceil(seen / batch), "loss_ratio", loss, ratio * state.start_loss)
 
@@ -318,7 +316,7 @@ def train(
                 Z_rows.copy_(cache.z)
             seen = min(n, (i + 1) * batch)
             if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 or i + 1 == steps:  # finds the first bad row all the same
-                check_divergence(cfg, state, Z, Y_epoch, checked, seen, epoch, batch)
+                check_divergence(arch, cfg.train.max_loss_ratio, state, Z, Y_epoch, checked, seen, epoch, batch)
                 checked = seen
             if on_batch is not None and ((i + 1) % progress_every == 0 or i + 1 == steps):
                 new = slice(reported, seen)
