@@ -189,11 +189,14 @@ class FusedViews:
 
 
 def fused_views(params: Params, m: int) -> FusedViews:
+    if params.W1.dim() == 3:  # members: the biases are rows already, one row of ones per member
+        return FusedViews(W2T=params.W2.mT, b1=params.b1, b2=params.b2,
+                          ones=params.W1.new_ones(1, 1, m).expand(params.W1.shape[0], 1, m))
     return FusedViews(W2T=params.W2.T, b1=params.b1.unsqueeze(0), b2=params.b2.unsqueeze(0),
                       ones=params.W1.new_ones(1, m))
 
 
-def fused_step(params: Params, X: Tensor, Y: Tensor, lr: float, z2_out: Tensor | None = None,
+def fused_step(params: Params, X: Tensor, Y: Tensor, lr: float | Tensor, z2_out: Tensor | None = None,
                views: FusedViews | None = None) -> Tensor:
     """forward + backward + sgd_step as one sequence of fewer kernels; returns z2.
 
@@ -206,19 +209,30 @@ def fused_step(params: Params, X: Tensor, Y: Tensor, lr: float, z2_out: Tensor |
     of the two (benchmarked). `views` (from fused_views, made here if not given for this m)
     saves making the same transposes every batch. The tests hold this function to
     forward/backward/sgd_step at float tolerance.
+
+    With members (3-D tensors, see the module's docstring) the products are batched (bmm) and
+    `lr` is a (K,1,1) tensor: each member's lr/m scales its deltas before the accumulation,
+    since a product's alpha can only be one number.
     """
-    m = X.shape[0]
-    step = lr / m
-    v = views if views is not None and views.ones.shape[1] == m else fused_views(params, m)
-    z1 = torch.mm(X, params.W1).add_(params.b1)  # X W1 + b1: (m,784) @ (784,H) -> (m,H)
+    m = X.shape[-2]
+    members = X.dim() == 3
+    mm, addmm_ = (torch.bmm, Tensor.baddbmm_) if members else (torch.mm, Tensor.addmm_)
+    v = views if views is not None and views.ones.shape[-1] == m else fused_views(params, m)
+    z1 = mm(X, params.W1).add_(v.b1)  # X W1 + b1: (m,784) @ (784,H) -> (m,H)
     a1 = z1.clamp_min_(0)  # relu(z1), in place: z1 itself is not needed again
-    z2 = torch.mm(a1, params.W2, out=z2_out).add_(params.b2)  # a1 W2 + b2: (m,H) @ (H,10) -> (m,10)
-    dz2 = torch.softmax(z2, dim=1).sub_(Y)  # p - Y: (m,10)
-    dz1 = torch.mm(dz2, v.W2T).mul_(a1.sign())  # (m,10) @ (10,H) -> (m,H), * 1[a1 > 0], before W2 moves
-    params.W2.addmm_(a1.T, dz2, alpha=-step)  # W2 -= lr * a1^T dz2 / m: (H,m) @ (m,10)
-    v.b2.addmm_(v.ones, dz2, alpha=-step)  # b2 -= lr * mean(dz2): (1,m) @ (m,10)
-    params.W1.addmm_(X.T, dz1, alpha=-step)  # W1 -= lr * X^T dz1 / m: (784,m) @ (m,H)
-    v.b1.addmm_(v.ones, dz1, alpha=-step)  # b1 -= lr * mean(dz1): (1,m) @ (m,H)
+    z2 = mm(a1, params.W2, out=z2_out).add_(v.b2)  # a1 W2 + b2: (m,H) @ (H,10) -> (m,10)
+    dz2 = torch.softmax(z2, dim=-1).sub_(Y)  # p - Y: (m,10)
+    dz1 = mm(dz2, v.W2T).mul_(a1.sign())  # (m,10) @ (10,H) -> (m,H), * 1[a1 > 0], before W2 moves
+    if members:
+        step = lr / m  # (K,1,1)
+        dz2.mul_(step), dz1.mul_(step)
+        alpha = -1.0
+    else:
+        alpha = -lr / m
+    addmm_(params.W2, a1.mT, dz2, alpha=alpha)  # W2 -= lr * a1^T dz2 / m: (H,m) @ (m,10)
+    addmm_(v.b2, v.ones, dz2, alpha=alpha)  # b2 -= lr * mean(dz2): (1,m) @ (m,10)
+    addmm_(params.W1, X.mT, dz1, alpha=alpha)  # W1 -= lr * X^T dz1 / m: (784,m) @ (m,H)
+    addmm_(v.b1, v.ones, dz1, alpha=alpha)  # b1 -= lr * mean(dz1): (1,m) @ (m,H)
     return z2
 
 
@@ -229,15 +243,17 @@ def one_hot(y: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
 
 
 def evaluate(params: Params, X: Tensor, Y: Tensor, chunk: int = 1_000) -> tuple[Tensor, Tensor]:
-    """Summed cross-entropy and number of correct predictions over a whole set.
+    """Summed cross-entropy and number of correct predictions over a whole set; with members,
+    one of each per member, (K,), from the same X and Y.
 
-    Returned as 0-d tensors on the data's device, so a caller on a GPU reads them once.
+    Returned as tensors on the data's device, so a caller on a GPU reads them once.
     """
-    loss_sum = torch.zeros((), dtype=X.dtype, device=X.device)
-    correct = torch.zeros((), dtype=torch.int64, device=X.device)
+    lead = params.W1.shape[:-2]  # () for a single run, (K,) for members
+    loss_sum = torch.zeros(lead, dtype=X.dtype, device=X.device)
+    correct = torch.zeros(lead, dtype=torch.int64, device=X.device)
     for start in range(0, X.shape[0], chunk):
         Xc, Yc = X[start : start + chunk], Y[start : start + chunk]
         z2 = relu(Xc @ params.W1 + params.b1) @ params.W2 + params.b2  # (c,10)
         loss_sum += cross_entropy(z2, Yc) * Xc.shape[0]
-        correct += (z2.argmax(dim=1) == Yc.argmax(dim=1)).sum()
+        correct += (z2.argmax(dim=-1) == Yc.argmax(dim=-1)).sum(dim=-1)
     return loss_sum, correct

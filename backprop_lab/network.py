@@ -115,8 +115,9 @@ ACTIVATIONS: dict[str, tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tens
 
 
 def mse(z: Tensor, Y: Tensor) -> Tensor:
-    """(1/2m) sum ||sigmoid(z) - Y||^2: the quadratic cost of a sigmoid output layer."""
-    return ((torch.sigmoid(z) - Y) ** 2).sum() / (2 * z.shape[0])
+    """(1/2m) sum ||sigmoid(z) - Y||^2: the quadratic cost of a sigmoid output layer (with a
+    leading member dimension, one per member, as backprop.cross_entropy)."""
+    return ((torch.sigmoid(z) - Y) ** 2).sum(dim=(-2, -1)) / (2 * z.shape[-2])
 
 
 def mse_delta(out: Tensor, Y: Tensor) -> Tensor:
@@ -131,7 +132,7 @@ HEADS: dict[tuple[str, str], tuple[Callable, Callable, Callable]] = {
 
 
 def loss_of(arch: Arch, z: Tensor, Y: Tensor) -> Tensor:
-    """The mean loss of logits z (m, 10) against one-hot Y."""
+    """The mean loss of logits z (m, 10) against one-hot Y; (K,) for members' (K, m, 10)."""
     return HEADS[arch.output, arch.loss][1](z, Y)
 
 

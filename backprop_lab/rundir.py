@@ -212,7 +212,7 @@ class RunWriter:
         return columns if header.endswith("\n") and columns in (GRADS_COLUMNS, GRADS_COLUMNS_BEFORE_DEAD) else None
 
     def save_weights(self, params: dict[str, Tensor]) -> None:
-        cpu = {name: t.detach().to("cpu") for name, t in params.items()}
+        cpu = {name: t.detach().to("cpu", copy=True) for name, t in params.items()}  # a member's are views
         atomic_write(self.run_dir / WEIGHTS, lambda f: torch_save(cpu, f), mode="wb")
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:

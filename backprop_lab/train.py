@@ -203,7 +203,8 @@ class State:
     start_loss: float | None = None  # the first batch's loss before any update: loss_ratio's base
 
     def state_dict(self) -> dict[str, Any]:
-        cpu = lambda d: {k: v.detach().to("cpu") for k, v in d.items()}  # noqa: E731
+        # a copy, not a view: a member of a vectorised group holds views of the group's tensors
+        cpu = lambda d: {k: v.detach().to("cpu", copy=True) for k, v in d.items()}  # noqa: E731
         return {"params": cpu(self.params), "velocity": cpu(self.velocity), "start_loss": self.start_loss,
                 "generator": self.shuffle.get_state(), "dropout_generator": self.dropout.get_state()}
 
@@ -232,23 +233,41 @@ def uses_fused_step(cfg: Config) -> bool:
     return cfg.train.fused and arch_of(cfg).is_chapter and o.momentum == 0 and o.weight_decay == 0
 
 
+def find_divergence(arch: network.Arch, ratio: float | None, starts: list[float | None], Z: torch.Tensor,
+                    Y: torch.Tensor, checked: int, seen: int, epoch: int, batch: int) -> list[Diverged | None]:
+    """The divergence rules for K members at once: rows [checked, seen) of each member's logits
+    Z (K, n, 10), targets Y (K, n, 10). Per member, Diverged if a row holds a NaN or inf or if
+    their mean loss passes `ratio` (train.max_loss_ratio) x its starting loss, else None. A
+    member's first check sets its entry of `starts` from its first batch. One read from the device."""
+    rows = slice(checked, seen)
+    finite = torch.isfinite(Z[:, rows]).all(dim=-1)  # (K,rows)
+    measures = [finite.all(dim=-1).to(Z.dtype), network.loss_of(arch, Z[:, rows], Y[:, rows])]  # (K,) each
+    first = slice(0, min(batch, seen))  # a run's first batch, trained from the initial weights
+    if None in starts:
+        measures.append(network.loss_of(arch, Z[:, first], Y[:, first]))
+    all_finite, loss, *start = torch.stack(measures).tolist()
+    found: list[Diverged | None] = []
+    for k, ok in enumerate(all_finite):
+        if not ok:
+            first_bad_row = checked + int(finite[k].logical_not().nonzero()[0])
+            found.append(Diverged(epoch, first_bad_row // batch + 1))
+            continue
+        if starts[k] is None:
+            starts[k] = start[0][k]
+        limit = None if ratio is None else ratio * starts[k]
+        fired = limit is not None and loss[k] > limit
+        found.append(Diverged(epoch, math.ceil(seen / batch), "loss_ratio", loss[k], limit) if fired else None)
+    return found
+
+
 def check_divergence(arch: network.Arch, ratio: float | None, state: State, Z: torch.Tensor, Y: torch.Tensor,
                      checked: int, seen: int, epoch: int, batch: int) -> None:
-    """Raise Diverged if rows [checked, seen) of this epoch's logits Z hold a NaN or inf, or if
-    their mean loss passes `ratio` (train.max_loss_ratio) x the starting loss. One read from the device."""
-    rows = slice(checked, seen)
-    finite = torch.isfinite(Z[rows]).all(dim=1)  # (rows,)
-    measures = [finite.all().to(Z.dtype), network.loss_of(arch, Z[rows], Y[rows])]
-    if state.start_loss is None:  # the first check of a run: its first batch, trained from the initial weights
-        measures.append(network.loss_of(arch, Z[:min(batch, seen)], Y[:min(batch, seen)]))
-    all_finite, loss, *start = torch.stack(measures).tolist()
-    if not all_finite:
-        first_bad_row = checked + int(finite.logical_not().nonzero()[0])
-        raise Diverged(epoch, first_bad_row // batch + 1)
-    if start:
-        state.start_loss = start[0]
-    if ratio is not None and loss > ratio * state.start_loss:
-        raise Diverged(epoch, math.ceil(seen / batch), "loss_ratio", loss, ratio * state.start_loss)
+    """find_divergence for one run (Z: its (n, 10) logits): raise its Diverged."""
+    starts = [state.start_loss]
+    found = find_divergence(arch, ratio, starts, Z.unsqueeze(0), Y.unsqueeze(0), checked, seen, epoch, batch)[0]
+    state.start_loss = starts[0]
+    if found is not None:
+        raise found
 
 
 def note_dead_layers(summary: dict[str, Any], epoch: int, layers: Sequence[dict[str, float]]) -> None:

@@ -304,3 +304,43 @@ def test_k_member_gradients_match_autograd_float64():
     for name, ours in (("W1", grads.dW1), ("b1", grads.db1), ("W2", grads.dW2), ("b2", grads.db2)):
         assert ours.shape == leaves[name].shape
         assert torch.allclose(ours, leaves[name].grad, rtol=1e-10, atol=1e-13), name
+
+
+def test_fused_step_with_members_equals_each_member_alone_float64():
+    """The fused step with a leading member dimension (batched products, a per-member lr) moves
+    each member as the 2-D fused step moves it alone, and that is the plain equations' step."""
+    g = torch.Generator().manual_seed(11)
+    K, m, H, lrs = 3, 32, 16, (0.05, 0.3, 1.0)
+    singles = [bp.init_params(H, 0.3, g, dtype=torch.float64) for _ in range(K)]
+    for p in singles:
+        p.b1.normal_(generator=g), p.b2.normal_(generator=g)
+    stacked = bp.stack(singles)
+    plain = [bp.Params(**{k: v.clone() for k, v in p.as_dict().items()}) for p in singles]
+    lr = torch.tensor(lrs, dtype=torch.float64).reshape(K, 1, 1)
+    for _ in range(4):
+        X = torch.randn(K, m, bp.N_INPUTS, generator=g, dtype=torch.float64)
+        Y = bp.one_hot(torch.randint(0, 10, (K * m,), generator=g), dtype=torch.float64).reshape(K, m, 10)
+        z2 = bp.fused_step(stacked, X, Y, lr)
+        for k in range(K):
+            alone = bp.fused_step(singles[k], X[k], Y[k], lrs[k])
+            cache = bp.forward(plain[k], X[k])
+            bp.sgd_step(plain[k], bp.backward(plain[k], cache, Y[k]), lrs[k])
+            assert torch.allclose(z2[k], alone, rtol=0, atol=1e-12)
+            assert torch.allclose(z2[k], cache.z2, rtol=0, atol=1e-12)
+    for k in range(K):
+        for name, value in bp.member(stacked, k).as_dict().items():
+            assert torch.allclose(value, singles[k].as_dict()[name], rtol=0, atol=1e-12), (k, name)
+            assert torch.allclose(value, plain[k].as_dict()[name], rtol=0, atol=1e-12), (k, name)
+
+
+def test_evaluate_with_members_gives_each_members_own_scores():
+    g = torch.Generator().manual_seed(3)
+    singles = [bp.init_params(8, 0.5, g, dtype=torch.float64) for _ in range(3)]
+    X = torch.randn(50, bp.N_INPUTS, generator=g, dtype=torch.float64)
+    Y = bp.one_hot(torch.randint(0, 10, (50,), generator=g), dtype=torch.float64)
+    loss, correct = bp.evaluate(bp.stack(singles), X, Y, chunk=20)
+    assert loss.shape == correct.shape == (3,)
+    for k, p in enumerate(singles):
+        z2 = torch.relu(X @ p.W1 + p.b1) @ p.W2 + p.b2
+        assert loss[k].item() == pytest.approx(F.cross_entropy(z2, Y.argmax(dim=1), reduction="sum").item(), abs=1e-9)
+        assert correct[k].item() == (z2.argmax(dim=1) == Y.argmax(dim=1)).sum().item()

@@ -1,0 +1,215 @@
+"""K same-shape runs trained as one model: a group of a vectorised sweep (hydra/launcher=vectorized).
+
+Each member is the twin of its single run: it keeps its own `train.State` (initial weights drawn
+from its seed, its own shuffle generator, so the same batch order; its starting loss) and its own
+learning rate. The group's parameters are the members' stacked along a leading dimension (the
+member form of backprop's equations), and each State's parameters are views of its member, so a
+member's checkpoint is the one its single run would write and `resume MEMBER_DIR` goes on alone.
+
+What joins a group (`can_join`): the chapter's network (one ReLU hidden layer, softmax and
+cross-entropy) with plain SGD. Members of one group share everything but what `VARIED` lists:
+`group_key` is the rest of the config. Every batch, each member gathers its own rows (K, m, 784);
+the step is backprop.fused_step (or forward / backward / sgd_step with train.fused=false) on all
+members at once. Divergence is train.find_divergence, per member at the batches a single run
+checks; a member that diverges leaves the group, reported once as its Diverged, and the others
+go on. A member's `seconds` is its share of the group's epoch (wall time / members training),
+so a group's members add up to its wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from . import backprop as bp
+from . import network
+from .config import Config
+from .data import MNIST
+from .train import (DIVERGENCE_CHECK_EVERY, PROBE, Diverged, EpochMetrics, OnBatch, State, Stopped, arch_of,
+                    find_divergence, planned_epochs, sgd_of)
+
+# What members of one group may differ in; the rest of the config must be equal.
+VARIED = ("optim.lr", "model.init", "model.init_scale", "seed")
+
+
+def can_join(cfg: Config) -> str | None:
+    """None if a run of `cfg` can be a member of a group, else why not (for the launcher's plan)."""
+    arch = arch_of(cfg)
+    if not arch.is_chapter:
+        return f"{arch.describe()} is not the chapter's network"
+    if cfg.optim.momentum or cfg.optim.weight_decay:
+        return "momentum and weight decay are not vectorised yet"
+    return None
+
+
+def group_key(cfg: Config) -> str:
+    """Equal for configs whose runs can train as one group: all of the config but VARIED."""
+    flat = dict(cfg.to_dict())
+    flat = {section: dict(values) if isinstance(values, dict) else values for section, values in flat.items()}
+    for key in VARIED:
+        section, _, name = key.partition(".")
+        if name:
+            flat[section].pop(name, None)
+        else:
+            flat.pop(section, None)
+    return json.dumps(flat, sort_keys=True, default=str)
+
+
+def member_bytes(cfg: Config, n_train: int) -> int:
+    """Memory one member adds to a group, roughly: its parameters three times (its own, the
+    stacked copy, a checkpoint's), its epoch's logits, order and targets, and the activations of
+    a batch and of a test or probe chunk."""
+    sizes = arch_of(cfg).sizes
+    weights = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
+    rows = max(cfg.data.batch_size, PROBE)
+    per_epoch = n_train * (2 * sizes[-1] + 2)  # logits, targets, order (int64)
+    return 4 * (3 * weights + per_epoch + cfg.data.batch_size * sizes[0] + 4 * rows * sum(sizes[1:]))
+
+
+class Group:
+    """Members (their configs and States) trained as one model; `epochs` yields, per epoch, each
+    member's EpochMetrics or Diverged, by its index in `cfgs`."""
+
+    def __init__(self, cfgs: Sequence[Config], data: MNIST, states: Sequence[State]):
+        self.cfgs, self.data, self.states = list(cfgs), data, list(states)
+        self.live = list(range(len(self.cfgs)))  # members still training, in the stacked order
+        self.params = bp.stack([bp.Params(**{k: s.params[k] for k in ("W1", "b1", "W2", "b2")})
+                                for s in self.states])  # (K,784,H), (K,1,H), (K,H,10), (K,1,10)
+        self.lr = torch.tensor([c.optim.lr for c in self.cfgs], dtype=self.params.W1.dtype,
+                               device=self.params.W1.device).reshape(-1, 1, 1)  # (K,1,1)
+        self.order = self.Y_epoch = self.Z = None  # this epoch's, per member: (K,n), (K,n,10), (K,n,10)
+        self._bind()
+
+    def _bind(self) -> None:
+        """Each live member's State holds views of its slice of the stacked parameters."""
+        for pos, k in enumerate(self.live):
+            self.states[k].params.update(bp.member(self.params, pos).as_dict())
+        self.views = None  # fused_step's, for the full batches of these parameters
+
+    def _remove(self, gone: set[int]) -> None:
+        """Members leave the group (diverged): the others' parameters and epoch tensors are kept."""
+        keep = [pos for pos, k in enumerate(self.live) if k not in gone]
+        index = torch.tensor(keep, device=self.lr.device)
+        self.params = bp.Params(**{name: t.index_select(0, index) for name, t in self.params.as_dict().items()})
+        self.lr = self.lr.index_select(0, index)
+        self.order, self.Y_epoch, self.Z = (t.index_select(0, index) for t in (self.order, self.Y_epoch, self.Z))
+        self.live = [self.live[pos] for pos in keep]
+        self._bind()
+
+    def step(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+        """One SGD step of every member on its own batch X (K,m,784), Y (K,m,10); the logits (K,m,10)."""
+        if self.cfgs[0].train.fused:
+            if self.views is None:
+                self.views = bp.fused_views(self.params, X.shape[-2])
+            return bp.fused_step(self.params, X, Y, self.lr, views=self.views)
+        cache = bp.forward(self.params, X)
+        bp.sgd_step(self.params, bp.backward(self.params, cache, Y), self.lr)
+        return cache.z2
+
+    def epochs(self, on_batch: OnBatch | None = None, progress_every: int = 50, start_epoch: int = 1,
+               should_stop: Callable[[], bool] | None = None) -> Iterator[dict[int, EpochMetrics | Diverged]]:
+        """Train every member from start_epoch to the planned end (as train.train trains one run);
+        `should_stop` is asked after every batch and stops all members (Stopped)."""
+        cfg, data = self.cfgs[0], self.data
+        n, batch = data.X_train.shape[0], cfg.data.batch_size
+        n_batches = math.ceil(n / batch)
+        total_steps = cfg.train.steps or cfg.train.epochs * n_batches
+        for epoch in range(start_epoch, planned_epochs(cfg, n) + 1):
+            if not self.live:
+                return
+            start = time.perf_counter()
+            device = data.X_train.device
+            self.order = torch.stack([torch.randperm(n, generator=self.states[k].shuffle)
+                                      for k in self.live]).to(device)  # (K,n): each member's own shuffle
+            self.Y_epoch = data.Y_train[self.order]  # (K,n,10)
+            self.Z = torch.empty_like(self.Y_epoch)  # (K,n,10) each batch's logits as trained
+            steps = min(n_batches, total_steps - (epoch - 1) * n_batches)
+            found = self._train_batches(epoch, steps, on_batch, progress_every, should_stop)
+            found.update(self._metrics(epoch, steps, start))
+            yield found
+
+    def _train_batches(self, epoch: int, steps: int, on_batch: OnBatch | None, progress_every: int,
+                       should_stop: Callable[[], bool] | None) -> dict[int, Diverged]:
+        cfg, X_all = self.cfgs[0], self.data.X_train
+        n, batch = X_all.shape[0], cfg.data.batch_size
+        arch = arch_of(cfg)
+        checked, reported, reported_loss, diverged = 0, 0, 0.0, {}
+        for i in range(steps):
+            rows = slice(i * batch, min(n, (i + 1) * batch))
+            X = X_all[self.order[:, rows]]  # (K,m,784): each member's own batch
+            self.Z[:, rows] = self.step(X, self.Y_epoch[:, rows])
+            seen = rows.stop
+            if (i + 1) % DIVERGENCE_CHECK_EVERY == 0 or i + 1 == steps:
+                starts = [self.states[k].start_loss for k in self.live]
+                found = find_divergence(arch, cfg.train.max_loss_ratio, starts, self.Z, self.Y_epoch, checked,
+                                        seen, epoch, batch)
+                for k, start, e in zip(self.live, starts, found):
+                    self.states[k].start_loss = start
+                    if e is not None:
+                        diverged[k] = e
+                if any(e is not None for e in found):
+                    self._remove(set(diverged))
+                checked = seen
+                if not self.live:
+                    return diverged
+            if on_batch is not None and ((i + 1) % progress_every == 0 or i + 1 == steps):
+                new = slice(reported, seen)  # the members' mean running loss
+                reported_loss += network.loss_of(arch, self.Z[:, new], self.Y_epoch[:, new]).mean().item() * (seen - reported)
+                reported = seen
+                on_batch(i + 1, steps, reported_loss / seen)
+            if should_stop is not None and should_stop():
+                raise Stopped(epoch, i + 1)
+        return diverged
+
+    def _metrics(self, epoch: int, steps: int, start: float) -> dict[int, EpochMetrics | Diverged]:
+        """Each live member's record of the epoch, as train.epoch_metrics makes a run's."""
+        if not self.live:
+            return {}
+        cfg, data = self.cfgs[0], self.data
+        arch = arch_of(cfg)
+        trained = min(data.X_train.shape[0], steps * cfg.data.batch_size)
+        batch_seconds = time.perf_counter() - start
+        Z, Y = self.Z[:, :trained], self.Y_epoch[:, :trained]
+        y = data.y_train[self.order[:, :trained]]  # (K,trained) labels
+        train_loss = network.loss_of(arch, Z, Y)  # (K,)
+        train_correct = (Z.argmax(dim=-1) == y).sum(dim=-1)  # (K,)
+        test_loss_sum, test_correct = bp.evaluate(self.params, data.X_test, data.Y_test)  # (K,) each
+        n_test = data.X_test.shape[0]
+        values = torch.stack([train_loss, train_correct.to(train_loss.dtype), test_loss_sum / n_test,
+                              test_correct.to(train_loss.dtype)]).tolist()
+        X_probe, Y_probe = data.X_train[:PROBE], data.Y_train[:PROBE]
+        out: dict[int, EpochMetrics | Diverged] = {}
+        layers = {k: tuple(network.layer_stats(arch, sgd_of(self.cfgs[k]), self.states[k].params, {}, X_probe,
+                                               Y_probe)) for k in self.live}
+        share = (time.perf_counter() - start) / len(self.live)  # each member's part of the epoch's time
+        for pos, k in enumerate(self.live):
+            loss, correct, test_loss, test_right = (v[pos] for v in values)
+            if not math.isfinite(test_loss):  # finite logits but weights gone to inf
+                out[k] = Diverged(epoch, steps)
+                continue
+            out[k] = EpochMetrics(epoch=epoch, train_loss=loss, train_acc=correct / trained, test_loss=test_loss,
+                                  test_acc=test_right / n_test, seconds=share, samples_per_s=trained / share,
+                                  batch_seconds=batch_seconds / len(self.live), layers=layers[k])
+        gone = {k for k, m in out.items() if isinstance(m, Diverged)}
+        if gone:
+            self._remove(gone)
+        return out
+
+
+def describe(cfgs: Sequence[Config]) -> str:
+    """A group as its plan line names it, e.g. '784-128-10 (optim.lr, seed vary)'."""
+    sizes = "-".join(str(s) for s in arch_of(cfgs[0]).sizes)
+    flat = [{key: _get(c, key) for key in VARIED} for c in cfgs]
+    varying = [key for key in VARIED if len({str(f[key]) for f in flat}) > 1]
+    return sizes + (f" ({', '.join(varying)} vary)" if varying else "")
+
+
+def _get(cfg: Config, key: str) -> Any:
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
