@@ -101,13 +101,16 @@ def predict_probs(arch: Arch, params: Params, X: Tensor) -> Tensor:
 
 
 def write_reports(run_dir: Path, arch: Arch, params: Params, data: MNIST,
-                  rows: Sequence[dict[str, float]]) -> Confusion:
-    """All four files of a completed run (`rows`: its metrics.csv, for the curves); returns the
-    confusion for the caller to report."""
+                  rows: Sequence[dict[str, float]], pngs: bool = True) -> Confusion:
+    """All four files of a completed run (`rows`: its metrics.csv, for the curves), or with
+    pngs=False confusion.csv alone (a vectorised sweep's member: `show --plot` draws two of the
+    PNGs from the files later); returns the confusion for the caller to report."""
     probs = predict_probs(arch, params, data.X_test)  # (10000, 10): one forward pass
     y_true = data.y_test.cpu()
     conf = confusion(y_true, probs.argmax(dim=1))
     write_confusion_csv(run_dir / CONFUSION_CSV, conf)
+    if not pngs:
+        return conf
     plot_confusion(run_dir / CONFUSION_PNG, conf)
     plot_errors(run_dir / ERRORS_PNG, data.X_test.cpu(), y_true, probs)
     plot_curves(run_dir / CURVES_PNG, rows, arch.loss)

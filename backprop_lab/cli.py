@@ -26,7 +26,7 @@ from .claim import _claimed, claim_run_dir, discard_if_empty, discard_named
 from .config import CONF_DIR, ConfigError, from_dictconfig
 from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGPIPE, EXIT_SIGTERM, error_line, first_line, refuse, to_devnull
 from .overrides import (SUBCOMMANDS, check_command, check_mode, check_overrides, check_shown_config, config_groups,
-                        note_sweep_preset)
+                        note_sweep_preset, register_launcher)
 from .rundir import RunDirError
 from .runner import StopRequest, run, set_handlers
 
@@ -113,6 +113,7 @@ def dispatch(argv: list[str]) -> None:
         print(f"backprop-lab {__version__} (Hydra {hydra.__version__})")
         return
     try:
+        register_launcher(sweep="-m" in argv or "--multirun" in argv)
         check_command(argv)
         check_mode(argv)
         to_claim = check_overrides(argv)

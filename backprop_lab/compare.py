@@ -50,7 +50,7 @@ from rich.table import Table
 
 from .errors import EXIT_BAD_INPUT, EXIT_NO_RUNS, RunError, SubcommandParser, error_line, warning_line
 from .report import STATUS_COLOURS, OutputConsole, Reporter, natural_width, plural, print_whole
-from .rundir import CURVES_PNG, GRADS, LOG, METRICS, SUMMARY, effective_status
+from .rundir import CONFUSION_PNG, CURVES_PNG, GRADS, LOG, METRICS, SUMMARY, effective_status
 from .runs import (COLUMN_GETTERS, Run, _log_error, by_layer, collect, fewer_epochs, find_run_dirs, is_run_dir,
                    load_confusion, load_layers, load_metrics, load_summary, or_newest)
 
@@ -645,15 +645,19 @@ def show_main(argv: list[str]) -> int:
                     "printed them, then its per-layer gradient statistics.",
     )
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory; latest: the newest run under outputs")
-    parser.add_argument("--plot", action="store_true", help="redraw RUN_DIR/curves.png from metrics.csv")
+    parser.add_argument("--plot", action="store_true",
+                        help="(re)draw RUN_DIR/curves.png and confusion.png from metrics.csv and confusion.csv")
     args = parser.parse_args(argv)
     try:
         args.run_dir = or_newest(args.run_dir)
         summary, rows, warnings = load_for_show(args.run_dir)
-        if args.plot:
-            from .analysis import CURVES_PNG, plot_curves
+        if args.plot:  # the two PNGs the files hold all of: a vectorised sweep's members draw none
+            from .analysis import plot_confusion, plot_curves
 
             plot_curves(args.run_dir / CURVES_PNG, rows, (summary.get("config") or {}).get("loss", "cross_entropy"))
+            drawn = _extra(load_confusion, args.run_dir)
+            if drawn is not None:
+                plot_confusion(args.run_dir / CONFUSION_PNG, drawn)
     except RunError as e:
         error_line(str(e))
         return EXIT_BAD_INPUT
@@ -682,6 +686,8 @@ def show_main(argv: list[str]) -> int:
         reporter.console.print(layer_table(layers))
     if args.plot:
         reporter.console.print(f"learning curves: {args.run_dir / CURVES_PNG}")
+        if (args.run_dir / CONFUSION_PNG).exists():
+            reporter.console.print(f"confusion matrix: {args.run_dir / CONFUSION_PNG}")
     return 0
 
 

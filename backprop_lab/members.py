@@ -96,9 +96,15 @@ class Group:
         index = torch.tensor(keep, device=self.lr.device)
         self.params = bp.Params(**{name: t.index_select(0, index) for name, t in self.params.as_dict().items()})
         self.lr = self.lr.index_select(0, index)
-        self.order, self.Y_epoch, self.Z = (t.index_select(0, index) for t in (self.order, self.Y_epoch, self.Z))
+        self.order, self.Y_epoch, self.Z = (None if t is None else t.index_select(0, index)
+                                            for t in (self.order, self.Y_epoch, self.Z))
         self.live = [self.live[pos] for pos in keep]
         self._bind()
+
+    def drop(self, k: int) -> None:
+        """Member k stops training (e.g. its folder cannot be written); the others go on."""
+        if k in self.live:
+            self._remove({k})
 
     def step(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """One SGD step of every member on its own batch X (K,m,784), Y (K,m,10); the logits (K,m,10)."""

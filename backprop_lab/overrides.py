@@ -91,6 +91,19 @@ def several_values_message(o: Any) -> str:
     return f"{line} gives several values, and one run takes one: to sweep over them, add -m (backprop-lab -m {line})"
 
 
+def register_launcher(sweep: bool) -> None:
+    """hydra/launcher=vectorized, whether or not Hydra's plugin scan finds it: an editable install
+    (make setup) maps the package in a way that the scan (pkgutil over hydra_plugins' folders)
+    does not see. The import registers the launcher's config (cheap); a sweep also registers
+    its class with Hydra's plugins, which a sweep loads anyway."""
+    from hydra_plugins.backprop_lab_vectorized import vectorized_launcher
+
+    if sweep:
+        from hydra.core.plugins import Plugins
+
+        Plugins.instance().register(vectorized_launcher.VectorizedLauncher)
+
+
 def hydra_group_options(group: str) -> tuple[list[str], list[str]]:
     """The options Hydra finds for one of its own groups (hydra/launcher: basic, joblib, ...),
     and its groups. Plugins add theirs when imported, so they are loaded first: a third of a
@@ -120,6 +133,9 @@ PLUGIN_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                        "a fraction from 0 to 1"),
     "hydra.launcher.n_jobs": (lambda v: _whole(v) and v != 0,
                               "a whole number of parallel jobs: 1, 2, ..., or -1 for one per core"),
+    "hydra.launcher.memory_gb": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         and v > 0), "a number of gigabytes > 0, or null"),
+    "hydra.launcher.plots": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 

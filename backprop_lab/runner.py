@@ -186,6 +186,7 @@ class ActiveRun:
     wall_start: float = field(default_factory=time.perf_counter)
     events: Any = None  # tensorboard_events.EventWriter with log.tensorboard=true
     reporter: Any = None
+    pngs: bool = True  # the PNG plots at the end (a vectorised sweep's member: only with hydra.launcher.plots)
 
     def wall_seconds(self) -> float:  # kept current each epoch, so a killed part's time is not lost
         return self.wall_before + time.perf_counter() - self.wall_start
@@ -243,12 +244,14 @@ def run(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool = False, r
 
 
 def start(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool, resume: bool,
-          wall_start: float) -> ActiveRun | None:
-    """Step 1: the device, the checkpoint to resume, the data, the run directory's writer, the
-    model and the summary of a run about to train; None when refused (said in one line)."""
+          wall_start: float, data: Any = None) -> ActiveRun | None:
+    """Step 1: the device, the checkpoint to resume, the data (unless given: a vectorised group's
+    members share it), the run directory's writer, the model and the summary of a run about to
+    train; None when refused (said in one line)."""
     from .mnist_files import prefetch
 
-    prefetch(cfg.data.root)  # the data is read and checked on another core while torch loads
+    if data is None:
+        prefetch(cfg.data.root)  # the data is read and checked on another core while torch loads
     # Imported only now, so `--help`, `--cfg` and bad values answer without loading torch.
     import torch
 
@@ -272,7 +275,9 @@ def start(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool, resume:
             check_usable(run_dir)
         if cfg.log.tensorboard:
             tensorboard_events.require()  # before anything is written: one line naming what to install
-        data = load_mnist(cfg.data.root, cfg.data.train_subset, device, cfg.data.download, image_size=cfg.data.image_size)
+        if data is None:
+            data = load_mnist(cfg.data.root, cfg.data.train_subset, device, cfg.data.download,
+                              image_size=cfg.data.image_size)
         writer = RunWriter(run_dir, COLUMN_KEYS, resume=resume)
         release_claim()  # metrics.csv holds the folder now: any other run is refused by it
     except (ConfigError, DataError, RunDirError) as e:
@@ -342,29 +347,53 @@ def train_epochs(active: ActiveRun, stop: StopRequest) -> int:
         summary["status"] = "completed"
         return 0
     except Diverged as e:
-        # weights drawn that large (the chapter's scale is 0.01) overflow before any step can
-        scale = cfg.model.init_scale > 1 and cfg.model.init in ("normal", "uniform")
-        summary.update(status="diverged", error=f"{e}; try a smaller {'model.init_scale' if scale else 'optim.lr'}",
-                       diverged_at=e.record())
-        return EXIT_DIVERGED
+        return mark_diverged(active, e)
     except (Stopped, KeyboardInterrupt) as e:
-        signum = stop.signum or signal.SIGINT
-        where = f" at epoch {e.epoch}, batch {e.batch}" if isinstance(e, Stopped) else ""
-        summary.update(status="interrupted", signal=signal.Signals(signum).name,
-                       error=f"stopped by {signal.Signals(signum).name}{where}; {saved(summary['epochs_completed'])}; "
-                             f"continue with: backprop-lab resume {active.run_dir}")
-        return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+        return mark_stopped(active, stop, e)
     except BrokenPipeError:  # `backprop-lab ... | head` (report.OutputConsole has muted stdout): stop as SIGPIPE would
-        summary.update(status="interrupted", signal="SIGPIPE",
-                       error=f"standard output was closed (broken pipe); {saved(summary['epochs_completed'])}; "
-                             f"continue with: backprop-lab resume {active.run_dir}")
-        return EXIT_SIGPIPE
+        return mark_broken_pipe(active)
     except OSError as e:
         return active.write_failed(e)
     except Exception as e:  # noqa: BLE001 - recorded, logged with traceback, reported in one line
         log.exception("run failed")
-        summary.update(status="failed", error=f"{type(e).__name__}: {e}")
-        return EXIT_FAILED
+        return mark_failed(active, e)
+
+
+# How training ended, in the summary (status, error); each returns the run's exit code. A
+# vectorised group (group_runner) marks each of its members with the same functions.
+
+
+def mark_diverged(active: ActiveRun, e: Any) -> int:
+    # weights drawn that large (the chapter's scale is 0.01) overflow before any step can
+    cfg = active.cfg
+    scale = cfg.model.init_scale > 1 and cfg.model.init in ("normal", "uniform")
+    active.summary.update(status="diverged", error=f"{e}; try a smaller {'model.init_scale' if scale else 'optim.lr'}",
+                          diverged_at=e.record())
+    return EXIT_DIVERGED
+
+
+def mark_stopped(active: ActiveRun, stop: StopRequest, e: BaseException) -> int:
+    from .train import Stopped
+
+    summary, signum = active.summary, stop.signum or signal.SIGINT
+    where = f" at epoch {e.epoch}, batch {e.batch}" if isinstance(e, Stopped) else ""
+    summary.update(status="interrupted", signal=signal.Signals(signum).name,
+                   error=f"stopped by {signal.Signals(signum).name}{where}; {saved(summary['epochs_completed'])}; "
+                         f"continue with: backprop-lab resume {active.run_dir}")
+    return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
+
+
+def mark_broken_pipe(active: ActiveRun) -> int:
+    summary = active.summary
+    summary.update(status="interrupted", signal="SIGPIPE",
+                   error=f"standard output was closed (broken pipe); {saved(summary['epochs_completed'])}; "
+                         f"continue with: backprop-lab resume {active.run_dir}")
+    return EXIT_SIGPIPE
+
+
+def mark_failed(active: ActiveRun, e: BaseException) -> int:
+    active.summary.update(status="failed", error=f"{type(e).__name__}: {e}")
+    return EXIT_FAILED
 
 
 def record_epoch(active: ActiveRun, m: Any) -> None:
@@ -431,7 +460,8 @@ def write_plots(active: ActiveRun, stop: StopRequest, exit_code: int) -> int:
 
         with quiet_unraisable_interrupts():
             rows, _ = load_metrics(active.run_dir)  # the one reader of metrics.csv; a cut last row is left out
-            confusion = write_reports(active.run_dir, arch_of(active.cfg), active.state.params, active.data, rows)
+            confusion = write_reports(active.run_dir, arch_of(active.cfg), active.state.params, active.data, rows,
+                                      active.pngs)
         active.reporter.confusion(confusion)
     except BrokenPipeError:
         summary["signal"] = "SIGPIPE"

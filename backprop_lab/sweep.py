@@ -74,9 +74,23 @@ def check_options(hydra_cfg: Any) -> None:
 def check_launcher(hydra_cfg: Any) -> None:
     """submitit's SLURM launcher needs the cluster's commands; without them it fails with a traceback
     after the sweep's folder is made."""
+    if str(hydra_cfg.launcher.get("_target_", "")).endswith(".VectorizedLauncher"):
+        check_vectorized_settings(hydra_cfg.launcher)
     if str(hydra_cfg.launcher.get("_target_", "")).endswith(".SlurmLauncher") and shutil.which("srun") is None:
         raise ConfigError("hydra/launcher=submitit_slurm needs a SLURM cluster, and this machine has no srun: run the "
                           "sweep from the cluster's login node, or here with hydra/launcher=submitit_local or joblib")
+
+
+def check_vectorized_settings(launcher: Any) -> None:
+    """hydra/launcher=vectorized's memory_gb and plots, as a config file of the user's may set them
+    (the command line's are checked with the other overrides, before Hydra starts)."""
+    memory_gb, plots = launcher.get("memory_gb"), launcher.get("plots")
+    if memory_gb is not None and (isinstance(memory_gb, bool) or not isinstance(memory_gb, (int, float))
+                                  or not memory_gb > 0):
+        raise ConfigError(f"hydra.launcher.memory_gb={memory_gb!r} is not valid: expected a number of gigabytes > 0, "
+                          f"or null for half the available memory")
+    if not isinstance(plots, bool):
+        raise ConfigError(f"hydra.launcher.plots={plots!r} is not valid: expected true or false")
 
 
 def stop_reason(sweep_dir: Path) -> str | None:
@@ -302,7 +316,8 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
 
 def in_own_process(hydra_cfg: Any) -> bool:
     """Whether the launcher runs each job in a process other than the sweep's (joblib, submitit)."""
-    return "BasicLauncher" not in str(hydra_cfg.launcher.get("_target_", ""))
+    target = str(hydra_cfg.launcher.get("_target_", ""))
+    return "BasicLauncher" not in target and "VectorizedLauncher" not in target
 
 
 @dataclass
@@ -325,7 +340,26 @@ class SweepJob:
         return self.failed("was refused")
 
 
+@dataclass
+class Pending:
+    """A job ready to train (prepare_job's checks passed): the vectorised launcher trains such
+    jobs as groups, train_job one at a time."""
+
+    job: SweepJob
+    cfg: Any
+    overrides: list[str]
+    resume: bool
+
+
 def _sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
+    ready = prepare_job(dcfg, run_dir, hydra_cfg)
+    return ready if not isinstance(ready, Pending) else train_job(ready, hydra_cfg)
+
+
+def prepare_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float | Pending:
+    """Everything a sweep's job does before it trains: the sweep's stop marks, its folder, an
+    earlier run there (skipped, refused or resumed), its config; the score of a job that ends
+    here, else the Pending job."""
     from .claim import discard_if_empty
 
     job = SweepJob(run_dir, Path(str(hydra_cfg.sweep.dir)).resolve(), options(hydra_cfg),
@@ -366,7 +400,7 @@ def _sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
         elif fresh_start:
             (run_dir / METRICS).unlink()
             (run_dir / CHECKPOINT).unlink(missing_ok=True)
-        return train_job(job, cfg, hydra_cfg, resume)
+        return Pending(job, cfg, list(hydra_cfg.overrides.task), resume)
 
 
 def earlier_run(job: SweepJob, cfg: Any) -> float | bool:
@@ -408,10 +442,11 @@ def earlier_run(job: SweepJob, cfg: Any) -> float | bool:
     return True
 
 
-def train_job(job: SweepJob, cfg: Any, hydra_cfg: Any, resume: bool) -> float:
+def train_job(ready: Pending, hydra_cfg: Any) -> float:
     """Train (or resume) the job with the launcher's share of the cores; its score for the sweeper."""
     from .runner import run
 
+    job, cfg = ready.job, ready.cfg
     threads = None if cfg.threads is not None else launcher_threads(hydra_cfg.launcher, cpu_cores())
     if threads is not None:
         import torch
@@ -419,8 +454,14 @@ def train_job(job: SweepJob, cfg: Any, hydra_cfg: Any, resume: bool) -> float:
         torch.set_num_threads(threads)
     # quiet unless verbose: the job's tables are in its folder (show), its result line comes from
     # on_job_end; no progress bar from a process of its own, whose lines would interleave
-    acc = run(cfg, job.run_dir, list(hydra_cfg.overrides.task), in_sweep=True, resume=resume,
+    acc = run(cfg, job.run_dir, ready.overrides, in_sweep=True, resume=ready.resume,
               quiet=job.opts["verbose"] is not True, progress=not in_own_process(hydra_cfg))
+    return job_score(job, acc)
+
+
+def job_score(job: SweepJob, acc: float | None) -> float:
+    """What the sweeper gets for a job that ran (`acc`: runner.run's, None unless it completed);
+    a job stopped by a signal marks the sweep stopped, a failed one counts for fail_fast."""
     try:
         summary = read_summary(job.run_dir)
     except (OSError, ValueError):

@@ -5,11 +5,14 @@ sweep's members get run directories that the rest of the tool reads as any run's
 
 from __future__ import annotations
 
+import csv
 import json
-import math
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 from backprop_lab.config import from_dictconfig
@@ -112,3 +115,171 @@ def test_what_joins_a_group_and_what_splits_one():
     for other in ("model.hidden_size=64", "data.batch_size=32", "train.epochs=3", "data.train_subset=500",
                   "train.fused=false", "device=cpu"):
         assert group_key(config(other)) != base, other
+
+
+# --- the launcher, as a user runs it ---------------------------------------------------------------
+
+TINY = ("data.train_subset=300", "train.epochs=2", "device=cpu")
+VEC = "hydra/launcher=vectorized"
+
+
+def summary(job_dir: Path) -> dict:
+    return json.loads((job_dir / "summary.json").read_text())
+
+
+def metrics(job_dir: Path) -> list[dict[str, float]]:
+    with open(job_dir / "metrics.csv") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def clean(proc) -> None:
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "Callback" not in proc.stderr, proc.stderr
+
+
+def test_a_vectorized_sweep_gives_each_member_the_run_of_its_basic_twin(tmp_path):
+    grid = ("optim.lr=0.05,0.2", "seed=0,1")
+    basic = run_cli("-m", *grid, *TINY, f"hydra.sweep.dir={tmp_path / 'basic'}", cwd=tmp_path)
+    clean(basic)
+    vec = run_cli("-m", *grid, *TINY, VEC, f"hydra.sweep.dir={tmp_path / 'vec'}", cwd=tmp_path)
+    clean(vec)
+    assert "vectorized: 4 jobs -> 1 group: 4 x 784-128-10 (optim.lr, seed vary)" in vec.stdout
+    assert "job 3  optim.lr=0.2 seed=1  ->  test acc" in vec.stdout and "best test acc first" in vec.stdout
+    pngs = {"confusion.png", "errors.png", "curves.png"}
+    for job in ("0", "1", "2", "3"):
+        ours, theirs = tmp_path / "vec" / job, tmp_path / "basic" / job
+        assert {p.name for p in ours.iterdir()} == {p.name for p in theirs.iterdir()} - pngs
+        assert (ours / ".hydra" / "overrides.yaml").read_text() == (theirs / ".hydra" / "overrides.yaml").read_text()
+        s, t = summary(ours), summary(theirs)
+        assert s["status"] == "completed" and s["config"] == t["config"] and s["vectorized"] == {"members": 4}
+        assert s["config_hash"] == t["config_hash"] and s["weights"] == "weights.pt"
+        for a, b in zip(metrics(ours), metrics(theirs), strict=True):
+            for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), (job, key)
+        assert (ours / "grads.csv").read_text().splitlines()[0] == (theirs / "grads.csv").read_text().splitlines()[0]
+        assert "epoch {'epoch': 2" in (ours / "backprop-lab.log").read_text()  # its own log, not a neighbour's
+
+    shown = run_cli("show", str(tmp_path / "vec" / "1"), "--plot", cwd=tmp_path)
+    clean(shown)
+    assert (tmp_path / "vec" / "1" / "curves.png").exists() and (tmp_path / "vec" / "1" / "confusion.png").exists()
+    compared = run_cli("compare", str(tmp_path / "vec"), str(tmp_path / "basic"), cwd=tmp_path)
+    clean(compared)
+    assert "8 runs" in compared.stdout
+
+
+def test_mixed_shapes_are_grouped_and_the_rest_run_one_by_one(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "model.hidden_size=16,32", "optim.lr=0.1,0.2", "optim.momentum=0,0.9", *TINY, VEC,
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    clean(proc)
+    plan = proc.stdout.splitlines()[:2]
+    assert plan[0] == "vectorized: 8 jobs -> 2 groups: 2 x 784-16-10 (optim.lr vary); 2 x 784-32-10 (optim.lr vary)"
+    assert plan[1] == "  4 jobs one by one: momentum and weight decay are not vectorised yet"
+    for job in sweep.iterdir():
+        if job.is_dir():
+            s = summary(job)
+            assert s["status"] == "completed"
+            momentum = s["config"]["optim"]["momentum"] > 0
+            assert ("vectorized" in s) is not momentum
+            assert (job / "curves.png").exists() is momentum  # the members leave their PNGs to show --plot
+    assert len([line for line in proc.stdout.splitlines() if line.startswith("job ")]) == 8
+
+
+def test_a_group_over_the_memory_budget_trains_in_parts(tmp_path):
+    sweep = tmp_path / "sweep"
+    # one member of this model on 300 images takes about 3.7 MB: a budget of 8 MB fits two
+    proc = run_cli("-m", "optim.lr=0.05,0.1,0.2", *TINY, VEC, "hydra.launcher.memory_gb=0.008",
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    clean(proc)
+    assert "  a group of 3 trains in 2 parts of up to 2: its members would not fit the memory budget" in proc.stdout
+    assert [summary(sweep / j)["vectorized"]["members"] for j in "012"] == [2, 2, 1]
+    assert all(summary(sweep / j)["status"] == "completed" for j in "012")
+
+
+def test_a_diverging_member_is_recorded_and_the_others_complete(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "optim.lr=0.1,10,1e4", "data.train_subset=2000", "train.epochs=2", "device=cpu", VEC,
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    clean(proc)
+    assert summary(sweep / "0")["status"] == "completed" and summary(sweep / "0")["epochs_completed"] == 2
+    for job in ("1", "2"):
+        s = summary(sweep / job)
+        assert s["status"] == "diverged" and s["diverged_at"]["rule"] == "loss_ratio" and s["diverged_at"]["epoch"] == 1
+        assert (sweep / job / "checkpoint.pt").exists() and not (sweep / job / "weights.pt").exists()
+    assert "job 1  optim.lr=10  ->  " in proc.stdout and "diverged" in proc.stdout
+
+
+@pytest.mark.parametrize("setting, shown", [("hydra.launcher.memory_gb=-1", "a number of gigabytes > 0"),
+                                            ("hydra.launcher.plots=maybe", "true or false")])
+def test_a_bad_launcher_setting_is_one_line_and_no_folder(tmp_path, setting, shown):
+    proc = run_cli("-m", "optim.lr=0.1,0.2", *TINY, VEC, setting, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and setting.split("=")[0] in lines[0] and shown in lines[0], proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_plots_true_draws_each_members_pngs(tmp_path):
+    sweep = tmp_path / "sweep"
+    clean(run_cli("-m", "optim.lr=0.1,0.2", *TINY, VEC, "hydra.launcher.plots=true", f"hydra.sweep.dir={sweep}",
+                  cwd=tmp_path))
+    for job in "01":
+        assert {"confusion.png", "errors.png", "curves.png"} <= {p.name for p in (sweep / job).iterdir()}
+
+
+@pytest.mark.slow  # an Optuna search in two batches, about 15 s
+def test_optuna_trials_train_together_a_batch_at_a_time(tmp_path):
+    sweep = tmp_path / "search"
+    proc = run_cli("-m", "hparams_search=mlp", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                   "model.hidden_size=64", "data.batch_size=64", *TINY, VEC, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    clean(proc)
+    plans = [line for line in proc.stdout.splitlines() if line.startswith("vectorized:")]
+    assert plans == ["vectorized: 2 jobs -> 1 group: 2 x 784-64-10 (optim.lr, model.init_scale vary)"] * 2
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    accs = {job: summary(sweep / job)["final_test_acc"] for job in "0123"}
+    assert all(summary(sweep / job)["vectorized"] == {"members": 2} for job in accs)
+    assert result["best_value"] == pytest.approx(max(accs.values()))  # each trial's result went back to Optuna
+
+
+@pytest.mark.slow  # a group stopped by Ctrl-C, one member resumed alone, the sweep resumed: about 40 s
+def test_ctrl_c_stops_every_member_and_the_sweep_resumes_them_as_one_group(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = tmp_path / "sweep"
+    command = ["-m", "optim.lr=0.05,0.1,0.2", "data.train_subset=10000", "train.epochs=6", "device=cpu", VEC,
+               f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, "-m", "backprop_lab", *command], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+            (sweep / "2" / "metrics.csv").exists() and len((sweep / "2" / "metrics.csv").read_text().splitlines()) > 1):
+        time.sleep(0.05)  # every member has finished epoch 1
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    for job in "012":
+        s = summary(sweep / job)
+        assert s["status"] == "interrupted" and 1 <= s["epochs_completed"] < 6, s
+        assert (sweep / job / "checkpoint.pt").exists()
+    assert "hydra.callbacks.sweep_report.resume=true" in err and "Traceback" not in err
+
+    alone = run_cli("resume", str(sweep / "2"), cwd=tmp_path)  # one member, as any run
+    assert alone.returncode == 0, alone.stderr
+    assert summary(sweep / "2")["status"] == "completed" and summary(sweep / "2")["epochs_completed"] == 6
+
+    resumed = run_cli(*command, "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path)
+    clean(resumed)
+    assert re.search(r"job 2 \(optim.lr=0.2 [^)]*\): already completed", resumed.stdout)
+    for job in "01":
+        s = summary(sweep / job)
+        assert s["status"] == "completed" and s["epochs_completed"] == 6 and len(s["resumed_at"]) == 1
+        assert s["vectorized"] == {"members": 2}  # the two resumed together
+        assert [r["epoch"] for r in metrics(sweep / job)] == [1, 2, 3, 4, 5, 6]
+    # resuming changed nothing: job 0 ends where an unbroken run of its config ends
+    twin = run_cli("optim.lr=0.05", "data.train_subset=10000", "train.epochs=6", "device=cpu",
+                   f"hydra.run.dir={tmp_path / 'twin'}", cwd=tmp_path)
+    assert twin.returncode == 0, twin.stderr
+    assert metrics(sweep / "0")[-1]["test_acc"] == pytest.approx(metrics(tmp_path / "twin")[-1]["test_acc"], abs=2e-4)

@@ -1,0 +1,147 @@
+"""A vectorised sweep's group of jobs, run as one: each member's run directory is started,
+recorded and finished by the runner's own steps (start, record_epoch, finish, report_end), as a
+basic job's is, so every member's folder holds the same files; the training in between is done
+once for all members by members.Group.
+
+What differs from a basic job: the data is loaded once for the group; members resumed from
+different epochs train as separate sub-groups, one after another; one Ctrl-C or SIGTERM stops
+every member after the current batch (each keeps its last epoch's checkpoint and is marked
+`interrupted`); each member's log lines go to its own log file; one progress bar shows the
+group's mean loss. A member's PNG plots are drawn only with `pngs` (hydra.launcher.plots=true):
+drawing three figures per member would cost a group of 16 more than its training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from .errors import log
+from .rundir import LOG
+from .runner import (ActiveRun, StopRequest, finish, mark_broken_pipe, mark_diverged, mark_failed, mark_stopped,
+                     record_epoch, report_end, set_handlers, start)
+from .sweep import Pending, job_score
+
+
+class MemberLogs:
+    """Each member's log file, switched in while the group works on that member: the logging
+    module has one root logger, and a member's lines belong in its own folder."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[Path, logging.Handler] = {}
+
+    @contextlib.contextmanager
+    def of(self, run_dir: Path) -> Iterator[None]:
+        root = logging.getLogger()
+        handler = self.handlers.get(run_dir)
+        if handler is None:
+            handler = logging.FileHandler(run_dir / LOG, delay=True)
+            template = next((h for h in root.handlers if h.formatter is not None), None)
+            handler.setFormatter(template.formatter if template is not None else logging.Formatter(
+                "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            self.handlers[run_dir] = handler
+        saved, root.handlers = root.handlers, [handler]
+        try:
+            yield
+        finally:
+            root.handlers = saved
+
+    def close(self) -> None:
+        for handler in self.handlers.values():
+            handler.close()
+
+
+def run_group(pending: Sequence[Pending], pngs: bool = False, progress: bool = True) -> list[float]:
+    """Train the pending jobs (one group: members.group_key equal) as one model; each job's score
+    for the sweeper, in order. A job refused at its start is reported and scored as in a basic sweep."""
+    from .report import Reporter
+
+    wall_start = time.perf_counter()
+    logging.raiseExceptions = False  # as runner.run: a full disk is one line, not logging's tracebacks
+    logs, actives, data = MemberLogs(), {}, None
+    for i, p in enumerate(pending):
+        with logs.of(p.job.run_dir):
+            active = start(p.cfg, p.job.run_dir, p.overrides, True, p.resume, wall_start, data=data)
+        if active is not None:
+            data = active.data  # the first member's load serves the group
+            active.reporter, active.pngs = Reporter(quiet=p.job.opts["verbose"] is not True, progress=False), pngs
+            actives[i] = active
+    for active in actives.values():  # what trained it, for the one who reads the folder later
+        active.summary["vectorized"] = {"members": len(actives)}
+    early = signal.getsignal(signal.SIGINT)  # main's, which noted any signal while the group was starting
+    stop = StopRequest(signum=early.signum if isinstance(early, StopRequest) else None)
+    previous = set_handlers({signal.SIGINT: stop, signal.SIGTERM: stop})
+    codes: dict[int, int] = {}
+    try:
+        for epoch in sorted({a.start_epoch for a in actives.values()}):  # resumed members: by their epoch
+            part = {i: a for i, a in actives.items() if a.start_epoch == epoch}
+            codes.update(train_members(part, stop, logs, progress))
+        for i, active in actives.items():
+            with logs.of(active.run_dir):
+                codes[i] = finish(active, stop, codes[i], previous)
+    finally:
+        for active in actives.values():
+            if active.events is not None:
+                active.events.close()
+        set_handlers(previous)
+    scores = []
+    for i, p in enumerate(pending):
+        acc = None
+        if i in actives:
+            with logs.of(p.job.run_dir):
+                acc = report_end(actives[i], codes[i])
+        scores.append(job_score(p.job, acc))
+    logs.close()
+    return scores
+
+
+def train_members(actives: dict[int, ActiveRun], stop: StopRequest, logs: MemberLogs, progress: bool) -> dict[int, int]:
+    """Train members that start at the same epoch as one members.Group, each epoch recorded in each
+    member's folder as runner.record_epoch records a run's; each member's exit code, its summary's
+    status and error set as runner.train_epochs sets a run's."""
+    import math
+
+    from .members import Group
+    from .report import Reporter
+    from .train import Diverged, Stopped
+
+    keys = list(actives)
+    first = actives[keys[0]]
+    group = Group([actives[i].cfg for i in keys], first.data, [actives[i].state for i in keys])
+    reporter = Reporter(quiet=True, progress=progress)
+    reporter.next_epoch = first.start_epoch
+    codes: dict[int, int] = {}
+    for active in actives.values():
+        active.reporter.start(active.summary)
+    try:
+        batches = math.ceil(first.data.X_train.shape[0] / first.cfg.data.batch_size)
+        with reporter.progress(first.summary["epochs_planned"], batches) as on_batch:
+            for found in group.epochs(on_batch, start_epoch=first.start_epoch, should_stop=stop.requested):
+                for k, m in found.items():
+                    i = keys[k]
+                    with logs.of(actives[i].run_dir):
+                        if isinstance(m, Diverged):
+                            codes[i] = mark_diverged(actives[i], m)
+                            continue
+                        try:
+                            record_epoch(actives[i], m)
+                        except OSError as e:  # this member's folder: it stops, the others go on
+                            codes[i] = actives[i].write_failed(e)
+                            group.drop(k)
+                reporter.next_epoch += 1
+        for i in keys:
+            if i not in codes:
+                actives[i].summary["status"] = "completed"
+                codes[i] = 0
+    except (Stopped, KeyboardInterrupt) as e:
+        codes.update({i: mark_stopped(actives[i], stop, e) for i in keys if i not in codes})
+    except BrokenPipeError:
+        codes.update({i: mark_broken_pipe(actives[i]) for i in keys if i not in codes})
+    except Exception as e:  # noqa: BLE001 - recorded, logged with traceback, reported in one line each
+        log.exception("group failed")
+        codes.update({i: mark_failed(actives[i], e) for i in keys if i not in codes})
+    return codes

@@ -1,0 +1,191 @@
+"""hydra/launcher=vectorized: the jobs Hydra's sweeper hands over (a grid, or a batch of Optuna
+trials) are grouped by everything that changes shapes or code paths, and each group of same-shape
+jobs trains as one model (group_runner, members); the plugin class in hydra_plugins/ only calls
+`launch`.
+
+A job runs one by one, as the basic launcher runs it, when it cannot join a group (a model other
+than the chapter's, momentum or weight decay: members.can_join), when its config is refused (it is
+reported as in any sweep), or when no other job shares its group. A group's members each get a
+complete run directory, with their own `.hydra/` files: Hydra's run_job makes the folder and
+those files for each member first (with no on_job_end), the group trains, then every member's
+on_job_end reports it, so the sweep's result lines and table are those of any sweep.
+
+A group larger than the memory budget (hydra.launcher.memory_gb; by default half of the memory
+available when the batch starts, on a GPU 90 % of its free memory) is trained in parts, one after
+another, never into an out-of-memory error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from rich.console import Console
+
+from .config import ConfigError, from_dictconfig
+from .report import plural
+
+GPU_SHARE = 0.9  # of a GPU's free memory, for a group's members
+RAM_SHARE = 0.5  # of the memory available on a CPU
+
+
+@dataclass
+class Planned:
+    """One job of the batch: its number, overrides and composed config, and its typed config
+    with the group it joins (None: it runs alone, `alone` says why when there is a reason to say)."""
+
+    idx: int
+    overrides: list[str]
+    config: DictConfig
+    cfg: Any = None
+    key: str | None = None
+    alone: str | None = None
+
+
+def compose_jobs(loader: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]], first: int) -> list[Planned]:
+    from .members import can_join, group_key
+
+    jobs = []
+    for idx, overrides in enumerate(job_overrides, start=first):
+        job_config = loader.load_sweep_config(config, list(overrides))
+        with open_dict(job_config):
+            job_config.hydra.job.id = idx
+            job_config.hydra.job.num = idx
+        job = Planned(idx, list(overrides), job_config)
+        task = job_config.copy()
+        with open_dict(task):
+            del task["hydra"]
+        try:
+            job.cfg = from_dictconfig(task)
+        except ConfigError:  # its own run refuses it, in one line, as in any sweep
+            jobs.append(job)
+            continue
+        job.alone = can_join(job.cfg)
+        job.key = group_key(job.cfg) if job.alone is None else None
+        jobs.append(job)
+    return jobs
+
+
+def budget(memory_gb: float | None, device: str) -> int:
+    """Bytes a group's members may take (hydra.launcher.memory_gb, else a share of what is free)."""
+    if memory_gb is not None:
+        return int(memory_gb * 1e9)
+    from .train import memory_available, resolve_device
+
+    try:
+        where = resolve_device(device)
+    except ConfigError:
+        where = None
+    if where is not None and where.type == "cuda":
+        import torch
+
+        return int(GPU_SHARE * torch.cuda.mem_get_info(where)[0])
+    available = memory_available()
+    return int(RAM_SHARE * available) if available is not None else 4 * 10 ** 9
+
+
+def plan(jobs: list[Planned], memory_gb: float | None) -> tuple[list[list[Planned]], list[str]]:
+    """The units to run, in the order of their first job (a group's part, or one job alone), and
+    the plan's lines for the terminal."""
+    from .members import describe, member_bytes
+
+    groups: dict[str, list[Planned]] = {}
+    for job in jobs:
+        if job.key is not None:
+            groups.setdefault(job.key, []).append(job)
+    units: list[list[Planned]] = []
+    lines, splits = [], []
+    for members in groups.values():
+        if len(members) == 1:  # a group of one is a basic job
+            members[0].key = None
+            continue
+        cfg = members[0].cfg
+        n_train = cfg.data.train_subset or 60_000
+        fits = max(1, budget(memory_gb, cfg.device) // member_bytes(cfg, n_train))
+        parts = [members[i:i + fits] for i in range(0, len(members), fits)]
+        units += parts
+        lines.append(f"{len(members)} x {describe([m.cfg for m in members])}")
+        if len(parts) > 1:
+            splits.append(f"a group of {len(members)} trains in {len(parts)} parts of up to {fits}: its members "
+                          f"would not fit the memory budget (hydra.launcher.memory_gb)")
+    alone = [job for job in jobs if job.key is None]
+    units += [[job] for job in alone]
+    units.sort(key=lambda unit: unit[0].idx)
+    head = f"vectorized: {plural(len(jobs), 'job')} -> "
+    head += f"{plural(len(lines), 'group')}: {'; '.join(lines)}" if lines else "no group"
+    out = [head] + [f"  {s}" for s in splits]
+    if alone:
+        reasons = sorted({job.alone for job in alone if job.alone})
+        out.append(f"  {plural(len(alone), 'job')} one by one" + (f": {'; '.join(reasons)}" if reasons else ""))
+    return units, out
+
+
+class _StartOnly:
+    """The sweep's callbacks with on_job_end held back: a member's folder is made before the group
+    trains, its result is reported after."""
+
+    def __init__(self, callbacks: Any) -> None:
+        self.callbacks = callbacks
+
+    def on_job_start(self, **kwargs: Any) -> None:
+        self.callbacks.on_job_start(**kwargs)
+
+    def on_job_end(self, **kwargs: Any) -> None:
+        pass
+
+
+def _prepare(task_cfg: DictConfig) -> Any:
+    """The task function of a member's first pass: sweep.prepare_job's checks, no training."""
+    from .sweep import prepare_job
+
+    hydra_cfg = HydraConfig.get()
+    return prepare_job(task_cfg, Path(hydra_cfg.runtime.output_dir).resolve(), hydra_cfg)
+
+
+def run_group_unit(launcher: Any, unit: list[Planned]) -> dict[int, Any]:
+    """A group (or a part of one): each member's folder and checks, the training, the reports."""
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext
+
+    from .group_runner import run_group
+    from .sweep import Pending
+
+    context = launcher.hydra_context
+    starting = HydraContext(config_loader=context.config_loader, callbacks=_StartOnly(context.callbacks))
+    staged = [(job, run_job(hydra_context=starting, task_function=_prepare, config=job.config,
+                            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")) for job in unit]
+    pending = [ret for _, ret in staged if isinstance(ret._return_value, Pending)]
+    if pending:
+        for ret, score in zip(pending, run_group([ret.return_value for ret in pending], pngs=launcher.plots)):
+            ret.return_value = score
+    for job, ret in staged:
+        HydraConfig.instance().set_config(job.config)
+        context.callbacks.on_job_end(config=job.config, job_return=ret)
+    return {job.idx: ret for job, ret in staged}
+
+
+def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
+    """Launcher.launch: every job of the batch, as groups where they can be; their JobReturns in order."""
+    from hydra.core.utils import configure_log, run_job, setup_globals
+
+    setup_globals()
+    config = launcher.config
+    configure_log(config.hydra.hydra_logging, config.hydra.verbose)
+    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    jobs = compose_jobs(launcher.hydra_context.config_loader, config, job_overrides, initial_job_idx)
+    units, lines = plan(jobs, launcher.memory_gb)
+    console = Console(highlight=False, soft_wrap=True)
+    for line in lines:
+        console.print(line, markup=False)
+    returns: dict[int, Any] = {}
+    for unit in units:
+        if len(unit) == 1 and unit[0].key is None:
+            returns[unit[0].idx] = run_job(hydra_context=launcher.hydra_context, task_function=launcher.task_function,
+                                           config=unit[0].config, job_dir_key="hydra.sweep.dir",
+                                           job_subdir_key="hydra.sweep.subdir")
+        else:
+            returns.update(run_group_unit(launcher, unit))
+    return [returns[job.idx] for job in jobs]

@@ -1,0 +1,1 @@
+"""backprop-lab's Hydra launcher plugin: hydra/launcher=vectorized (see vectorized_launcher)."""
