@@ -55,9 +55,9 @@ from .config import DEVICE_PATTERN, Config, ConfigError
 from .data import MNIST, SHIPPED_ROOT, DataError, load_mnist, read_idx
 from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, SubcommandParser, error_line
 from .rundir import LOG, cpu_description
-from .train import EpochMetrics, make_state, resolve_device, train
+from .bench_timing import COUNTED, Epoch, interleave, matmul_epoch, matmul_flops, trainer_epoch
+from .train import resolve_device
 
-Epoch = Callable[[], object]  # runs one epoch of one variant
 QUICK_SUBSET = 2048  # --quick: training and test images, enough for every batch size of the scaling table
 SCALING = [(128, 64), (512, 64), (2048, 64), (128, 256), (128, 1024)]  # (hidden, batch)
 SCALING_EPOCHS = 2  # timed per scaling point after its warm-up; (c) at hidden 2048 takes seconds
@@ -73,11 +73,6 @@ TARGETS = {
     "to_first_batch_s": ("enter to the first batch (from the run's log), s", "<=", 3.0),
     "peak_rss_gb": ("peak RSS of experiment=article, GB", "<=", 1.5),
 }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":  # kernels run asynchronously; a timer must wait for them
-        torch.cuda.synchronize(device)
 
 
 # --- the variants, each built once and returning a function that runs one epoch ----------
@@ -152,67 +147,6 @@ def autograd_epoch(cfg: Config, data: MNIST, device: torch.device) -> Epoch:
     model = autograd_model(make_params(cfg, generator, device))
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optim.lr)
     return lambda: autograd_train_epoch(model, optimizer, data.X_train, data.y_train, cfg.data.batch_size, generator)
-
-
-def trainer_epoch(cfg: Config, data: MNIST, device: torch.device, epochs: int, fused: bool = True) -> Epoch:
-    """train.train() itself, advanced one epoch per call (a generator, so nothing is copied);
-    each call returns the epoch's EpochMetrics, whose batch_seconds interleave records."""
-    cfg = replace(cfg, train=replace(cfg.train, epochs=epochs, fused=fused))
-    records = train(cfg, data, make_state(cfg, device))
-    return lambda: next(records)
-
-
-COUNTED = (
-    "2 FLOPs per multiply-add of the five matrix products per example: forward X W1 (784xH) and "
-    "a1 W2 (Hx10), backward dz2 W2^T (10xH), weight gradients a1^T dz2 (Hx10) and X^T dz1 (784xH); "
-    "no bias add, softmax, ReLU, update or test pass"
-)
-
-
-def matmul_flops(n: int, hidden: int) -> int:
-    """See COUNTED; 24.5 GFLOP for 60,000 images at H=128."""
-    return 2 * n * (2 * N_INPUTS * hidden + 3 * hidden * N_CLASSES)
-
-
-def matmul_epoch(n: int, batch: int, hidden: int, device: torch.device) -> Epoch:
-    """Exactly ceil(n/batch) steps of the five products at full batch size, with the operand
-    layouts of backprop.fused_step (transposes as views); values are random, which costs the same."""
-    g = torch.Generator().manual_seed(0)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=g).to(device)
-
-    X, W1, W2 = rand(batch, N_INPUTS), rand(N_INPUTS, hidden), rand(hidden, N_CLASSES)
-    a1, dz1, dz2 = rand(batch, hidden), rand(batch, hidden), rand(batch, N_CLASSES)
-    z1, z2, back, dW2, dW1 = (torch.empty_like(t) for t in (a1, dz2, dz1, W2, W1))
-
-    def epoch() -> None:
-        for _ in range(math.ceil(n / batch)):
-            torch.mm(X, W1, out=z1)  # (m,784) @ (784,H) -> (m,H)
-            torch.mm(a1, W2, out=z2)  # (m,H) @ (H,10) -> (m,10)
-            torch.mm(dz2, W2.T, out=back)  # (m,10) @ (10,H) -> (m,H)
-            torch.mm(a1.T, dz2, out=dW2)  # (H,m) @ (m,10) -> (H,10)
-            torch.mm(X.T, dz1, out=dW1)  # (784,m) @ (m,H) -> (784,H)
-
-    return epoch
-
-
-def interleave(epochs: dict[str, Epoch], timed: int, device: torch.device, say: Callable) -> dict[str, list[float]]:
-    """Round 0 warms every variant up and is dropped; each later round times one epoch of each.
-    The order rotates per round, so no variant always runs right after the same neighbour."""
-    names, times = list(epochs), {name: [] for name in epochs}
-    for r in range(timed + 1):
-        say(f"round {r}/{timed}" + (" (warm-up)" if r == 0 else ""))
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            sync(device)
-            start = time.perf_counter()
-            record = epochs[name]()
-            sync(device)
-            if r:
-                times[name].append(time.perf_counter() - start)
-                if isinstance(record, EpochMetrics):  # the trainer: its batches alone too
-                    times.setdefault(f"{name}_batches", []).append(record.batch_seconds)
-    return times
 
 
 # --- the measurements --------------------------------------------------------------------
@@ -501,6 +435,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
             raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
         return int(text)
 
+    def k_list(text: str) -> list[int]:
+        return [positive(k) for k in text.split(",")]
+
     p.add_argument("--epochs", type=positive, default=5, help="timed epochs per variant after the warm-up (default 5)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--threads", type=positive, help="torch CPU threads (default: torch's own, one per core)")
@@ -511,13 +448,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help=f"{QUICK_SUBSET} training and test images, 1 epoch, no memory/start-up/scaling (scaling runs if --plot asks)")
     p.add_argument("--no-scaling", action="store_true", help="skip the hidden/batch-size table")
     p.add_argument("--no-startup", action="store_true", help="skip the start-up timings")
+    p.add_argument("--sweep", type=k_list, metavar="K,K,...",
+                   help="instead: K jobs one by one vs vectorised (hydra/launcher=vectorized), per job, e.g. 1,4,16,64")
+    p.add_argument("--grid", action="store_true",
+                   help="instead (or with --sweep): issue 22's 16-job grid through both launchers, wall clock (~1 min a round)")
+    p.add_argument("--rounds", type=positive, default=1, help="--grid rounds, launchers alternating (default 1)")
     args = p.parse_args(argv)
     if not DEVICE_PATTERN.match(args.device) or args.device == "auto":
         p.error(f"--device {args.device!r}: expected cpu, cuda, cuda:N or mps")
     if args.quick:
         args.epochs, args.memory, args.no_startup = 1, False, True
         args.no_scaling = args.no_scaling or not args.plot
-    if args.plot and args.no_scaling:
+    if args.plot and args.no_scaling and not args.sweep:
         p.error("--plot draws the scaling table; drop --no-scaling")
     return args
 
@@ -553,6 +495,8 @@ def main(argv: list[str]) -> int:
             "settings": {"train_size": n, "hidden": cfg.model.hidden_size, "batch": cfg.data.batch_size,
                          "epochs": args.epochs, "warmup_epochs": 1, "quick": args.quick, "device": str(device)},
         }
+        if args.sweep or args.grid:
+            return sweep_main(args, cfg, data, device, results, console, say)
         results.update(measure_epochs(cfg, data, device, args.epochs, say))
         with tempfile.TemporaryDirectory(prefix="backprop-lab-bench-") as tmp:
             results["startup"] = None if args.no_startup else measure_startup(device, tmp, say)
@@ -575,4 +519,28 @@ def main(argv: list[str]) -> int:
     if args.plot:
         plot_scaling(results["scaling"], args.plot)
         console.print(f"scaling plot written to {args.plot}")
+    return 0
+
+
+def sweep_main(args: argparse.Namespace, cfg: Config, data: MNIST, device: torch.device, results: dict[str, Any],
+               console: Console, say: Callable) -> int:
+    """--sweep and --grid (bench_sweep): their table, figures (--json) and plot (--plot)."""
+    from . import bench_sweep
+
+    results["sweep"] = bench_sweep.measure_sweep(cfg, data, device, args.sweep, args.epochs, say) if args.sweep else None
+    if args.grid:
+        with tempfile.TemporaryDirectory(prefix="backprop-lab-bench-") as tmp:
+            results["grid"] = bench_sweep.measure_grid(cli_command(), args.rounds, tmp, say)
+    else:
+        results["grid"] = None
+    bench_sweep.render(console, results["sweep"], results["grid"])
+    text = json.dumps(results, indent=2)
+    if args.json == "-":
+        print(text)
+    else:
+        Path(args.json).expanduser().write_text(text + "\n")
+        console.print(f"figures written to {args.json}")
+    if args.plot and results["sweep"]:
+        bench_sweep.plot_sweep(results["sweep"], args.plot)
+        console.print(f"sweep plot written to {args.plot}")
     return 0

@@ -27,6 +27,9 @@ from .runner import (ActiveRun, StopRequest, finish, mark_broken_pipe, mark_dive
 from .sweep import Pending, job_score
 
 
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format, as a basic job's
+
+
 class MemberLogs:
     """Each member's log file, switched in while the group works on that member: the logging
     module has one root logger, and a member's lines belong in its own folder."""
@@ -40,9 +43,7 @@ class MemberLogs:
         handler = self.handlers.get(run_dir)
         if handler is None:
             handler = logging.FileHandler(run_dir / LOG, delay=True)
-            template = next((h for h in root.handlers if h.formatter is not None), None)
-            handler.setFormatter(template.formatter if template is not None else logging.Formatter(
-                "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
             self.handlers[run_dir] = handler
         saved, root.handlers = root.handlers, [handler]
         try:

@@ -199,6 +199,28 @@ def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
+def compose_once(loader: Any) -> None:
+    """Hydra composes each job's config three times: the sweeper checks each batch, check_planned_jobs
+    checks every job up front, the launcher composes it to run. At 0.15 s a composition (2-core CPU)
+    that is 7 s of a 16-job sweep. From here on the loader composes a job's overrides once and
+    hands each caller a copy (callers change theirs: job number, output folder)."""
+    import copy
+
+    compose = loader.load_sweep_config
+    if getattr(compose, "composed", None) is not None:
+        return
+    composed: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        key = (id(master_config), tuple(sweep_overrides))
+        if key not in composed:
+            composed[key] = (master_config, compose(master_config, list(sweep_overrides)))  # keeps master's id
+        return copy.deepcopy(composed[key][1])
+
+    load_sweep_config.composed = composed  # type: ignore[attr-defined]
+    loader.load_sweep_config = load_sweep_config
+
+
 def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list[list[str]] | None:
     """Every job's config checked as its run would check it, before the first starts: a bad value
     in the last job is refused now, not hours in (ConfigError naming the job); returns `jobs`."""
@@ -206,6 +228,7 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list
     from omegaconf import open_dict
 
     loader = GlobalHydra.instance().config_loader()
+    compose_once(loader)
     for num, job in enumerate(jobs or []):
         try:
             job_config = loader.load_sweep_config(config, list(job))

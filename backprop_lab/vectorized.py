@@ -155,8 +155,10 @@ def run_group_unit(launcher: Any, unit: list[Planned]) -> dict[int, Any]:
 
     context = launcher.hydra_context
     starting = HydraContext(config_loader=context.config_loader, callbacks=_StartOnly(context.callbacks))
+    # no logging set up per member here: group_runner.MemberLogs gives each member its own log file
     staged = [(job, run_job(hydra_context=starting, task_function=_prepare, config=job.config,
-                            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")) for job in unit]
+                            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
+                            configure_logging=False)) for job in unit]
     pending = [ret for _, ret in staged if isinstance(ret._return_value, Pending)]
     if pending:
         for ret, score in zip(pending, run_group([ret.return_value for ret in pending], pngs=launcher.plots)):

@@ -76,6 +76,12 @@ def test_the_installed_wheel_runs_every_command_from_any_folder(installed, tmp_p
                 "hydra/launcher=joblib", "hydra.sweep.dir=outputs/sweep")
     assert sweep.returncode == 0, sweep.stderr
     assert (work / "outputs/sweep/sweep_summary.json").is_file()
+    # the launcher plugin ships in the wheel, and Hydra's own scan finds it there
+    plugins = run(installed, work, "--info", "plugins")
+    assert "VectorizedLauncher" in plugins.stdout, plugins.stdout
+    grouped = run(installed, work, "-m", "optim.lr=0.05,0.1", "data.train_subset=500", "train.epochs=1",
+                  "hydra/launcher=vectorized", "hydra.sweep.dir=outputs/vec")
+    assert grouped.returncode == 0 and "1 group: 2 x 784-128-10" in grouped.stdout, grouped.stderr
     assert sorted(p.name for p in work.iterdir()) == ["outputs"]  # Hydra's convention, nothing else
     one = work / "outputs/one"
     assert json.loads((one / "summary.json").read_text())["status"] == "completed"

@@ -283,3 +283,28 @@ def test_ctrl_c_stops_every_member_and_the_sweep_resumes_them_as_one_group(tmp_p
                    f"hydra.run.dir={tmp_path / 'twin'}", cwd=tmp_path)
     assert twin.returncode == 0, twin.stderr
     assert metrics(sweep / "0")[-1]["test_acc"] == pytest.approx(metrics(tmp_path / "twin")[-1]["test_acc"], abs=2e-4)
+
+
+def test_bench_sweep_times_k_jobs_one_by_one_and_vectorised(tmp_path):
+    from backprop_lab.bench import main
+
+    out, plot = tmp_path / "b.json", tmp_path / "k.png"
+    assert main(["--quick", "--sweep", "1,3", "--json", str(out), "--plot", str(plot)]) == 0
+    rows = json.loads(out.read_text())["sweep"]
+    assert [r["K"] for r in rows] == [1, 3]
+    for r in rows:
+        assert r["one_by_one_s"] > 0 and r["vectorized_s"] > 0 and r["limit_s"] > 0
+        assert r["speedup"] == pytest.approx(r["one_by_one_s"] / r["vectorized_s"])
+    assert plot.stat().st_size > 0
+
+
+@pytest.mark.slow  # two small sweeps through the CLI, about 20 s
+def test_bench_grid_times_both_launchers_through_the_cli(tmp_path):
+    from backprop_lab.bench import cli_command
+    from backprop_lab.bench_sweep import measure_grid
+
+    grid = ("optim.lr=0.05,0.1", "data.train_subset=300", "train.epochs=1", "device=cpu")
+    result = measure_grid(cli_command(), 1, str(tmp_path), lambda text: None, grid=grid)
+    assert result["jobs"] == 2 and result["basic_wall_s"] > result["basic_train_seconds_sum"] > 0
+    assert result["vectorized_wall_s"] > 0
+    assert result["target_met"] is (result["vectorized_wall_s"] <= result["basic_train_seconds_sum"])

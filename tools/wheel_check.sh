@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The installed wheel as a new user gets it: build it, install it into a fresh virtual environment
 # (torch from the local cache, everything else from the package registry), then run a 1-epoch run,
-# a 2-job joblib sweep and compare from a folder outside the clone. A file missing from the wheel
-# fails here. Run by .ci/run; takes a few minutes (installing torch dominates).
+# a 2-job joblib sweep, a 2-job vectorized sweep and compare from a folder outside the clone. A file
+# missing from the wheel fails here. Run by .ci/run; takes a few minutes (installing torch dominates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -22,6 +22,7 @@ mkdir "$tmp/work" && cd "$tmp/work"
 bpl="$tmp/venv/bin/backprop-lab"
 "$bpl" data.train_subset=500 train.epochs=1 hydra.run.dir=outputs/one
 "$bpl" -m optim.lr=0.05,0.1 data.train_subset=500 train.epochs=1 hydra/launcher=joblib hydra.sweep.dir=outputs/sweep
+"$bpl" -m optim.lr=0.05,0.1 data.train_subset=500 train.epochs=1 hydra/launcher=vectorized hydra.sweep.dir=outputs/vec
 "$bpl" compare outputs
 test "$(ls -A)" = "outputs" || { echo "wheel_check: wrote more than outputs/ in the working folder: $(ls -A)"; exit 1; }
-echo "wheel_check: the installed wheel ran a run, a sweep and compare from $tmp/work"
+echo "wheel_check: the installed wheel ran a run, two sweeps and compare from $tmp/work"
