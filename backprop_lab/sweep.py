@@ -243,13 +243,64 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list
     return jobs
 
 
+def search_space(config: DictConfig) -> list[tuple[str, Any, str]]:
+    """The values an Optuna search can propose that bound what it can propose: each value of a
+    choice, both ends of an interval or range; as (key, value, where it comes from)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
+
+    params = {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}
+    parser = OverridesParser.create()
+    for line in config.hydra.overrides.task:  # the command line's search space replaces the preset's
+        o = parser.parse_override(str(line))
+        if o.is_sweep_override():
+            params[o.key_or_group] = str(line).split("=", 1)[1]
+    values = []
+    for key, text in params.items():
+        space = parser.parse_override(f"{key}={text}").value()
+        if isinstance(space, ChoiceSweep):
+            values += [(key, v, "one of its choices") for v in space.list]
+        elif isinstance(space, IntervalSweep):
+            values += [(key, space.start, "the low end of its interval"), (key, space.end, "the high end of its interval")]
+        elif isinstance(space, RangeSweep):
+            last = space.start + space.step * (len(range(int(space.start), int(space.stop), int(space.step or 1))) - 1)
+            values += [(key, space.start, "the start of its range"), (key, last, "the end of its range")]
+    return values
+
+
+def check_search_space(config: DictConfig) -> None:
+    """An Optuna search proposes its trials as it goes, so they cannot all be checked up front; the
+    values that bound its search space can: each is checked as a run would check it (ConfigError
+    naming it), so a bad bound is refused now, not when a trial happens to draw it."""
+    import copy
+
+    from omegaconf import OmegaConf, open_dict
+
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper"):
+        return
+    base = copy.deepcopy(config)
+    with open_dict(base):
+        del base["hydra"]
+    for key, value, where in search_space(config):
+        trial = copy.deepcopy(base)
+        with open_dict(trial):
+            OmegaConf.update(trial, key, value, merge=True)
+        try:
+            from_dictconfig(trial)
+        except ConfigError as e:
+            raise ConfigError(f"the Optuna search can propose {key}={value} ({where}): {e}; no trial was started") from None
+
+
 def checked_jobs(config: DictConfig) -> list[list[str]] | None:
     """planned_jobs, each checked (check_planned_jobs); a bad one ends the sweep in one line, before
     any job starts, taking back the sweep folder this start made."""
     from .claim import discard_if_empty
 
     try:
-        return check_planned_jobs(config, planned_jobs(config))
+        jobs = planned_jobs(config)
+        if jobs is None:
+            check_search_space(config)
+        return check_planned_jobs(config, jobs)
     except ConfigError as e:
         error_line(str(e))
         discard_if_empty(Path(str(config.hydra.sweep.dir)).resolve())

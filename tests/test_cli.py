@@ -223,6 +223,23 @@ def test_a_bad_job_in_a_sweep_is_refused_before_any_job_trains(tmp_path):
     assert not (tmp_path / "sweep").exists()  # nothing trained, no folder left
 
 
+@pytest.mark.parametrize("space, shown", [
+    ("data.batch_size=choice(32,0)", "data.batch_size=0 (one of its choices): data.batch_size=0 is not valid"),
+    ("model.init_scale=interval(-1,0.05)", "model.init_scale=-1 (the low end of its interval): model.init_scale=-1"),
+    ("model.hidden_size=range(16,-16,-8)", "model.hidden_size=-8 (the end of its range)"),
+])
+def test_an_optuna_search_space_with_a_bad_bound_is_refused_before_any_trial(tmp_path, space, shown):
+    """Trials are proposed as the search goes, so what is checked up front is what bounds them:
+    each choice, each end of an interval or range (the preset's space, or the command line's)."""
+    proc = run_cli("-m", "hparams_search=mlp", space, "data.train_subset=300", "train.epochs=1",
+                   f"hydra.sweep.dir={tmp_path / 'search'}", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: the Optuna search can propose {shown}"), lines[0]
+    assert lines[0].endswith("; no trial was started")
+    assert not (tmp_path / "search").exists()
+
+
 @pytest.mark.slow  # a subprocess run or two; `make test-slow` (and CI) run it
 def test_a_sweep_where_no_job_completes_exits_1(tmp_path):
     proc = run_cli("-m", "optim.lr=1e30,1e31", "data.train_subset=300", "train.epochs=1",

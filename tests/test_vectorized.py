@@ -167,6 +167,7 @@ def test_a_vectorized_sweep_gives_each_member_the_run_of_its_basic_twin(tmp_path
     assert "8 runs" in compared.stdout
 
 
+@pytest.mark.slow  # 8 jobs, four of them one by one: about 15 s
 def test_mixed_shapes_are_grouped_and_the_rest_run_one_by_one(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "model.hidden_size=16,32", "optim.lr=0.1,0.2", "optim.momentum=0,0.9", *TINY, VEC,
@@ -219,6 +220,7 @@ def test_a_bad_launcher_setting_is_one_line_and_no_folder(tmp_path, setting, sho
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow  # about 7 s
 def test_plots_true_draws_each_members_pngs(tmp_path):
     sweep = tmp_path / "sweep"
     clean(run_cli("-m", "optim.lr=0.1,0.2", *TINY, VEC, "hydra.launcher.plots=true", f"hydra.sweep.dir={sweep}",
