@@ -225,7 +225,7 @@ def test_a_bad_job_in_a_sweep_is_refused_before_any_job_trains(tmp_path):
 
 @pytest.mark.parametrize("space, shown", [
     ("data.batch_size=choice(32,0)", "data.batch_size=0 (one of its choices): data.batch_size=0 is not valid"),
-    ("model.init_scale=interval(-1,0.05)", "model.init_scale=-1 (the low end of its interval): model.init_scale=-1"),
+    ("model.init_scale=interval(-1,0.05)", "model.init_scale=-1.0 (the low end of its interval): model.init_scale=-1.0"),
     ("model.hidden_size=range(16,-16,-8)", "model.hidden_size=-8 (the end of its range)"),
 ])
 def test_an_optuna_search_space_with_a_bad_bound_is_refused_before_any_trial(tmp_path, space, shown):
