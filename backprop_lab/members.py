@@ -7,10 +7,11 @@ member form of backprop's equations), and each State's parameters are views of i
 member's checkpoint is the one its single run would write and `resume MEMBER_DIR` goes on alone.
 
 What joins a group (`can_join`): the chapter's network (one ReLU hidden layer, softmax and
-cross-entropy) with plain SGD. Members of one group share everything but what `VARIED` lists:
-`group_key` is the rest of the config. Every batch, each member gathers its own rows (K, m, 784);
-the step is backprop.fused_step (or forward / backward / sgd_step with train.fused=false) on all
-members at once. Divergence is train.find_divergence, per member at the batches a single run
+cross-entropy). Members of one group share everything but what `VARIED` lists: `group_key` is the
+rest of the config. Every batch, each member gathers its own rows (K, m, 784); the step is
+backprop.fused_step on all members at once for plain SGD (forward / backward / sgd_step with
+train.fused=false), and when any member has momentum or weight decay, forward / backward and
+`momentum_step`, network.sgd_update's rule with each member's own coefficients. Divergence is train.find_divergence, per member at the batches a single run
 checks; a member that diverges leaves the group, reported once as its Diverged, and the others
 go on. A member's `seconds` is its share of the group's epoch (wall time / members training),
 so a group's members add up to its wall time.
@@ -33,17 +34,19 @@ from .train import (DIVERGENCE_CHECK_EVERY, PROBE, Diverged, EpochMetrics, OnBat
                     find_divergence, planned_epochs, sgd_of)
 
 # What members of one group may differ in; the rest of the config must be equal.
-VARIED = ("optim.lr", "model.init", "model.init_scale", "seed")
+VARIED = ("optim.lr", "optim.momentum", "optim.nesterov", "optim.weight_decay", "model.init", "model.init_scale",
+          "seed")
 
 
 def can_join(cfg: Config) -> str | None:
-    """None if a run of `cfg` can be a member of a group, else why not (for the launcher's plan)."""
+    """None if a run of `cfg` can be a member of a group, else its model in a few words, e.g.
+    '784-64-32-10' or '784-128-10 tanh': only the chapter's network is vectorised so far."""
     arch = arch_of(cfg)
-    if not arch.is_chapter:
-        return f"{arch.describe()} is not the chapter's network"
-    if cfg.optim.momentum or cfg.optim.weight_decay:
-        return "momentum and weight decay are not vectorised yet"
-    return None
+    if arch.is_chapter:
+        return None
+    traits = [arch.activation] * (arch.activation != "relu") + ["batch norm"] * arch.batch_norm
+    traits += [f"dropout {arch.dropout:g}"] * (arch.dropout > 0) + [arch.loss] * (arch.loss != "cross_entropy")
+    return " ".join(["-".join(map(str, arch.sizes)), *traits])
 
 
 def group_key(cfg: Config) -> str:
@@ -79,8 +82,21 @@ class Group:
         self.live = list(range(len(self.cfgs)))  # members still training, in the stacked order
         self.params = bp.stack([bp.Params(**{k: s.params[k] for k in ("W1", "b1", "W2", "b2")})
                                 for s in self.states])  # (K,784,H), (K,1,H), (K,H,10), (K,1,10)
-        self.lr = torch.tensor([c.optim.lr for c in self.cfgs], dtype=self.params.W1.dtype,
-                               device=self.params.W1.device).reshape(-1, 1, 1)  # (K,1,1)
+        W1 = self.params.W1
+
+        def per_member(values: list[Any], dtype: torch.dtype = W1.dtype) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=W1.device).reshape(-1, 1, 1)  # (K,1,1)
+
+        self.lr = per_member([c.optim.lr for c in self.cfgs])
+        self.momentum = per_member([c.optim.momentum for c in self.cfgs])
+        self.nesterov = per_member([c.optim.nesterov for c in self.cfgs], torch.bool)
+        self.weight_decay = per_member([c.optim.weight_decay for c in self.cfgs])
+        self.plain = not any(c.optim.momentum or c.optim.weight_decay for c in self.cfgs)
+        # the momentum buffers, from a resumed member's checkpoint or zero (v = 0 * mu + g = g, as
+        # network.sgd_direction's first step); only members with momentum see theirs in their State
+        self.velocity = None if not any(c.optim.momentum for c in self.cfgs) else bp.stack(
+            [bp.Params(**{k: s.velocity.get(k, torch.zeros_like(s.params[k])) for k in ("W1", "b1", "W2", "b2")})
+             for s in self.states])
         self.order = self.Y_epoch = self.Z = None  # this epoch's, per member: (K,n), (K,n,10), (K,n,10)
         self._bind()
 
@@ -88,14 +104,21 @@ class Group:
         """Each live member's State holds views of its slice of the stacked parameters."""
         for pos, k in enumerate(self.live):
             self.states[k].params.update(bp.member(self.params, pos).as_dict())
+            if self.velocity is not None and self.cfgs[k].optim.momentum:
+                self.states[k].velocity.update(bp.member(self.velocity, pos).as_dict())
         self.views = None  # fused_step's, for the full batches of these parameters
 
     def _remove(self, gone: set[int]) -> None:
         """Members leave the group (diverged): the others' parameters and epoch tensors are kept."""
         keep = [pos for pos, k in enumerate(self.live) if k not in gone]
         index = torch.tensor(keep, device=self.lr.device)
-        self.params = bp.Params(**{name: t.index_select(0, index) for name, t in self.params.as_dict().items()})
-        self.lr = self.lr.index_select(0, index)
+        def keep_rows(p: bp.Params) -> bp.Params:
+            return bp.Params(**{name: t.index_select(0, index) for name, t in p.as_dict().items()})
+
+        self.params = keep_rows(self.params)
+        self.velocity = None if self.velocity is None else keep_rows(self.velocity)
+        self.lr, self.momentum, self.nesterov, self.weight_decay = (
+            t.index_select(0, index) for t in (self.lr, self.momentum, self.nesterov, self.weight_decay))
         self.order, self.Y_epoch, self.Z = (None if t is None else t.index_select(0, index)
                                             for t in (self.order, self.Y_epoch, self.Z))
         self.live = [self.live[pos] for pos in keep]
@@ -108,13 +131,35 @@ class Group:
 
     def step(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
         """One SGD step of every member on its own batch X (K,m,784), Y (K,m,10); the logits (K,m,10)."""
-        if self.cfgs[0].train.fused:
+        if self.plain and self.cfgs[0].train.fused:
             if self.views is None:
                 self.views = bp.fused_views(self.params, X.shape[-2])
             return bp.fused_step(self.params, X, Y, self.lr, views=self.views)
         cache = bp.forward(self.params, X)
-        bp.sgd_step(self.params, bp.backward(self.params, cache, Y), self.lr)
+        grads = bp.backward(self.params, cache, Y)
+        if self.plain:
+            bp.sgd_step(self.params, grads, self.lr)
+        else:
+            self.momentum_step(grads)
         return cache.z2
+
+    def momentum_step(self, grads: bp.Grads) -> None:
+        """network.sgd_update's step, each member with its own coefficients (K,1,1):
+
+            g = dW + weight_decay * W          (weights only)
+            v = momentum * v + g
+            d = g + momentum * v (Nesterov)  or  d = v
+            W <- W - lr * d
+        """
+        p = self.params
+        for name, W, dW in (("W1", p.W1, grads.dW1), ("b1", p.b1, grads.db1), ("W2", p.W2, grads.dW2),
+                            ("b2", p.b2, grads.db2)):
+            g = dW + self.weight_decay * W if name.startswith("W") else dW
+            d = g
+            if self.velocity is not None:
+                v = getattr(self.velocity, name).mul_(self.momentum).add_(g)
+                d = torch.where(self.nesterov, g + self.momentum * v, v)
+            W.sub_(self.lr * d)
 
     def epochs(self, on_batch: OnBatch | None = None, progress_every: int = 50, start_epoch: int = 1,
                should_stop: Callable[[], bool] | None = None) -> Iterator[dict[int, EpochMetrics | Diverged]]:
@@ -209,11 +254,11 @@ class Group:
 
 
 def describe(cfgs: Sequence[Config]) -> str:
-    """A group as its plan line names it, e.g. '784-128-10 (optim.lr, seed vary)'."""
+    """A group as its plan line names it, e.g. '3 x 784-128-10, varying optim.lr, seed'."""
     sizes = "-".join(str(s) for s in arch_of(cfgs[0]).sizes)
     flat = [{key: _get(c, key) for key in VARIED} for c in cfgs]
     varying = [key for key in VARIED if len({str(f[key]) for f in flat}) > 1]
-    return sizes + (f" ({', '.join(varying)} vary)" if varying else "")
+    return f"{len(cfgs)} x {sizes}" + (f", varying {', '.join(varying)}" if varying else "")
 
 
 def _get(cfg: Config, key: str) -> Any:

@@ -4,8 +4,8 @@ jobs trains as one model (group_runner, members); the plugin class in hydra_plug
 `launch`.
 
 A job runs one by one, as the basic launcher runs it, when it cannot join a group (a model other
-than the chapter's, momentum or weight decay: members.can_join), when its config is refused (it is
-reported as in any sweep), or when no other job shares its group. A group's members each get a
+than the chapter's: members.can_join), when its config is refused (it is reported as in any
+sweep), or when no other job shares its group. A group's members each get a
 complete run directory, with their own `.hydra/` files: Hydra's run_job makes the folder and
 those files for each member first (with no on_job_end), the group trains, then every member's
 on_job_end reports it, so the sweep's result lines and table are those of any sweep.
@@ -34,8 +34,8 @@ RAM_SHARE = 0.5  # of the memory available on a CPU
 
 @dataclass
 class Planned:
-    """One job of the batch: its number, overrides and composed config, and its typed config
-    with the group it joins (None: it runs alone, `alone` says why when there is a reason to say)."""
+    """One job of the batch: its number, overrides and composed config, and its typed config with
+    the group it joins (key None: it runs alone; `alone` names its model when that is the reason)."""
 
     idx: int
     overrides: list[str]
@@ -107,19 +107,19 @@ def plan(jobs: list[Planned], memory_gb: float | None) -> tuple[list[list[Planne
         fits = max(1, budget(memory_gb, cfg.device) // member_bytes(cfg, n_train))
         parts = [members[i:i + fits] for i in range(0, len(members), fits)]
         units += parts
-        lines.append(f"{len(members)} x {describe([m.cfg for m in members])}")
+        lines.append(describe([m.cfg for m in members]))
         if len(parts) > 1:
-            splits.append(f"a group of {len(members)} trains in {len(parts)} parts of up to {fits}: its members "
-                          f"would not fit the memory budget (hydra.launcher.memory_gb)")
+            splits.append(f"the group of {len(members)} trains in {len(parts)} parts of up to {fits}: memory budget")
     alone = [job for job in jobs if job.key is None]
     units += [[job] for job in alone]
     units.sort(key=lambda unit: unit[0].idx)
-    head = f"vectorized: {plural(len(jobs), 'job')} -> "
-    head += f"{plural(len(lines), 'group')}: {'; '.join(lines)}" if lines else "no group"
-    out = [head] + [f"  {s}" for s in splits]
+    # one short line each, so the plan fits an 80-column terminal
+    out = [f"vectorized: {plural(len(jobs), 'job')} -> {plural(len(lines), 'group') if lines else 'no group'}"]
+    out += [f"  {line}" for line in lines] + [f"  {s}" for s in splits]
     if alone:
-        reasons = sorted({job.alone for job in alone if job.alone})
-        out.append(f"  {plural(len(alone), 'job')} one by one" + (f": {'; '.join(reasons)}" if reasons else ""))
+        models = sorted({job.alone for job in alone if job.alone})
+        why = f": not the chapter's network ({'; '.join(models)})" if models else ""
+        out.append(f"  {plural(len(alone), 'job')} one by one{why}")
     return units, out
 
 

@@ -81,7 +81,7 @@ def test_the_installed_wheel_runs_every_command_from_any_folder(installed, tmp_p
     assert "VectorizedLauncher" in plugins.stdout, plugins.stdout
     grouped = run(installed, work, "-m", "optim.lr=0.05,0.1", "data.train_subset=500", "train.epochs=1",
                   "hydra/launcher=vectorized", "hydra.sweep.dir=outputs/vec")
-    assert grouped.returncode == 0 and "1 group: 2 x 784-128-10" in grouped.stdout, grouped.stderr
+    assert grouped.returncode == 0 and "2 x 784-128-10, varying optim.lr" in grouped.stdout, grouped.stderr
     assert sorted(p.name for p in work.iterdir()) == ["outputs"]  # Hydra's convention, nothing else
     one = work / "outputs/one"
     assert json.loads((one / "summary.json").read_text())["status"] == "completed"

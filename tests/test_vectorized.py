@@ -71,6 +71,29 @@ def test_members_are_their_single_run_twins_float64(small_mnist, fused):
         assert saved["W1"].shape == (784, 128) and saved["W1"].untyped_storage().nbytes() == 784 * 128 * 8
 
 
+def test_members_with_momentum_nesterov_and_weight_decay_are_their_twins_float64(small_mnist):
+    """Each member keeps its own momentum buffers, Nesterov flag and L2 coefficient, as
+    network.sgd_update applies them to its single run; members without momentum keep none."""
+    data = float64(small_mnist)
+    jobs = [("optim.momentum=0.9",), ("optim.momentum=0.5", "optim.nesterov=true", "seed=1"),
+            ("optim.weight_decay=0.01", "optim.lr=0.2"), ("optim.momentum=0.9", "optim.weight_decay=0.001", "seed=2"),
+            ()]
+    cfgs = [config(*job, "train.epochs=2") for job in jobs]
+    assert len({group_key(c) for c in cfgs}) == 1
+    states = [double_state(c) for c in cfgs]
+    records = list(Group(cfgs, data, states).epochs())
+    for k, cfg in enumerate(cfgs):
+        twin = double_state(cfg)
+        theirs = list(train(cfg, data, twin))
+        assert [r[k].test_loss for r in records] == pytest.approx([t.test_loss for t in theirs], rel=0, abs=1e-10)
+        assert [r[k].train_loss for r in records] == pytest.approx([t.train_loss for t in theirs], rel=0, abs=1e-10)
+        for name, value in twin.params.items():
+            assert torch.allclose(states[k].params[name], value, rtol=0, atol=1e-10), (k, name)
+        assert set(states[k].velocity) == set(twin.velocity)  # {} without momentum, as the single run's
+        for name, value in twin.velocity.items():
+            assert torch.allclose(states[k].velocity[name], value, rtol=0, atol=1e-10), (k, name)
+
+
 def test_float32_members_agree_with_their_twins_to_rounding(small_mnist):
     cfgs = [config(*job, "train.epochs=1") for job in GRID]
     states = [make_state(c, torch.device("cpu")) for c in cfgs]
@@ -107,11 +130,11 @@ def test_a_diverging_member_leaves_the_group_and_the_others_go_on(small_mnist):
 def test_what_joins_a_group_and_what_splits_one():
     chapter = config("optim.lr=0.3", "seed=4", "model.init=xavier")
     assert can_join(chapter) is None
-    assert "not the chapter's network" in can_join(config("model.hidden_sizes=[64,32]"))
-    assert "not the chapter's network" in can_join(config("model.activation=tanh"))
-    assert "momentum" in can_join(config("optim.momentum=0.9"))
+    assert can_join(config("model.hidden_sizes=[64,32]")) == "784-64-32-10"
+    assert can_join(config("model.activation=tanh", "model.dropout=0.2")) == "784-128-10 tanh dropout 0.2"
+    assert can_join(config("optim.momentum=0.9", "optim.nesterov=true", "optim.weight_decay=0.01")) is None
     base = group_key(config())
-    assert group_key(config("optim.lr=0.3", "seed=4", "model.init_scale=0.05")) == base
+    assert group_key(config("optim.lr=0.3", "seed=4", "model.init_scale=0.05", "optim.momentum=0.9")) == base
     for other in ("model.hidden_size=64", "data.batch_size=32", "train.epochs=3", "data.train_subset=500",
                   "train.fused=false", "device=cpu"):
         assert group_key(config(other)) != base, other
@@ -143,7 +166,7 @@ def test_a_vectorized_sweep_gives_each_member_the_run_of_its_basic_twin(tmp_path
     clean(basic)
     vec = run_cli("-m", *grid, *TINY, VEC, f"hydra.sweep.dir={tmp_path / 'vec'}", cwd=tmp_path)
     clean(vec)
-    assert "vectorized: 4 jobs -> 1 group: 4 x 784-128-10 (optim.lr, seed vary)" in vec.stdout
+    assert vec.stdout.startswith("vectorized: 4 jobs -> 1 group\n  4 x 784-128-10, varying optim.lr, seed\n")
     assert "job 3  optim.lr=0.2 seed=1  ->  test acc" in vec.stdout and "best test acc first" in vec.stdout
     pngs = {"confusion.png", "errors.png", "curves.png"}
     for job in ("0", "1", "2", "3"):
@@ -170,19 +193,19 @@ def test_a_vectorized_sweep_gives_each_member_the_run_of_its_basic_twin(tmp_path
 @pytest.mark.slow  # 8 jobs, four of them one by one: about 15 s
 def test_mixed_shapes_are_grouped_and_the_rest_run_one_by_one(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli("-m", "model.hidden_size=16,32", "optim.lr=0.1,0.2", "optim.momentum=0,0.9", *TINY, VEC,
+    proc = run_cli("-m", "model.hidden_size=16,32", "optim.lr=0.1,0.2", "model.activation=relu,tanh", *TINY, VEC,
                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     clean(proc)
-    plan = proc.stdout.splitlines()[:2]
-    assert plan[0] == "vectorized: 8 jobs -> 2 groups: 2 x 784-16-10 (optim.lr vary); 2 x 784-32-10 (optim.lr vary)"
-    assert plan[1] == "  4 jobs one by one: momentum and weight decay are not vectorised yet"
+    assert proc.stdout.splitlines()[:4] == [
+        "vectorized: 8 jobs -> 2 groups", "  2 x 784-16-10, varying optim.lr", "  2 x 784-32-10, varying optim.lr",
+        "  4 jobs one by one: not the chapter's network (784-16-10 tanh; 784-32-10 tanh)"]
     for job in sweep.iterdir():
         if job.is_dir():
             s = summary(job)
             assert s["status"] == "completed"
-            momentum = s["config"]["optim"]["momentum"] > 0
-            assert ("vectorized" in s) is not momentum
-            assert (job / "curves.png").exists() is momentum  # the members leave their PNGs to show --plot
+            alone = s["config"]["model"]["activation"] == "tanh"
+            assert ("vectorized" in s) is not alone
+            assert (job / "curves.png").exists() is alone  # the members leave their PNGs to show --plot
     assert len([line for line in proc.stdout.splitlines() if line.startswith("job ")]) == 8
 
 
@@ -192,7 +215,7 @@ def test_a_group_over_the_memory_budget_trains_in_parts(tmp_path):
     proc = run_cli("-m", "optim.lr=0.05,0.1,0.2", *TINY, VEC, "hydra.launcher.memory_gb=0.008",
                    f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     clean(proc)
-    assert "  a group of 3 trains in 2 parts of up to 2: its members would not fit the memory budget" in proc.stdout
+    assert "  the group of 3 trains in 2 parts of up to 2: memory budget" in proc.stdout
     assert [summary(sweep / j)["vectorized"]["members"] for j in "012"] == [2, 2, 1]
     assert all(summary(sweep / j)["status"] == "completed" for j in "012")
 
@@ -235,8 +258,9 @@ def test_optuna_trials_train_together_a_batch_at_a_time(tmp_path):
     proc = run_cli("-m", "hparams_search=mlp", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
                    "model.hidden_size=64", "data.batch_size=64", *TINY, VEC, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     clean(proc)
-    plans = [line for line in proc.stdout.splitlines() if line.startswith("vectorized:")]
-    assert plans == ["vectorized: 2 jobs -> 1 group: 2 x 784-64-10 (optim.lr, model.init_scale vary)"] * 2
+    lines = proc.stdout.splitlines()
+    plans = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("vectorized:")]
+    assert plans == ["  2 x 784-64-10, varying optim.lr, model.init_scale"] * 2
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     accs = {job: summary(sweep / job)["final_test_acc"] for job in "0123"}
     assert all(summary(sweep / job)["vectorized"] == {"members": 2} for job in accs)

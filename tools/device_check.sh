@@ -30,3 +30,5 @@ print("resumed == uninterrupted on cuda:", rows("r") == rows("d1"), "weights:", 
 PY
 echo "== bench on cuda"
 timeout 300 python3 -m backprop_lab bench --device cuda --json $OUT/bench_cuda.json --no-startup 2>&1 | tail -40
+echo "== vectorised sweeps (issue 22): K jobs one by one vs as one model, per job (target: >= 10x at K=64)"
+python3 -m backprop_lab bench --sweep 1,4,16,64 --device cuda --epochs 3 --json $OUT/bench_sweep_cuda.json --plot $OUT/sweep_k_cuda.png 2>&1 | grep -v "^bench:"
