@@ -262,9 +262,11 @@ def print_table(console: Console, runs: Sequence[Run], keys: Sequence[str], titl
     if left_out:
         console.print(f"  {plural(len(left_out), 'differing key')} left out to fit {console.width} columns: "
                       f"{', '.join(left_out)}; {hint}", highlight=False, markup=False, soft_wrap=False)  # wrapped to the width
-    for run in runs:
+    for run in runs:  # wrapped to the width, continuation lines indented under the note
         if run.note:
-            console.print(f"  {run.label}: {run.status}: {run.note}", highlight=False, soft_wrap=True, markup=False)
+            note = textwrap.fill(f"  {run.label}: {run.status}: {run.note}", width=console.width, subsequent_indent="    ",
+                                 break_long_words=False, break_on_hyphens=False)
+            console.print(note, highlight=False, soft_wrap=True, markup=False)
 
 
 def comparison_table(runs: Sequence[Run], keys: Sequence[str], title: str | None, dropped: Sequence[str]) -> Table:

@@ -18,7 +18,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from .errors import log
 from .rundir import LOG
@@ -69,7 +69,8 @@ def run_group(pending: Sequence[Pending], pngs: bool = False, progress: bool = T
             active = start(p.cfg, p.job.run_dir, p.overrides, True, p.resume, wall_start, data=data)
         if active is not None:
             data = active.data  # the first member's load serves the group
-            active.reporter, active.pngs = Reporter(quiet=p.job.opts["verbose"] is not True, progress=False), pngs
+            # each member's own tables would be K tables an epoch: a verbose sweep gets one table per epoch instead
+            active.reporter, active.pngs = Reporter(quiet=True, progress=False), pngs
             actives[i] = active
     for active in actives.values():  # what trained it, for the one who reads the folder later
         active.summary["vectorized"] = {"members": len(actives)}
@@ -78,9 +79,11 @@ def run_group(pending: Sequence[Pending], pngs: bool = False, progress: bool = T
     previous = set_handlers({signal.SIGINT: stop, signal.SIGTERM: stop})
     codes: dict[int, int] = {}
     try:
+        labels = {i: member_label(pending[i]) for i in actives} if pending and pending[0].job.opts["verbose"] is True \
+            else None
         for epoch in sorted({a.start_epoch for a in actives.values()}):  # resumed members: by their epoch
             part = {i: a for i, a in actives.items() if a.start_epoch == epoch}
-            codes.update(train_members(part, stop, logs, progress))
+            codes.update(train_members(part, stop, logs, progress, labels))
         for i, active in actives.items():
             with logs.of(active.run_dir):
                 codes[i] = finish(active, stop, codes[i], previous)
@@ -100,10 +103,19 @@ def run_group(pending: Sequence[Pending], pngs: bool = False, progress: bool = T
     return scores
 
 
-def train_members(actives: dict[int, ActiveRun], stop: StopRequest, logs: MemberLogs, progress: bool) -> dict[int, int]:
+def member_label(p: Pending) -> str:
+    """e.g. '3 optim.lr=0.2 seed=1': the job's folder and the overrides it varies."""
+    from .sweep import fixed_overrides, shown, varied
+
+    return f"{p.job.run_dir.name} {shown(varied(p.overrides, fixed_overrides(p.job.sweep_dir)))}"
+
+
+def train_members(actives: dict[int, ActiveRun], stop: StopRequest, logs: MemberLogs, progress: bool,
+                  labels: dict[int, str] | None = None) -> dict[int, int]:
     """Train members that start at the same epoch as one members.Group, each epoch recorded in each
     member's folder as runner.record_epoch records a run's; each member's exit code, its summary's
-    status and error set as runner.train_epochs sets a run's."""
+    status and error set as runner.train_epochs sets a run's. With `labels` (a verbose sweep), a
+    table of the members after each epoch."""
     import math
 
     from .members import Group
@@ -133,6 +145,8 @@ def train_members(actives: dict[int, ActiveRun], stop: StopRequest, logs: Member
                         except OSError as e:  # this member's folder: it stops, the others go on
                             codes[i] = actives[i].write_failed(e)
                             group.drop(k)
+                if labels is not None:
+                    show_epoch(reporter, labels, keys, found, first.summary["epochs_planned"])
                 reporter.next_epoch += 1
         for i in keys:
             if i not in codes:
@@ -146,3 +160,13 @@ def train_members(actives: dict[int, ActiveRun], stop: StopRequest, logs: Member
         log.exception("group failed")
         codes.update({i: mark_failed(actives[i], e) for i in keys if i not in codes})
     return codes
+
+
+def show_epoch(reporter: Any, labels: dict[int, str], keys: list[int], found: dict[int, Any], planned: int) -> None:
+    from .report import members_table, plural
+    from .train import Diverged
+
+    rows = [(labels[keys[k]], f"diverged ({m.rule})" if isinstance(m, Diverged) else m.as_dict())
+            for k, m in sorted(found.items())]
+    epoch = reporter.next_epoch
+    reporter.console.print(members_table(f"epoch {epoch}/{planned}: {plural(len(rows), 'member')}", rows))

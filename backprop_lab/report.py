@@ -59,6 +59,22 @@ def epoch_table(rows: Sequence[dict[str, float]], header: bool) -> Table:
     return table
 
 
+def members_table(title: str, rows: Sequence[tuple[str, dict[str, float] | str]]) -> Table:
+    """A vectorised group's epoch, one row per member: its label, then its metrics or what ended it."""
+    table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
+    table.add_column("job", overflow="fold")
+    shown = [(key, heading, fmt) for key, heading, fmt in COLUMNS if key in ("train_loss", "train_acc", "test_loss",
+                                                                              "test_acc")]
+    for _, heading, _ in shown:
+        table.add_column(heading, justify="right", no_wrap=True)
+    for label, row in rows:
+        if isinstance(row, str):
+            table.add_row(label, row, "", "", "")
+        else:
+            table.add_row(label, *(format_loss(row[k]) if f == "loss" else f.format(row[k]) for k, _, f in shown))
+    return table
+
+
 def describe_config(cfg: dict[str, Any]) -> str:
     """e.g. '784-128-10, lr 0.1, batch 64, 20 epochs': the model and its training in one line,
     from a saved config (keys added after a run was made take their defaults)."""

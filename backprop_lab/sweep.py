@@ -50,9 +50,9 @@ from . import compare, runs as saved_runs
 from .config import ConfigError, config_changes, from_dictconfig
 from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OF_SIGNAL, ErrorConsole, error_line, refuse
 from .report import plural
-from .rundir import (CHECKPOINT, INTERRUPT_FILE, KEPT_HYDRA, METRICS, MULTIRUN_YAML, PLANNED_FILE, REFUSED_FILE,
-                     STOP_FILE, SUMMARY, SUMMARY_CSV, SUMMARY_JSON, SWEEP_MARK, SWEEP_MARKS, WEIGHTS, RunDirError,
-                     effective_status, locked, read_summary, still_running)
+from .rundir import (CHECKPOINT, INTERRUPT_FILE, KEPT_HYDRA, METRICS, MULTIRUN_YAML, OPTUNA_RESULTS, PLANNED_FILE,
+                     REFUSED_FILE, STOP_FILE, SUMMARY, SUMMARY_CSV, SUMMARY_JSON, SWEEP_MARK, SWEEP_MARKS, WEIGHTS,
+                     RunDirError, effective_status, locked, read_summary, still_running)
 
 OPTIONS = ("resume", "fail_fast", "verbose")
 FAILED_SCORE = 0.0  # what a job that did not complete returns to the sweeper
@@ -152,7 +152,8 @@ def put_hydra_files_back(job: Path, keep_old: bool = True) -> None:
 
 def shown(overrides: Any) -> str:
     """A job's overrides as the user would type them: Hydra's sweepers write a swept boolean
-    as Python's True/False, where the config, the tables and the command line say true/false."""
+    as Python's True/False, where the config, the tables and the command line say true/false;
+    a float Optuna proposed with 16 digits is shown with 4 (the run's config keeps them all)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -162,7 +163,12 @@ def shown(overrides: Any) -> str:
             value = parser.parse_override(line).value()
         except HydraException:  # shown as it was given
             value = None
-        words.append(f"{line.split('=', 1)[0]}={str(value).lower()}" if isinstance(value, bool) else line)
+        key = line.split("=", 1)[0]
+        if isinstance(value, bool):
+            line = f"{key}={str(value).lower()}"
+        elif isinstance(value, float) and len(repr(value)) > 10:  # an Optuna proposal, e.g. 0.06260326907499733
+            line = f"{key}={value:.4g}"
+        words.append(line)
     return " ".join(words)
 
 
@@ -174,9 +180,12 @@ def fixed_overrides(sweep_dir: Path) -> frozenset[str]:
     from hydra.errors import HydraException
 
     try:
-        task = yaml.safe_load((sweep_dir / MULTIRUN_YAML).read_text())["hydra"]["overrides"]["task"]
+        if (sweep_dir / MULTIRUN_YAML).is_file():
+            task = yaml.safe_load((sweep_dir / MULTIRUN_YAML).read_text())["hydra"]["overrides"]["task"]
+        else:  # Optuna writes no multirun.yaml: on_multirun_start kept them with the planned trials
+            task = json.loads((sweep_dir / PLANNED_FILE).read_text())["overrides"]
         parsed = OverridesParser.create().parse_overrides([str(o) for o in task])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, HydraException):
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, HydraException):
         return frozenset()
     return frozenset(o.input_line for o in parsed if not o.is_sweep_override())
 
@@ -331,6 +340,20 @@ def checked_jobs(config: DictConfig) -> list[list[str]] | None:
         error_line(str(e))
         discard_if_empty(Path(str(config.hydra.sweep.dir)).resolve())
         raise SystemExit(EXIT_BAD_INPUT) from None  # not an Exception, so Hydra does not turn it into a warning
+
+
+def trials_not_started(sweep_dir: Path, runs: Sequence[Any]) -> str | None:
+    """For an Optuna search stopped part way, e.g. '3 of 8 trials never started (...)'; else None.
+    They cannot be rows: Optuna proposes each trial's values only when it is about to run."""
+    try:
+        planned = json.loads((sweep_dir / PLANNED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    total = planned.get("trials") if isinstance(planned, dict) else None
+    missing = total - len(runs) if isinstance(total, int) else 0
+    if missing <= 0:
+        return None
+    return f"{missing} of {total} trials never started (an Optuna search proposes each trial's values only as it runs it)"
 
 
 def not_started(sweep_dir: Path, runs: Sequence[Any]) -> list[Any]:
@@ -669,6 +692,10 @@ class SweepReport(Callback):
             error_line(str(e))
             raise SystemExit(EXIT_BAD_INPUT) from None  # not an Exception, so Hydra does not turn it into a warning
         planned = checked_jobs(config)
+        if str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper"):
+            import optuna  # its own "A new study created" line, on a logger of its own
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         if in_own_process(config.hydra):  # after the checks: resolving the default sweep.dir makes its folder
             from .runner import set_handlers
@@ -729,6 +756,9 @@ class SweepReport(Callback):
 
         if planned is not None:  # the table at the end lists the jobs that never started
             (sweep_dir / PLANNED_FILE).write_text(json.dumps([list(job) for job in planned]))
+        elif isinstance(config.hydra.sweeper.get("n_trials"), int):  # Optuna: the end counts the trials not run
+            (sweep_dir / PLANNED_FILE).write_text(json.dumps({"trials": config.hydra.sweeper.n_trials,
+                                                              "overrides": list(config.hydra.overrides.task)}))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         hydra_cfg = job_return.hydra_cfg.hydra
@@ -797,6 +827,13 @@ class SweepReport(Callback):
         compare.print_table(self.console or Console(highlight=False), runs, keys,
                             title=f"sweep {sweep_dir}: {plural(len(runs), 'job')}, best test acc first",
                             hint=f"show them with: backprop-lab compare {sweep_dir} --keys KEY,KEY")
+        untried = trials_not_started(sweep_dir, runs)
+        if untried:
+            import textwrap
+
+            console.print(textwrap.fill(untried, width=console.width), markup=False)
+        if (sweep_dir / OPTUNA_RESULTS).is_file():
+            console.print(f"Optuna's best parameters: {OPTUNA_RESULTS} in the sweep's folder", markup=False)
         compare.write_csv(str(sweep_dir / SUMMARY_CSV), runs, keys)
         compare.write_json(str(sweep_dir / SUMMARY_JSON), runs, keys)
         console.print(f"wrote {SUMMARY_CSV} and {SUMMARY_JSON} in the sweep's folder", markup=False)

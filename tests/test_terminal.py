@@ -5,6 +5,7 @@ than half-applied, --config-dir presets, and a --hydra-help that offers only wha
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -199,3 +200,18 @@ def test_parallel_jobs_print_whole_result_lines_only(tmp_path):
                                                 line) for line in lines), head
     assert sorted(line.split()[1] for line in lines) == ["0", "1", "2", "3"]
     assert widest(proc.stdout) <= 80
+
+
+def test_a_stopped_optuna_search_says_how_many_trials_never_started(tmp_path):
+    """fail_fast stops the search after its first trial diverges: the two trials Optuna never
+    proposed cannot be rows (they have no values yet), so a line under the table counts them."""
+    proc = run_cli("-m", "hparams_search=mlp", "hydra.sweeper.n_trials=3", "optim.lr=choice(10000)",
+                   "hydra.callbacks.sweep_report.fail_fast=true", "data.train_subset=300", "train.epochs=1",
+                   f"hydra.sweep.dir={tmp_path / 'search'}", cwd=tmp_path, env={"COLUMNS": "80"})
+    assert proc.returncode == 1, proc.stderr
+    assert "2 of 3 trials never started (an Optuna search proposes each trial's values only as it runs it)" \
+        in proc.stdout.replace("\n", " ")
+    assert "fail-fast" in proc.stderr and widest("\n".join(line for line in proc.stdout.splitlines() if "->" not in line)) <= 80
+    # a trial's line names what it varies, Optuna's long floats in 4 digits
+    assert re.search(r"^job 0  optim\.lr=10000 model\.hidden_size=\d+ model\.init_scale=0\.\d{1,6} "
+                     r"data\.batch_size=\d+  ->  diverged", proc.stdout, re.M), proc.stdout

@@ -223,8 +223,15 @@ def test_a_group_over_the_memory_budget_trains_in_parts(tmp_path):
 def test_a_diverging_member_is_recorded_and_the_others_complete(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "optim.lr=0.1,10,1e4", "data.train_subset=2000", "train.epochs=2", "device=cpu", VEC,
-                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                   "hydra.callbacks.sweep_report.verbose=true", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+                   env={"COLUMNS": "80"})
     clean(proc)
+    # verbose: one table of the group's members per epoch, not one table per member
+    lines = [line.rstrip() for line in proc.stdout.splitlines()]
+    assert lines.count("epoch 1/2: 3 members") == 1 and lines.count("epoch 2/2: 1 member") == 1
+    assert any(line.startswith("1 optim.lr=10") and "diverged (loss_ratio)" in line for line in lines)
+    assert "confusion matrix" not in proc.stdout
+    assert all(len(line) <= 80 for line in lines if not line.startswith("job "))  # a job's result line is one line
     assert summary(sweep / "0")["status"] == "completed" and summary(sweep / "0")["epochs_completed"] == 2
     for job in ("1", "2"):
         s = summary(sweep / job)
