@@ -156,9 +156,12 @@ def train_members(actives: dict[int, ActiveRun], stop: StopRequest, logs: Member
         codes.update({i: mark_stopped(actives[i], stop, e) for i in keys if i not in codes})
     except BrokenPipeError:
         codes.update({i: mark_broken_pipe(actives[i]) for i in keys if i not in codes})
-    except Exception as e:  # noqa: BLE001 - recorded, logged with traceback, reported in one line each
-        log.exception("group failed")
-        codes.update({i: mark_failed(actives[i], e) for i in keys if i not in codes})
+    except Exception as e:  # noqa: BLE001 - recorded, logged with traceback (in each member's log), one line each
+        for i in keys:
+            if i not in codes:
+                with logs.of(actives[i].run_dir):
+                    log.exception("group failed")
+                codes[i] = mark_failed(actives[i], e)
     return codes
 
 

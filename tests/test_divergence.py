@@ -166,6 +166,7 @@ def test_healthy_runs_are_not_flagged(small_mnist, overrides):
     assert m.epoch == 2 and s["warnings"] == []
 
 
+@pytest.mark.slow  # `make test` stays near 5 minutes; `make test-slow` and CI run it
 def test_a_sweep_over_lr_from_0_01_to_0_5_completes_every_job(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "optim.lr=0.01,0.05,0.1,0.2,0.5", "data.train_subset=2000", "train.epochs=2",

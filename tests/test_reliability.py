@@ -126,6 +126,7 @@ def test_sigkill_at_random_moments_never_leaves_half_written_files(tmp_path):
     assert summary(tmp_path / "run0")["epochs_completed"] == 25
 
 
+@pytest.mark.slow  # `make test` stays near 5 minutes; `make test-slow` and CI run it
 def test_resume_refuses_a_different_config_and_completed_runs(tmp_path, uninterrupted):
     done = run_cli("resume", str(uninterrupted), cwd=tmp_path)
     assert done.returncode == 0 and "nothing to do" in done.stdout

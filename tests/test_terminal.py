@@ -99,6 +99,7 @@ def test_latest_is_the_newest_run_for_show_and_compare(outputs):
     assert nowhere.returncode == 2 and "latest: there is no outputs folder here" in nowhere.stderr
 
 
+@pytest.mark.slow  # `make test` stays near 5 minutes; `make test-slow` and CI run it
 def test_resume_of_a_sweep_folder_continues_the_sweep(tmp_path):
     sweep = tmp_path / "sweep"
     first = run_cli("-m", "optim.lr=0.05,0.1", "data.train_subset=200", "train.epochs=1", f"hydra.sweep.dir={sweep}",
@@ -202,6 +203,7 @@ def test_parallel_jobs_print_whole_result_lines_only(tmp_path):
     assert widest(proc.stdout) <= 80
 
 
+@pytest.mark.slow  # `make test` stays near 5 minutes; `make test-slow` and CI run it
 def test_a_stopped_optuna_search_says_how_many_trials_never_started(tmp_path):
     """fail_fast stops the search after its first trial diverges: the two trials Optuna never
     proposed cannot be rows (they have no values yet), so a line under the table counts them."""

@@ -209,6 +209,7 @@ def test_mixed_shapes_are_grouped_and_the_rest_run_one_by_one(tmp_path):
     assert len([line for line in proc.stdout.splitlines() if line.startswith("job ")]) == 8
 
 
+@pytest.mark.slow  # `make test` stays near 5 minutes; `make test-slow` and CI run it
 def test_a_group_over_the_memory_budget_trains_in_parts(tmp_path):
     sweep = tmp_path / "sweep"
     # one member of this model on 300 images takes about 3.7 MB: a budget of 8 MB fits two
