@@ -510,16 +510,21 @@ def main(argv: list[str]) -> int:
     results["machine"]["load_average_1min"] = {"start": load[0], "end": os.getloadavg()[0]} if load else None
     results["targets"] = check_targets(results)
     render(console, results)
+    write_figures(args, console, results)
+    if args.plot:
+        plot_scaling(results["scaling"], args.plot)
+        console.print(f"scaling plot written to {args.plot}")
+    return 0
+
+
+def write_figures(args: argparse.Namespace, console: Console, results: dict[str, Any]) -> None:
+    """The figures as JSON: to stdout with --json -, else into the --json file."""
     text = json.dumps(results, indent=2)
     if args.json == "-":
         print(text)
     else:
         Path(args.json).expanduser().write_text(text + "\n")
         console.print(f"figures written to {args.json}")
-    if args.plot:
-        plot_scaling(results["scaling"], args.plot)
-        console.print(f"scaling plot written to {args.plot}")
-    return 0
 
 
 def sweep_main(args: argparse.Namespace, cfg: Config, data: MNIST, device: torch.device, results: dict[str, Any],
@@ -534,12 +539,7 @@ def sweep_main(args: argparse.Namespace, cfg: Config, data: MNIST, device: torch
     else:
         results["grid"] = None
     bench_sweep.render(console, results["sweep"], results["grid"])
-    text = json.dumps(results, indent=2)
-    if args.json == "-":
-        print(text)
-    else:
-        Path(args.json).expanduser().write_text(text + "\n")
-        console.print(f"figures written to {args.json}")
+    write_figures(args, console, results)
     if args.plot and results["sweep"]:
         bench_sweep.plot_sweep(results["sweep"], args.plot)
         console.print(f"sweep plot written to {args.plot}")
