@@ -342,3 +342,39 @@ def test_bench_grid_times_both_launchers_through_the_cli(tmp_path):
     assert result["jobs"] == 2 and result["basic_wall_s"] > result["basic_train_seconds_sum"] > 0
     assert result["vectorized_wall_s"] > 0
     assert result["target_met"] is (result["vectorized_wall_s"] <= result["basic_train_seconds_sum"])
+
+
+def test_a_member_whose_folder_cannot_be_written_fails_alone(tmp_path, small_mnist, monkeypatch):
+    """A full disk in one member's folder (its epoch-1 record fails) fails that member, in one
+    line in its summary; the others train on and complete. In-process, through group_runner."""
+    import time
+
+    from backprop_lab import group_runner
+    from backprop_lab.errors import EXIT_FAILED
+    from backprop_lab.report import Reporter
+    from backprop_lab.runner import StopRequest, start
+
+    cfgs = [config(f"optim.lr={lr}", "train.epochs=2", "device=cpu") for lr in (0.1, 0.2, 0.3)]
+    actives = {}
+    for i, cfg in enumerate(cfgs):
+        (tmp_path / str(i)).mkdir()
+        actives[i] = start(cfg, tmp_path / str(i), [], True, False, time.perf_counter(), data=small_mnist)
+        actives[i].reporter = Reporter(quiet=True, progress=False)
+    real = group_runner.record_epoch
+
+    def record(active, m):
+        if active.run_dir.name == "1":
+            raise OSError(28, "No space left on device")
+        real(active, m)
+
+    monkeypatch.setattr(group_runner, "record_epoch", record)
+    logs = group_runner.MemberLogs()
+    codes = group_runner.train_members(actives, StopRequest(), logs, progress=False)
+    logs.close()
+    assert codes == {0: 0, 1: EXIT_FAILED, 2: 0}
+    error = actives[1].summary["error"]
+    assert actives[1].summary["status"] == "failed" and "no space left on device" in error
+    assert f"backprop-lab resume {tmp_path / '1'}" in error  # what to do next, as a run's write failure says
+    for i in (0, 2):
+        assert actives[i].summary["status"] == "completed" and actives[i].summary["epochs_completed"] == 2
+        assert len(metrics(tmp_path / str(i))) == 2
