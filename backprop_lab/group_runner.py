@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -116,8 +117,6 @@ def train_members(actives: dict[int, ActiveRun], stop: StopRequest, logs: Member
     member's folder as runner.record_epoch records a run's; each member's exit code, its summary's
     status and error set as runner.train_epochs sets a run's. With `labels` (a verbose sweep), a
     table of the members after each epoch."""
-    import math
-
     from .members import Group
     from .report import Reporter
     from .train import Diverged, Stopped

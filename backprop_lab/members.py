@@ -28,7 +28,7 @@ import torch
 
 from . import backprop as bp
 from . import network
-from .config import Config
+from .config import Config, dotted
 from .data import MNIST
 from .train import (DIVERGENCE_CHECK_EVERY, PROBE, Diverged, EpochMetrics, OnBatch, State, Stopped, arch_of,
                     find_divergence, planned_epochs, sgd_of)
@@ -51,15 +51,11 @@ def can_join(cfg: Config) -> str | None:
 
 def group_key(cfg: Config) -> str:
     """Equal for configs whose runs can train as one group: all of the config but VARIED."""
-    flat = dict(cfg.to_dict())
-    flat = {section: dict(values) if isinstance(values, dict) else values for section, values in flat.items()}
+    rest = cfg.to_dict()  # fresh nested dicts
     for key in VARIED:
-        section, _, name = key.partition(".")
-        if name:
-            flat[section].pop(name, None)
-        else:
-            flat.pop(section, None)
-    return json.dumps(flat, sort_keys=True, default=str)
+        section, _, name = key.rpartition(".")
+        (dotted(rest, section) if section else rest).pop(name)
+    return json.dumps(rest, sort_keys=True, default=str)
 
 
 def member_bytes(cfg: Config, n_train: int) -> int:
@@ -173,9 +169,8 @@ class Group:
             if not self.live:
                 return
             start = time.perf_counter()
-            device = data.X_train.device
             self.order = torch.stack([torch.randperm(n, generator=self.states[k].shuffle)
-                                      for k in self.live]).to(device)  # (K,n): each member's own shuffle
+                                      for k in self.live]).to(data.X_train.device)  # (K,n): each member's own shuffle
             self.Y_epoch = data.Y_train[self.order]  # (K,n,10)
             self.Z = torch.empty_like(self.Y_epoch)  # (K,n,10) each batch's logits as trained
             steps = min(n_batches, total_steps - (epoch - 1) * n_batches)
@@ -236,8 +231,8 @@ class Group:
                               test_correct.to(train_loss.dtype)]).tolist()
         X_probe, Y_probe = data.X_train[:PROBE], data.Y_train[:PROBE]
         out: dict[int, EpochMetrics | Diverged] = {}
-        layers = {k: tuple(network.layer_stats(arch, sgd_of(self.cfgs[k]), self.states[k].params, {}, X_probe,
-                                               Y_probe)) for k in self.live}
+        layers = {k: tuple(network.layer_stats(arch, sgd_of(self.cfgs[k]), self.states[k].params,
+                                               self.states[k].velocity, X_probe, Y_probe)) for k in self.live}
         share = (time.perf_counter() - start) / len(self.live)  # each member's part of the epoch's time
         for pos, k in enumerate(self.live):
             loss, correct, test_loss, test_right = (v[pos] for v in values)
@@ -256,13 +251,6 @@ class Group:
 def describe(cfgs: Sequence[Config]) -> str:
     """A group as its plan line names it, e.g. '3 x 784-128-10, varying optim.lr, seed'."""
     sizes = "-".join(str(s) for s in arch_of(cfgs[0]).sizes)
-    flat = [{key: _get(c, key) for key in VARIED} for c in cfgs]
-    varying = [key for key in VARIED if len({str(f[key]) for f in flat}) > 1]
+    configs = [c.to_dict() for c in cfgs]
+    varying = [key for key in VARIED if len({str(dotted(c, key)) for c in configs}) > 1]
     return f"{len(cfgs)} x {sizes}" + (f", varying {', '.join(varying)}" if varying else "")
-
-
-def _get(cfg: Config, key: str) -> Any:
-    value: Any = cfg
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value

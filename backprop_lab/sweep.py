@@ -183,7 +183,7 @@ def fixed_overrides(sweep_dir: Path) -> frozenset[str]:
         if (sweep_dir / MULTIRUN_YAML).is_file():
             task = yaml.safe_load((sweep_dir / MULTIRUN_YAML).read_text())["hydra"]["overrides"]["task"]
         else:  # Optuna writes no multirun.yaml: on_multirun_start kept them with the planned trials
-            task = json.loads((sweep_dir / PLANNED_FILE).read_text())["overrides"]
+            task = read_planned(sweep_dir)["overrides"]
         parsed = OverridesParser.create().parse_overrides([str(o) for o in task])
     except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, HydraException):
         return frozenset()
@@ -256,11 +256,21 @@ def compose_once(loader: Any) -> None:
     loader.load_sweep_config = load_sweep_config
 
 
+def typed(job_config: DictConfig) -> Any:
+    """A job's composed config as the typed Config its run checks it into (ConfigError as the run
+    would raise it); `job_config` keeps its hydra node."""
+    from omegaconf import open_dict
+
+    task = job_config.copy()
+    with open_dict(task):
+        del task["hydra"]
+    return from_dictconfig(task)
+
+
 def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list[list[str]] | None:
     """Every job's config checked as its run would check it, before the first starts: a bad value
     in the last job is refused now, not hours in (ConfigError naming the job); returns `jobs`."""
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
 
     loader = GlobalHydra.instance().config_loader()
     compose_once(loader)
@@ -269,10 +279,8 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list
             job_config = loader.load_sweep_config(config, list(job))
         except Exception:  # noqa: BLE001 - a composition error: Hydra's own check reports it next
             continue
-        with open_dict(job_config):
-            del job_config["hydra"]
         try:
-            from_dictconfig(job_config)
+            typed(job_config)
         except ConfigError as e:
             raise ConfigError(f"job {num} ({shown(job)}): {e}; no job was started") from None
     return jobs
@@ -298,8 +306,9 @@ def search_space(config: DictConfig) -> list[tuple[str, Any, str]]:
         elif isinstance(space, IntervalSweep):
             values += [(key, space.start, "the low end of its interval"), (key, space.end, "the high end of its interval")]
         elif isinstance(space, RangeSweep):
-            last = space.start + space.step * (len(range(int(space.start), int(space.stop), int(space.step or 1))) - 1)
-            values += [(key, space.start, "the start of its range"), (key, last, "the end of its range")]
+            steps = list(space.range())  # Hydra's own values, floats included
+            if steps:
+                values += [(key, steps[0], "the start of its range"), (key, steps[-1], "the end of its range")]
     return values
 
 
@@ -342,13 +351,19 @@ def checked_jobs(config: DictConfig) -> list[list[str]] | None:
         raise SystemExit(EXIT_BAD_INPUT) from None  # not an Exception, so Hydra does not turn it into a warning
 
 
+def read_planned(sweep_dir: Path) -> Any:
+    """PLANNED_FILE as on_multirun_start wrote it: a grid's jobs (a list of override lists) or an
+    Optuna search's {"trials": n, "overrides": [...]}; None if there is none or it is unreadable."""
+    try:
+        return json.loads((sweep_dir / PLANNED_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def trials_not_started(sweep_dir: Path, runs: Sequence[Any]) -> str | None:
     """For an Optuna search stopped part way, e.g. '3 of 8 trials never started (...)'; else None.
     They cannot be rows: Optuna proposes each trial's values only when it is about to run."""
-    try:
-        planned = json.loads((sweep_dir / PLANNED_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    planned = read_planned(sweep_dir)
     total = planned.get("trials") if isinstance(planned, dict) else None
     missing = total - len(runs) if isinstance(total, int) else 0
     if missing <= 0:
@@ -358,10 +373,7 @@ def trials_not_started(sweep_dir: Path, runs: Sequence[Any]) -> str | None:
 
 def not_started(sweep_dir: Path, runs: Sequence[Any]) -> list[Any]:
     """Rows for the planned jobs (PLANNED_FILE) that have no folder: a sweep stopped before them."""
-    try:
-        planned = json.loads((sweep_dir / PLANNED_FILE).read_text())
-    except (OSError, ValueError):
-        return []
+    planned = read_planned(sweep_dir)
     have = {run.path.name for run in runs}
     shared = next((run.config for run in runs if run.config), {})  # what the sweep's jobs have in common
     rows = []

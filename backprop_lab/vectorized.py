@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from rich.console import Console
 
-from .config import ConfigError, from_dictconfig
+from .config import ConfigError
 from .report import plural
 
 GPU_SHARE = 0.9  # of a GPU's free memory, for a group's members
@@ -47,6 +47,7 @@ class Planned:
 
 def compose_jobs(loader: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]], first: int) -> list[Planned]:
     from .members import can_join, group_key
+    from .sweep import typed
 
     jobs = []
     for idx, overrides in enumerate(job_overrides, start=first):
@@ -55,11 +56,8 @@ def compose_jobs(loader: Any, config: DictConfig, job_overrides: Sequence[Sequen
             job_config.hydra.job.id = idx
             job_config.hydra.job.num = idx
         job = Planned(idx, list(overrides), job_config)
-        task = job_config.copy()
-        with open_dict(task):
-            del task["hydra"]
         try:
-            job.cfg = from_dictconfig(task)
+            job.cfg = typed(job_config)
         except ConfigError:  # its own run refuses it, in one line, as in any sweep
             jobs.append(job)
             continue

@@ -89,6 +89,8 @@ def test_members_with_momentum_nesterov_and_weight_decay_are_their_twins_float64
         assert [r[k].train_loss for r in records] == pytest.approx([t.train_loss for t in theirs], rel=0, abs=1e-10)
         for name, value in twin.params.items():
             assert torch.allclose(states[k].params[name], value, rtol=0, atol=1e-10), (k, name)
+        for ours, their in zip(records[-1][k].layers, theirs[-1].layers):  # update_ratio reads the velocity
+            assert ours == pytest.approx(their, rel=1e-9, nan_ok=True), k
         assert set(states[k].velocity) == set(twin.velocity)  # {} without momentum, as the single run's
         for name, value in twin.velocity.items():
             assert torch.allclose(states[k].velocity[name], value, rtol=0, atol=1e-10), (k, name)
