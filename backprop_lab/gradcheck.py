@@ -117,7 +117,7 @@ def check(cfg: Config, batch: int = 16, entries: int = 6, seed: int | None = Non
     wd = cfg.optim.weight_decay
 
     def hand_forward() -> nw.Cache:  # the same dropout mask on every call
-        return nw.forward(arch, params, X, train=True, dropout=torch.Generator().manual_seed(seed + 1))
+        return nw.forward(arch, params, X, train=True, dropout=nw.dropout_masks(arch.dropout, torch.Generator().manual_seed(seed + 1)))
 
     def hand_loss() -> float:
         return (nw.loss_of(arch, hand_forward().z, Y) + l2(params, wd)).item()

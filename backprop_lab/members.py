@@ -1,20 +1,20 @@
 """K same-shape runs trained as one model: a group of a vectorised sweep (hydra/launcher=vectorized).
 
 Each member is the twin of its single run: it keeps its own `train.State` (initial weights drawn
-from its seed, its own shuffle generator, so the same batch order; its starting loss) and its own
-learning rate. The group's parameters are the members' stacked along a leading dimension (the
-member form of backprop's equations), and each State's parameters are views of its member, so a
-member's checkpoint is the one its single run would write and `resume MEMBER_DIR` goes on alone.
+from its seed, its own shuffle and dropout generators, so the same batch order and masks; its
+starting loss). The group's parameters are the members' stacked along a leading dimension (the
+member form of network.py's equations), and each State's parameters are views of its member, so
+a member's checkpoint is the one its single run would write and `resume MEMBER_DIR` goes on alone.
 
-What joins a group (`can_join`): the chapter's network (one ReLU hidden layer, softmax and
-cross-entropy). Members of one group share everything but what `VARIED` lists: `group_key` is the
-rest of the config. Every batch, each member gathers its own rows (K, m, 784); the step is
-backprop.fused_step on all members at once for plain SGD (forward / backward / sgd_step with
-train.fused=false), and when any member has momentum or weight decay, forward / backward and
-`momentum_step`, network.sgd_update's rule with each member's own coefficients. Divergence is train.find_divergence, per member at the batches a single run
-checks; a member that diverges leaves the group, reported once as its Diverged, and the others
-go on. A member's `seconds` is its share of the group's epoch (wall time / members training),
-so a group's members add up to its wall time.
+Any model joins a group: members of one group share everything but what `VARIED` lists
+(`group_key` is the rest of the config). Every batch, each member gathers its own rows
+(K, m, n[0]); the step is the one its single run takes, for all members at once: the chapter's
+network with plain SGD through backprop.fused_step, every other case through network.forward /
+backward / update_running_stats and member_sgd_update (each member's own lr, momentum, Nesterov,
+weight decay; each its own dropout rate and masks). Divergence is train.find_divergence, per
+member at the batches a single run checks; a member that diverges leaves the group, reported
+once as its Diverged, and the others go on. A member's `seconds` is its share of the group's
+epoch (wall time / members training), so a group's members add up to its wall time.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -31,22 +31,11 @@ from . import network
 from .config import Config, dotted
 from .data import MNIST
 from .train import (DIVERGENCE_CHECK_EVERY, PROBE, Diverged, EpochMetrics, OnBatch, State, Stopped, arch_of,
-                    find_divergence, planned_epochs, sgd_of)
+                    find_divergence, planned_epochs, sgd_of, uses_fused_step)
 
 # What members of one group may differ in; the rest of the config must be equal.
 VARIED = ("optim.lr", "optim.momentum", "optim.nesterov", "optim.weight_decay", "model.init", "model.init_scale",
-          "seed")
-
-
-def can_join(cfg: Config) -> str | None:
-    """None if a run of `cfg` can be a member of a group, else its model in a few words, e.g.
-    '784-64-32-10' or '784-128-10 tanh': only the chapter's network is vectorised so far."""
-    arch = arch_of(cfg)
-    if arch.is_chapter:
-        return None
-    traits = [arch.activation] * (arch.activation != "relu") + ["batch norm"] * arch.batch_norm
-    traits += [f"dropout {arch.dropout:g}"] * (arch.dropout > 0) + [arch.loss] * (arch.loss != "cross_entropy")
-    return " ".join(["-".join(map(str, arch.sizes)), *traits])
+          "model.dropout", "seed")
 
 
 def group_key(cfg: Config) -> str:
@@ -59,14 +48,14 @@ def group_key(cfg: Config) -> str:
 
 
 def member_bytes(cfg: Config, n_train: int) -> int:
-    """Memory one member adds to a group, roughly: its parameters three times (its own, the
-    stacked copy, a checkpoint's), its epoch's logits, order and targets, and the activations of
-    a batch and of a test or probe chunk."""
+    """Memory one member adds to a group, roughly: its parameters four times (its own, the
+    stacked copy, a velocity, a checkpoint's), its epoch's logits, order and targets, and the
+    activations (with their dropout masks) of a batch and of a test or probe chunk."""
     sizes = arch_of(cfg).sizes
     weights = sum((a + 1) * b for a, b in zip(sizes, sizes[1:]))
     rows = max(cfg.data.batch_size, PROBE)
     per_epoch = n_train * (2 * sizes[-1] + 2)  # logits, targets, order (int64)
-    return 4 * (3 * weights + per_epoch + cfg.data.batch_size * sizes[0] + 4 * rows * sum(sizes[1:]))
+    return 4 * (4 * weights + per_epoch + cfg.data.batch_size * sizes[0] + 5 * rows * sum(sizes[1:]))
 
 
 class Group:
@@ -75,46 +64,42 @@ class Group:
 
     def __init__(self, cfgs: Sequence[Config], data: MNIST, states: Sequence[State]):
         self.cfgs, self.data, self.states = list(cfgs), data, list(states)
+        self.arch = arch_of(self.cfgs[0])  # the group's shapes and code paths (dropout is per member)
         self.live = list(range(len(self.cfgs)))  # members still training, in the stacked order
-        self.params = bp.stack([bp.Params(**{k: s.params[k] for k in ("W1", "b1", "W2", "b2")})
-                                for s in self.states])  # (K,784,H), (K,1,H), (K,H,10), (K,1,10)
-        W1 = self.params.W1
-
-        def per_member(values: list[Any], dtype: torch.dtype = W1.dtype) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype, device=W1.device).reshape(-1, 1, 1)  # (K,1,1)
-
-        self.lr = per_member([c.optim.lr for c in self.cfgs])
-        self.momentum = per_member([c.optim.momentum for c in self.cfgs])
-        self.nesterov = per_member([c.optim.nesterov for c in self.cfgs], torch.bool)
-        self.weight_decay = per_member([c.optim.weight_decay for c in self.cfgs])
-        self.plain = not any(c.optim.momentum or c.optim.weight_decay for c in self.cfgs)
+        self.params = network.stack([s.params for s in self.states])  # W (K,n_in,n_out), vectors (K,1,n)
+        self.opt = network.MemberSGD.of([sgd_of(c) for c in self.cfgs], like=self.params["W1"])
+        self.fused = all(uses_fused_step(c) for c in self.cfgs)  # as each single run would step
         # the momentum buffers, from a resumed member's checkpoint or zero (v = 0 * mu + g = g, as
         # network.sgd_direction's first step); only members with momentum see theirs in their State
-        self.velocity = None if not any(c.optim.momentum for c in self.cfgs) else bp.stack(
-            [bp.Params(**{k: s.velocity.get(k, torch.zeros_like(s.params[k])) for k in ("W1", "b1", "W2", "b2")})
+        self.velocity = None if not any(c.optim.momentum for c in self.cfgs) else network.stack(
+            [{k: s.velocity.get(k, torch.zeros_like(v)) for k, v in s.params.items() if network.is_trained(k)}
              for s in self.states])
         self.order = self.Y_epoch = self.Z = None  # this epoch's, per member: (K,n), (K,n,10), (K,n,10)
         self._bind()
 
     def _bind(self) -> None:
-        """Each live member's State holds views of its slice of the stacked parameters."""
+        """Each live member's State holds views of its slice of the stacked parameters; the
+        step's helpers follow the members still training."""
         for pos, k in enumerate(self.live):
-            self.states[k].params.update(bp.member(self.params, pos).as_dict())
+            self.states[k].params.update(network.member(self.params, pos))
             if self.velocity is not None and self.cfgs[k].optim.momentum:
-                self.states[k].velocity.update(bp.member(self.velocity, pos).as_dict())
+                self.states[k].velocity.update(network.member(self.velocity, pos))
+        self.masks = network.member_masks([self.cfgs[k].model.dropout for k in self.live],
+                                          [self.states[k].dropout for k in self.live])
+        p = self.params
+        self.chapter = bp.Params(p["W1"], p["b1"], p["W2"], p["b2"]) if self.fused else None  # views
         self.views = None  # fused_step's, for the full batches of these parameters
 
     def _remove(self, gone: set[int]) -> None:
         """Members leave the group (diverged): the others' parameters and epoch tensors are kept."""
         keep = [pos for pos, k in enumerate(self.live) if k not in gone]
-        index = torch.tensor(keep, device=self.lr.device)
-        def keep_rows(p: bp.Params) -> bp.Params:
-            return bp.Params(**{name: t.index_select(0, index) for name, t in p.as_dict().items()})
+        index = torch.tensor(keep, device=self.params["W1"].device)
+        def keep_rows(p: network.Params) -> network.Params:
+            return {name: t.index_select(0, index) for name, t in p.items()}
 
         self.params = keep_rows(self.params)
         self.velocity = None if self.velocity is None else keep_rows(self.velocity)
-        self.lr, self.momentum, self.nesterov, self.weight_decay = (
-            t.index_select(0, index) for t in (self.lr, self.momentum, self.nesterov, self.weight_decay))
+        self.opt = self.opt.select(index)
         self.order, self.Y_epoch, self.Z = (None if t is None else t.index_select(0, index)
                                             for t in (self.order, self.Y_epoch, self.Z))
         self.live = [self.live[pos] for pos in keep]
@@ -126,36 +111,16 @@ class Group:
             self._remove({k})
 
     def step(self, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-        """One SGD step of every member on its own batch X (K,m,784), Y (K,m,10); the logits (K,m,10)."""
-        if self.plain and self.cfgs[0].train.fused:
+        """One SGD step of every member on its own batch X (K,m,n[0]), Y (K,m,10); the logits (K,m,10)."""
+        if self.chapter is not None:
             if self.views is None:
-                self.views = bp.fused_views(self.params, X.shape[-2])
-            return bp.fused_step(self.params, X, Y, self.lr, views=self.views)
-        cache = bp.forward(self.params, X)
-        grads = bp.backward(self.params, cache, Y)
-        if self.plain:
-            bp.sgd_step(self.params, grads, self.lr)
-        else:
-            self.momentum_step(grads)
-        return cache.z2
-
-    def momentum_step(self, grads: bp.Grads) -> None:
-        """network.sgd_update's step, each member with its own coefficients (K,1,1):
-
-            g = dW + weight_decay * W          (weights only)
-            v = momentum * v + g
-            d = g + momentum * v (Nesterov)  or  d = v
-            W <- W - lr * d
-        """
-        p = self.params
-        for name, W, dW in (("W1", p.W1, grads.dW1), ("b1", p.b1, grads.db1), ("W2", p.W2, grads.dW2),
-                            ("b2", p.b2, grads.db2)):
-            g = dW + self.weight_decay * W if name.startswith("W") else dW
-            d = g
-            if self.velocity is not None:
-                v = getattr(self.velocity, name).mul_(self.momentum).add_(g)
-                d = torch.where(self.nesterov, g + self.momentum * v, v)
-            W.sub_(self.lr * d)
+                self.views = bp.fused_views(self.chapter, X.shape[-2])
+            return bp.fused_step(self.chapter, X, Y, self.opt.lr, views=self.views)
+        cache = network.forward(self.arch, self.params, X, train=True, dropout=self.masks)
+        grads = network.backward(self.arch, self.params, cache, Y)
+        network.update_running_stats(self.arch, self.params, cache)
+        network.member_sgd_update(self.opt, self.params, grads, self.velocity)
+        return cache.z
 
     def epochs(self, on_batch: OnBatch | None = None, progress_every: int = 50, start_epoch: int = 1,
                should_stop: Callable[[], bool] | None = None) -> Iterator[dict[int, EpochMetrics | Diverged]]:
@@ -182,7 +147,7 @@ class Group:
                        should_stop: Callable[[], bool] | None) -> dict[int, Diverged]:
         cfg, X_all = self.cfgs[0], self.data.X_train
         n, batch = X_all.shape[0], cfg.data.batch_size
-        arch = arch_of(cfg)
+        arch = self.arch
         checked, reported, reported_loss, diverged = 0, 0, 0.0, {}
         for i in range(steps):
             rows = slice(i * batch, min(n, (i + 1) * batch))
@@ -217,15 +182,14 @@ class Group:
         """Each live member's record of the epoch, as train.epoch_metrics makes a run's."""
         if not self.live:
             return {}
-        cfg, data = self.cfgs[0], self.data
-        arch = arch_of(cfg)
+        cfg, data, arch = self.cfgs[0], self.data, self.arch
         trained = min(data.X_train.shape[0], steps * cfg.data.batch_size)
         batch_seconds = time.perf_counter() - start
         Z, Y = self.Z[:, :trained], self.Y_epoch[:, :trained]
         y = data.y_train[self.order[:, :trained]]  # (K,trained) labels
         train_loss = network.loss_of(arch, Z, Y)  # (K,)
         train_correct = (Z.argmax(dim=-1) == y).sum(dim=-1)  # (K,)
-        test_loss_sum, test_correct = bp.evaluate(self.params, data.X_test, data.Y_test)  # (K,) each
+        test_loss_sum, test_correct = network.evaluate(arch, self.params, data.X_test, data.Y_test)  # (K,) each
         n_test = data.X_test.shape[0]
         values = torch.stack([train_loss, train_correct.to(train_loss.dtype), test_loss_sum / n_test,
                               test_correct.to(train_loss.dtype)]).tolist()
@@ -249,8 +213,14 @@ class Group:
 
 
 def describe(cfgs: Sequence[Config]) -> str:
-    """A group as its plan line names it, e.g. '3 x 784-128-10, varying optim.lr, seed'."""
-    sizes = "-".join(str(s) for s in arch_of(cfgs[0]).sizes)
+    """A group as its plan line names it, e.g. '3 x 784-128-10, varying optim.lr, seed' or
+    '2 x 784-64-32-10 tanh batch norm, varying model.dropout'."""
+    arch = arch_of(cfgs[0])
+    traits = [arch.activation] * (arch.activation != "relu") + ["batch norm"] * arch.batch_norm
+    traits += [arch.loss] * (arch.loss != "cross_entropy")
     configs = [c.to_dict() for c in cfgs]
     varying = [key for key in VARIED if len({str(dotted(c, key)) for c in configs}) > 1]
-    return f"{len(cfgs)} x {sizes}" + (f", varying {', '.join(varying)}" if varying else "")
+    if arch.dropout > 0 and "model.dropout" not in varying:
+        traits.append(f"dropout {arch.dropout:g}")
+    model = " ".join(["-".join(map(str, arch.sizes)), *traits])
+    return f"{len(cfgs)} x {model}" + (f", varying {', '.join(varying)}" if varying else "")

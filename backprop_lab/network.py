@@ -22,6 +22,12 @@ With one ReLU hidden layer, softmax and cross-entropy this is exactly backprop.p
 hold the two to each other and both to torch.autograd. As there, the deltas dz are m times
 dL/dz, so every parameter gradient divides by m once.
 
+Members: as in backprop.py, every equation also holds with a leading member dimension K (K
+same-shape networks trained side by side, a vectorised sweep's group): X (K, m, n[0]), W[l]
+(K, n[l-1], n[l]), each vector parameter a (K, 1, n[l]) row. Sums and means run over the rows
+(dim -2, kept for members so they stay rows), transposes are `.mT`, and each member draws its own
+dropout masks (`member_masks`); `stack` / `member` convert between the two forms.
+
 `forward` and `backward` are pure: batch-norm's running statistics are updated by
 `update_running_stats` and parameters only by `sgd_update`, which implements momentum,
 Nesterov and L2 weight decay (on the weights W only) as torch.optim.SGD defines them.
@@ -33,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -136,6 +142,33 @@ def loss_of(arch: Arch, z: Tensor, Y: Tensor) -> Tensor:
     return HEADS[arch.output, arch.loss][1](z, Y)
 
 
+# --- dropout -----------------------------------------------------------------------------------
+
+Masks = Callable[[Tensor], "Tensor | None"]  # a hidden layer's activation a -> its scaled keep mask
+
+
+def dropout_masks(p: float, generator: torch.Generator) -> Masks | None:
+    """Inverted dropout for one run: each unit kept with probability 1 - p and a kept unit scaled
+    by 1 / (1 - p), so a layer's expected output is unchanged; None (nothing drawn) when p = 0."""
+    if p <= 0:
+        return None
+    keep = 1 - p
+
+    def mask(a: Tensor) -> Tensor:
+        return (torch.rand(a.shape, generator=generator, dtype=a.dtype, device=a.device) < keep).to(a.dtype) / keep
+
+    return mask
+
+
+def member_masks(ps: Sequence[float], generators: Sequence[torch.Generator]) -> Masks | None:
+    """Members' masks (K, m, n): member k's drawn as its single run draws them, from its own
+    generator with its own rate; a member without dropout gets ones and draws nothing."""
+    masks = [dropout_masks(p, g) for p, g in zip(ps, generators)]
+    if all(m is None for m in masks):
+        return None
+    return lambda a: torch.stack([a.new_ones(a.shape[1:]) if m is None else m(a[k]) for k, m in enumerate(masks)])
+
+
 # --- initialisation ----------------------------------------------------------------------------
 
 
@@ -175,6 +208,18 @@ def is_trained(name: str) -> bool:
     return not name.startswith(("mean", "var"))
 
 
+def stack(members: Sequence[Params]) -> Params:
+    """K runs' parameters with a leading member dimension (copies): each W (K, n_in, n_out), each
+    vector a (K, 1, n) row, so that it broadcasts over a member's batch rows."""
+    return {name: torch.stack([p[name] for p in members]) if name.startswith("W")
+            else torch.stack([p[name] for p in members]).unsqueeze(-2) for name in members[0]}
+
+
+def member(params: Params, k: int) -> Params:
+    """Member k of stacked parameters, as its single run holds them (views)."""
+    return {name: t[k] if name.startswith("W") else t[k, 0] for name, t in params.items()}
+
+
 # --- the network -------------------------------------------------------------------------------
 
 
@@ -192,10 +237,9 @@ class Cache:
     out: Tensor | None = None  # softmax or sigmoid of z[L]
 
 
-def forward(arch: Arch, params: Params, X: Tensor, train: bool = True,
-            dropout: torch.Generator | None = None) -> Cache:
+def forward(arch: Arch, params: Params, X: Tensor, train: bool = True, dropout: Masks | None = None) -> Cache:
     """train: batch norm uses the batch's statistics (else the running ones). Dropout applies
-    only when `dropout` (the generator that draws its masks) is given and arch.dropout > 0."""
+    only when `dropout` (what draws the masks: dropout_masks or member_masks) is given."""
     f = ACTIVATIONS[arch.activation][0]
     L = arch.n_layers
     cache = Cache()
@@ -206,8 +250,10 @@ def forward(arch: Arch, params: Params, X: Tensor, train: bool = True,
         if arch.batch_norm:
             z = a @ W  # (m,n[l-1]) @ (n[l-1],n[l]) -> (m,n[l])
             if train:
-                mean, var = z.mean(dim=0), z.var(dim=0, unbiased=False)  # (n[l],)
-                cache.batch_stats.append((mean, z.var(dim=0, unbiased=True) if z.shape[0] > 1 else var))
+                rows = W.dim() > 2  # members: the statistics stay (K,1,n[l]) rows
+                mean, var = z.mean(dim=-2, keepdim=rows), z.var(dim=-2, unbiased=False, keepdim=rows)  # (n[l],)
+                unbiased = z.var(dim=-2, unbiased=True, keepdim=rows) if z.shape[-2] > 1 else var
+                cache.batch_stats.append((mean, unbiased))
             else:
                 mean, var = params[f"mean{l}"], params[f"var{l}"]
                 cache.batch_stats.append(None)
@@ -223,13 +269,10 @@ def forward(arch: Arch, params: Params, X: Tensor, train: bool = True,
             cache.batch_stats.append(None)
         a = f(y)  # (m,n[l])
         cache.acts.append(a)
-        if dropout is not None and arch.dropout > 0:
-            keep = 1 - arch.dropout
-            mask = (torch.rand(a.shape, generator=dropout, dtype=a.dtype, device=a.device) < keep).to(a.dtype) / keep  # (m,n[l])
+        mask = dropout(a) if dropout is not None else None  # (m,n[l])
+        if mask is not None:
             a = a * mask
-            cache.masks.append(mask)
-        else:
-            cache.masks.append(None)
+        cache.masks.append(mask)
     cache.inputs.append(a)
     cache.z = a @ params[f"W{L}"] + params[f"b{L}"]  # (m,n[L-1]) @ (n[L-1],10) -> (m,10)
     cache.out = HEADS[arch.output, arch.loss][0](cache.z)  # (m,10)
@@ -243,10 +286,11 @@ def bn_backward(dy: Tensor, zhat: Tensor, gamma: Tensor, std: Tensor) -> tuple[T
     and variance depend on every row, dz is dzhat minus its row mean and minus its
     projection on zhat, scaled by 1/std.
     """
-    dgamma = (dy * zhat).sum(dim=0)  # (n,)
-    dbeta = dy.sum(dim=0)  # (n,)
+    rows = gamma.dim() > 1  # members: sums over each member's rows, kept as (K,1,n) rows
+    dgamma = (dy * zhat).sum(dim=-2, keepdim=rows)  # (n,)
+    dbeta = dy.sum(dim=-2, keepdim=rows)  # (n,)
     dzhat = dy * gamma  # (m,n)
-    dz = (dzhat - dzhat.mean(dim=0) - zhat * (dzhat * zhat).mean(dim=0)) / std  # (m,n)
+    dz = (dzhat - dzhat.mean(dim=-2, keepdim=True) - zhat * (dzhat * zhat).mean(dim=-2, keepdim=True)) / std  # (m,n)
     return dz, dgamma, dbeta
 
 
@@ -254,13 +298,14 @@ def backward(arch: Arch, params: Params, cache: Cache, Y: Tensor) -> Params:
     """Gradients of the mean loss: {"W1": dW1, "b1": db1, ...} for every trained parameter."""
     f_grad = ACTIVATIONS[arch.activation][1]
     L = arch.n_layers
-    m = Y.shape[0]
+    m = Y.shape[-2]
+    rows = params[f"W{L}"].dim() > 2  # members: each bias gradient a (K,1,n) row, as its bias
     grads: Params = {}
     dz = HEADS[arch.output, arch.loss][2](cache.out, Y)  # dz[L]: (m,10)
-    grads[f"W{L}"] = cache.inputs[L - 1].T @ (dz / m)  # (n[L-1],m) @ (m,10) -> (n[L-1],10)
-    grads[f"b{L}"] = dz.mean(dim=0)  # (10,)
+    grads[f"W{L}"] = cache.inputs[L - 1].mT @ (dz / m)  # (n[L-1],m) @ (m,10) -> (n[L-1],10)
+    grads[f"b{L}"] = dz.mean(dim=-2, keepdim=rows)  # (10,)
     for l in range(L - 1, 0, -1):
-        da = dz @ params[f"W{l + 1}"].T  # (m,n[l+1]) @ (n[l+1],n[l]) -> (m,n[l])
+        da = dz @ params[f"W{l + 1}"].mT  # (m,n[l+1]) @ (n[l+1],n[l]) -> (m,n[l])
         if cache.masks[l - 1] is not None:
             da = da * cache.masks[l - 1]  # (m,n[l]): dropped units pass no gradient
         dy = da * f_grad(cache.acts[l - 1])  # (m,n[l])
@@ -269,8 +314,8 @@ def backward(arch: Arch, params: Params, cache: Cache, Y: Tensor) -> Params:
             grads[f"gamma{l}"], grads[f"beta{l}"] = dgamma / m, dbeta / m  # (n[l],)
         else:
             dz = dy
-            grads[f"b{l}"] = dz.mean(dim=0)  # (n[l],)
-        grads[f"W{l}"] = cache.inputs[l - 1].T @ (dz / m)  # (n[l-1],m) @ (m,n[l]) -> (n[l-1],n[l])
+            grads[f"b{l}"] = dz.mean(dim=-2, keepdim=rows)  # (n[l],)
+        grads[f"W{l}"] = cache.inputs[l - 1].mT @ (dz / m)  # (n[l-1],m) @ (m,n[l]) -> (n[l-1],n[l])
     return grads
 
 
@@ -319,6 +364,43 @@ def sgd_update(opt: SGD, params: Params, grads: Params, velocity: Params) -> Non
         params[name].sub_(d, alpha=opt.lr)
 
 
+@dataclass(frozen=True)
+class MemberSGD:
+    """SGD's coefficients for members, one per member as (K, 1, 1) tensors (nesterov: bool)."""
+
+    lr: Tensor
+    momentum: Tensor
+    nesterov: Tensor
+    weight_decay: Tensor
+
+    @classmethod
+    def of(cls, opts: Sequence[SGD], like: Tensor) -> MemberSGD:
+        def column(values: list, dtype: torch.dtype = like.dtype) -> Tensor:
+            return torch.tensor(values, dtype=dtype, device=like.device).reshape(-1, 1, 1)  # (K,1,1)
+
+        return cls(lr=column([o.lr for o in opts]), momentum=column([o.momentum for o in opts]),
+                   nesterov=column([o.nesterov for o in opts], torch.bool),
+                   weight_decay=column([o.weight_decay for o in opts]))
+
+    def select(self, index: Tensor) -> MemberSGD:
+        """The coefficients of the members at `index` (those still training)."""
+        return MemberSGD(*(t.index_select(0, index) for t in (self.lr, self.momentum, self.nesterov, self.weight_decay)))
+
+
+def member_sgd_update(opt: MemberSGD, params: Params, grads: Params, velocity: Params | None) -> None:
+    """sgd_update for members, each with its own coefficients: sgd_direction's equations with
+    the velocity always kept (`velocity`: zeros at the start, or None when no member has
+    momentum). A member with momentum 0 gets v = g and d = g: plain SGD, as its single run."""
+    for name, dp in grads.items():
+        p = params[name]
+        g = dp + opt.weight_decay * p if name.startswith("W") else dp
+        d = g
+        if velocity is not None:
+            v = velocity[name].mul_(opt.momentum).add_(g)  # on the first step v = 0 * mu + g = g
+            d = torch.where(opt.nesterov, g + opt.momentum * v, v)
+        p.sub_(opt.lr * d)
+
+
 # --- evaluation and diagnostics ----------------------------------------------------------------
 
 
@@ -329,13 +411,14 @@ def evaluate(arch: Arch, params: Params, X: Tensor, Y: Tensor, chunk: int = 1_00
     In chunks of 1,000 rows because a chunk's inputs and hidden activations then stay in the
     CPU's cache from one layer to the next: the test pass took ~15 % less time than in one
     10,000-row piece on the 2-core benchmark machine, with the same results."""
-    loss_sum = torch.zeros((), dtype=X.dtype, device=X.device)
-    correct = torch.zeros((), dtype=torch.int64, device=X.device)
+    lead = params["W1"].shape[:-2]  # () for a run, (K,) for members: one sum and count each
+    loss_sum = torch.zeros(lead, dtype=X.dtype, device=X.device)
+    correct = torch.zeros(lead, dtype=torch.int64, device=X.device)
     for start in range(0, X.shape[0], chunk):
         Xc, Yc = X[start: start + chunk], Y[start: start + chunk]
-        z = forward(arch, params, Xc, train=False).z  # (c,10)
+        z = forward(arch, params, Xc, train=False).z  # (c,10); members (K,c,10) from the same rows
         loss_sum += loss_of(arch, z, Yc) * Xc.shape[0]
-        correct += (z.argmax(dim=1) == Yc.argmax(dim=1)).sum()
+        correct += (z.argmax(dim=-1) == Yc.argmax(dim=-1)).sum(dim=-1)
     return loss_sum, correct
 
 

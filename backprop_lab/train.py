@@ -311,6 +311,7 @@ def train(
     # cheaper than a gather per batch (benchmarked), for one more copy of the set in memory.
     X_epoch = torch.empty_like(X_all)  # (n,784)
     views = fused_views(chapter, batch) if chapter is not None else None  # made once, for every full batch
+    masks = network.dropout_masks(arch.dropout, state.dropout)
 
     for epoch in range(start_epoch, planned_epochs(cfg, n) + 1):
         start = time.perf_counter()
@@ -328,7 +329,7 @@ def train(
             if chapter is not None:
                 fused_step(chapter, X, Y, opt.lr, z2_out=Z_rows, views=views)
             else:
-                cache = network.forward(arch, params, X, train=True, dropout=state.dropout)
+                cache = network.forward(arch, params, X, train=True, dropout=masks)
                 grads = network.backward(arch, params, cache, Y)
                 network.update_running_stats(arch, params, cache)
                 network.sgd_update(opt, params, grads, state.velocity)

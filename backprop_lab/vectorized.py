@@ -3,9 +3,8 @@ trials) are grouped by everything that changes shapes or code paths, and each gr
 jobs trains as one model (group_runner, members); the plugin class in hydra_plugins/ only calls
 `launch`.
 
-A job runs one by one, as the basic launcher runs it, when it cannot join a group (a model other
-than the chapter's: members.can_join), when its config is refused (it is reported as in any
-sweep), or when no other job shares its group. A group's members each get a
+A job runs one by one, as the basic launcher runs it, when its config is refused (it is reported
+as in any sweep) or when no other job shares its group. A group's members each get a
 complete run directory, with their own `.hydra/` files: Hydra's run_job makes the folder and
 those files for each member first (with no on_job_end), the group trains, then every member's
 on_job_end reports it, so the sweep's result lines and table are those of any sweep.
@@ -35,18 +34,17 @@ RAM_SHARE = 0.5  # of the memory available on a CPU
 @dataclass
 class Planned:
     """One job of the batch: its number, overrides and composed config, and its typed config with
-    the group it joins (key None: it runs alone; `alone` names its model when that is the reason)."""
+    the group it joins (key None: it runs alone)."""
 
     idx: int
     overrides: list[str]
     config: DictConfig
     cfg: Any = None
     key: str | None = None
-    alone: str | None = None
 
 
 def compose_jobs(loader: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]], first: int) -> list[Planned]:
-    from .members import can_join, group_key
+    from .members import group_key
     from .sweep import typed
 
     jobs = []
@@ -61,8 +59,7 @@ def compose_jobs(loader: Any, config: DictConfig, job_overrides: Sequence[Sequen
         except ConfigError:  # its own run refuses it, in one line, as in any sweep
             jobs.append(job)
             continue
-        job.alone = can_join(job.cfg)
-        job.key = group_key(job.cfg) if job.alone is None else None
+        job.key = group_key(job.cfg)
         jobs.append(job)
     return jobs
 
@@ -115,9 +112,7 @@ def plan(jobs: list[Planned], memory_gb: float | None) -> tuple[list[list[Planne
     out = [f"vectorized: {plural(len(jobs), 'job')} -> {plural(len(lines), 'group') if lines else 'no group'}"]
     out += [f"  {line}" for line in lines] + [f"  {s}" for s in splits]
     if alone:
-        models = sorted({job.alone for job in alone if job.alone})
-        why = f": not the chapter's network ({'; '.join(models)})" if models else ""
-        out.append(f"  {plural(len(alone), 'job')} one by one{why}")
+        out.append(f"  {plural(len(alone), 'job')} one by one")
     return units, out
 
 

@@ -72,7 +72,7 @@ def test_gradients_match_autograd_float64(activation, batch_norm, dropout, head)
     arch = nw.Arch(sizes=(12, 9, 7, 10), activation=activation, output=head[0], loss=head[1],
                    batch_norm=batch_norm, dropout=dropout)
     X, y, Y, params = problem(arch)
-    cache = nw.forward(arch, params, X, train=True, dropout=torch.Generator().manual_seed(3))
+    cache = nw.forward(arch, params, X, train=True, dropout=nw.dropout_masks(arch.dropout, torch.Generator().manual_seed(3)))
     grads = nw.backward(arch, params, cache, Y)
     # the masks are an input of the step (random numbers), so the reference reuses them
     ref, loss = reference_grads(arch, params, X, y, masks=cache.masks)
@@ -86,7 +86,7 @@ def test_gradients_match_autograd_float64(activation, batch_norm, dropout, head)
 def test_dropout_masks_drop_and_rescale():
     arch = nw.Arch(sizes=(50, 400, 10), dropout=0.25)
     X, _, _, params = problem(arch, m=200)
-    mask = nw.forward(arch, params, X, dropout=torch.Generator().manual_seed(0)).masks[0]
+    mask = nw.forward(arch, params, X, dropout=nw.dropout_masks(arch.dropout, torch.Generator().manual_seed(0))).masks[0]
     assert set(mask.unique().tolist()) == {0.0, 1 / 0.75}
     assert (mask == 0).double().mean().item() == pytest.approx(0.25, abs=0.01)
     # without a generator (evaluation, diagnostics) nothing is dropped
@@ -275,3 +275,82 @@ def test_layer_stats_are_the_gradient_and_the_step_torch_optim_sgd_would_take(mo
         assert row["grad_norm"] == pytest.approx(leaves[name].grad.norm().item(), rel=1e-9)
         assert row["weight_norm"] == pytest.approx(before.norm().item(), rel=1e-12)
         assert row["update_ratio"] == pytest.approx((W.detach() - before).norm().item() / before.norm().item(), rel=1e-7)
+
+
+# --- members: K networks side by side (a vectorised sweep's group) -----------------------------
+
+
+@pytest.mark.parametrize("activation,batch_norm,dropout,head", GRID,
+                         ids=[f"{a}-bn{int(b)}-drop{d}-{h[1]}" for a, b, d, h in GRID])
+def test_the_member_form_is_each_member_alone_float64(activation, batch_norm, dropout, head):
+    """Three members (own weights, own batch, own dropout rate and generator, one without
+    dropout) through forward, backward, the running statistics and evaluate in the member form
+    give what each member gives alone, to 1e-12."""
+    arch = nw.Arch(sizes=(12, 9, 7, 10), activation=activation, output=head[0], loss=head[1],
+                   batch_norm=batch_norm, dropout=dropout)
+    runs = [problem(arch, seed=k) for k in range(3)]
+    rates = [dropout, 0.0, dropout / 2]
+    alone = []
+    for (X, _, Y, params), p, k in zip(runs, rates, range(3)):
+        params = {n: t.clone() for n, t in params.items()}
+        cache = nw.forward(arch, params, X, dropout=nw.dropout_masks(p, torch.Generator().manual_seed(k)))
+        nw.update_running_stats(arch, params, cache)
+        alone.append((cache, nw.backward(arch, params, cache, Y), params))
+    stacked = nw.stack([params for *_, params in runs])
+    X, Y = torch.stack([r[0] for r in runs]), torch.stack([r[2] for r in runs])  # (3,m,12), (3,m,10)
+    gens = [torch.Generator().manual_seed(k) for k in range(3)]
+    cache = nw.forward(arch, stacked, X, dropout=nw.member_masks(rates, gens))
+    grads = nw.backward(arch, stacked, cache, Y)
+    nw.update_running_stats(arch, stacked, cache)
+    assert nw.loss_of(arch, cache.z, Y).shape == (3,)
+    for k, (their_cache, their_grads, their_params) in enumerate(alone):
+        assert torch.allclose(cache.z[k], their_cache.z, rtol=0, atol=1e-12)
+        assert set(grads) == set(their_grads)
+        for name, g in grads.items():
+            ours = nw.member(grads, k)[name]
+            assert ours.shape == g.shape[1:] if name.startswith("W") else ours.shape == g.shape[2:]
+            assert torch.allclose(ours, their_grads[name], rtol=0, atol=1e-12), (k, name)
+        for name, t in nw.member(stacked, k).items():  # batch norm's running statistics
+            assert torch.allclose(t, their_params[name], rtol=0, atol=1e-12), (k, name)
+    X_eval, Y_eval = runs[0][0], runs[0][2]
+    loss_sum, correct = nw.evaluate(arch, stacked, X_eval, Y_eval, chunk=10)
+    assert loss_sum.shape == correct.shape == (3,)
+    for k, (*_, their_params) in enumerate(alone):
+        their_loss, their_correct = nw.evaluate(arch, their_params, X_eval, Y_eval, chunk=10)
+        assert loss_sum[k].item() == pytest.approx(their_loss.item(), rel=1e-12)
+        assert correct[k].item() == their_correct.item()
+
+
+def test_member_masks_are_each_members_own_draws():
+    a = torch.ones(3, 40, 30, dtype=torch.float64)
+    masks = nw.member_masks([0.5, 0.0, 0.2], [torch.Generator().manual_seed(k) for k in range(3)])(a)
+    assert torch.equal(masks[0], nw.dropout_masks(0.5, torch.Generator().manual_seed(0))(a[0]))
+    assert torch.equal(masks[1], torch.ones(40, 30, dtype=torch.float64))
+    assert torch.equal(masks[2], nw.dropout_masks(0.2, torch.Generator().manual_seed(2))(a[2]))
+    assert nw.member_masks([0.0, 0.0], [torch.Generator()] * 2) is None
+
+
+def test_member_sgd_update_is_each_members_sgd_update():
+    """Three steps of members with their own lr, momentum, Nesterov and weight decay (one plain)
+    equal each member's own network.sgd_update, velocity included."""
+    arch = nw.Arch(sizes=(12, 9, 10), batch_norm=True)
+    opts = [nw.SGD(lr=0.1, momentum=0.9), nw.SGD(lr=0.05, momentum=0.5, nesterov=True, weight_decay=0.01),
+            nw.SGD(lr=0.2), nw.SGD(lr=0.3, weight_decay=0.1)]
+    runs = [problem(arch, seed=k) for k in range(len(opts))]
+    singles = [{n: t.clone() for n, t in r[3].items()} for r in runs]
+    stacked = nw.stack(singles)
+    velocity = {n: torch.zeros_like(t) for n, t in stacked.items() if nw.is_trained(n)}
+    member_opt = nw.MemberSGD.of(opts, like=stacked["W1"])
+    single_velocity = [{} for _ in opts]
+    for step in range(3):
+        g = torch.Generator().manual_seed(100 + step)
+        grads = [{n: torch.randn(t.shape, generator=g, dtype=torch.float64) for n, t in s.items() if nw.is_trained(n)}
+                 for s in singles]
+        nw.member_sgd_update(member_opt, stacked, nw.stack(grads), velocity)
+        for opt, params, gr, v in zip(opts, singles, grads, single_velocity):
+            nw.sgd_update(opt, params, gr, v)
+    for k, params in enumerate(singles):
+        for name, t in nw.member(stacked, k).items():
+            assert torch.allclose(t, params[name], rtol=0, atol=1e-12), (k, name)
+        for name, v in single_velocity[k].items():
+            assert torch.allclose(nw.member(velocity, k)[name], v, rtol=0, atol=1e-12), (k, name)
