@@ -82,9 +82,7 @@ def run_group(pending: Sequence[Pending], pngs: bool = False, progress: bool = T
     try:
         labels = {i: member_label(pending[i]) for i in actives} if pending and pending[0].job.opts["verbose"] is True \
             else None
-        for epoch in sorted({a.start_epoch for a in actives.values()}):  # resumed members: by their epoch
-            part = {i: a for i, a in actives.items() if a.start_epoch == epoch}
-            codes.update(train_members(part, stop, logs, progress, labels))
+        codes.update(train_by_start(actives, stop, logs, progress, labels))
         for i, active in actives.items():
             with logs.of(active.run_dir):
                 codes[i] = finish(active, stop, codes[i], previous)
@@ -109,6 +107,20 @@ def member_label(p: Pending) -> str:
     from .sweep import fixed_overrides, shown, varied
 
     return f"{p.job.run_dir.name} {shown(varied(p.overrides, fixed_overrides(p.job.sweep_dir)))}"
+
+
+def train_by_start(actives: dict[int, ActiveRun], stop: StopRequest, logs: MemberLogs, progress: bool,
+                   labels: dict[int, str] | None = None) -> dict[int, int]:
+    """Members resumed from different epochs: one group per starting epoch, earliest first (a
+    group's members step through the same epochs); each member's exit code."""
+    codes: dict[int, int] = {}
+    for epoch in sorted({a.start_epoch for a in actives.values()}):
+        part = {i: a for i, a in actives.items() if a.start_epoch == epoch}
+        if stop.requested():  # stopped during an earlier part: these members keep their checkpoints untouched
+            codes.update({i: mark_stopped(a, stop, KeyboardInterrupt()) for i, a in part.items()})
+            continue
+        codes.update(train_members(part, stop, logs, progress, labels))
+    return codes
 
 
 def train_members(actives: dict[int, ActiveRun], stop: StopRequest, logs: MemberLogs, progress: bool,

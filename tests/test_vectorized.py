@@ -419,3 +419,77 @@ def test_a_member_whose_folder_cannot_be_written_fails_alone(tmp_path, small_mni
     for i in (0, 2):
         assert actives[i].summary["status"] == "completed" and actives[i].summary["epochs_completed"] == 2
         assert len(metrics(tmp_path / str(i))) == 2
+
+
+def test_members_resumed_from_different_epochs_train_in_turn_and_end_as_unbroken_runs(tmp_path, small_mnist,
+                                                                                      monkeypatch):
+    """A first pass leaves member 1 at epoch 1 (its epoch-2 record failed) and members 0 and 2 at
+    epoch 2 (a stop after their epoch 2). Resumed together, member 1 trains from epoch 2 as one
+    group, then members 0 and 2 from epoch 3 as another; each ends with the metrics of its unbroken
+    single run. In-process, through group_runner, as a resumed sweep runs its members."""
+    import time
+
+    from backprop_lab import group_runner
+    from backprop_lab.report import Reporter
+    from backprop_lab.runner import StopRequest, finish, start
+
+    # small rates: on 2,000 images lr=0.2 is unstable enough that float32 rounding (bmm against
+    # mm) alone grows to 0.3 % of the test loss by epoch 3, resumed or not
+    cfgs = [config(f"optim.lr={lr}", "train.epochs=4", "device=cpu") for lr in (0.03, 0.05, 0.1)]
+    stop = StopRequest()
+    real = group_runner.record_epoch
+
+    def record(active, m):
+        if active.run_dir.name == "1" and m.epoch == 2:
+            raise OSError(28, "No space left on device")
+        real(active, m)
+        if active.run_dir.name == "2" and m.epoch == 2:
+            stop.signum = 2  # as a Ctrl-C here would: the group stops after the next batch
+
+    def run(resume: bool, stop: StopRequest):
+        actives = {}
+        for i, cfg in enumerate(cfgs):
+            (tmp_path / str(i)).mkdir(exist_ok=True)
+            actives[i] = start(cfg, tmp_path / str(i), [], True, resume, time.perf_counter(), data=small_mnist)
+            actives[i].reporter = Reporter(quiet=True, progress=False)
+        logs = group_runner.MemberLogs()
+        codes = group_runner.train_by_start(actives, stop, logs, progress=False)
+        for i, active in actives.items():
+            finish(active, stop, codes[i], {})
+        logs.close()
+        return actives, codes
+
+    monkeypatch.setattr(group_runner, "record_epoch", record)
+    actives, codes = run(False, stop)
+    assert [summary(tmp_path / str(i))["epochs_completed"] for i in range(3)] == [2, 1, 2]
+    assert [summary(tmp_path / str(i))["status"] for i in range(3)] == ["interrupted", "failed", "interrupted"]
+    monkeypatch.setattr(group_runner, "record_epoch", real)
+    actives, codes = run(True, StopRequest())
+    assert [actives[i].start_epoch for i in range(3)] == [3, 2, 3]
+    assert codes == {0: 0, 1: 0, 2: 0}
+    for i, cfg in enumerate(cfgs):
+        s = summary(tmp_path / str(i))
+        assert s["status"] == "completed" and s["epochs_completed"] == 4
+        assert [r["epoch"] for r in metrics(tmp_path / str(i))] == [1, 2, 3, 4]
+        twin = list(train(cfg, small_mnist, make_state(cfg, torch.device("cpu"))))
+        ours = metrics(tmp_path / str(i))
+        for a, b in zip(ours, twin, strict=True):
+            assert a["test_loss"] == pytest.approx(b.test_loss, rel=1e-4), (i, a["epoch"])
+            assert a["train_loss"] == pytest.approx(b.train_loss, rel=1e-4), (i, a["epoch"])
+
+
+def test_members_left_for_a_later_part_keep_their_checkpoints_when_a_stop_came_first(tmp_path, small_mnist):
+    import time
+
+    from backprop_lab import group_runner
+    from backprop_lab.runner import StopRequest, start
+
+    cfg = config("optim.lr=0.1", "train.epochs=2", "device=cpu")
+    (tmp_path / "0").mkdir()
+    active = start(cfg, tmp_path / "0", [], True, False, time.perf_counter(), data=small_mnist)
+    active.start_epoch = 2  # as a member resumed later than the part before it
+    stop = StopRequest(signum=2)
+    codes = group_runner.train_by_start({0: active}, stop, group_runner.MemberLogs(), progress=False)
+    assert codes == {0: 130} and active.summary["status"] == "interrupted"
+    assert "continue with: backprop-lab resume" in active.summary["error"]
+    assert not (tmp_path / "0" / "metrics.csv").exists() or len(metrics(tmp_path / "0")) == 0
