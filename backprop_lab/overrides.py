@@ -4,6 +4,8 @@ what is wrong and what to give instead, before anything is written."""
 
 from __future__ import annotations
 
+import contextlib
+
 import difflib
 import re
 from pathlib import Path
@@ -222,6 +224,9 @@ def check_override(o: Any, args: Any, groups: dict[str, list[str]], makes_dirs: 
         raise ConfigError(f"{o.input_line}: backprop-lab keeps each run's log in its folder ({LOG}), which "
                           f"`compare` and `resume` read, so Hydra's job logging cannot be changed; the terminal "
                           f"shows no log lines as it is")
+    if key == "hydra":  # Hydra: "Could not override 'hydra'" in 3 lines, or a traceback for +hydra=...
+        raise ConfigError(f"{o.input_line}: 'hydra' is not a setting itself; set one of Hydra's settings as "
+                          f"hydra.KEY=VALUE, e.g. hydra.sweep.dir=outputs/sweep (backprop-lab --hydra-help lists them)")
     if key.startswith("hydra/") and not (o.is_add() or o.is_force_add() or o.is_delete()) and o.value() is not None:
         options, hydra_groups = hydra_group_options(key)
         if not options:
@@ -281,6 +286,7 @@ def check_hydra_settings(overrides: list[Any]) -> None:
     launcher not chosen) as one line. Composing is the only faithful check, since the
     launcher and sweeper chosen decide which keys exist; it costs ~0.2 s, so only when needed."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
 
     settings = [o for o in overrides if o.key_or_group.startswith("hydra.") and not (o.is_add() or o.is_force_add())
@@ -288,7 +294,9 @@ def check_hydra_settings(overrides: list[Any]) -> None:
     if not settings:
         return
     single = [o.input_line for o in overrides if not o.is_sweep_override()]  # what decides the config's shape
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+    # before Hydra's own start this process has no Hydra yet; a caller that has one (a test) lends it
+    started = GlobalHydra.instance().is_initialized()
+    with contextlib.nullcontext() if started else initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         try:
             compose("config", overrides=single, return_hydra_config=True)
             return

@@ -208,54 +208,6 @@ def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
-@contextlib.contextmanager
-def repository_shared(safe: bool) -> Any:
-    """Hydra deep-copies its config repository at every composition (a third of a composition's
-    0.13 s), only so that a primary config's hydra.searchpath cannot change the shared one. When
-    no searchpath is set (`safe`) that copy protects nothing, and this skips it for the compositions
-    made inside. Hydra-internal (hydra-core 1.3, which pyproject pins); without it, nothing changes."""
-    try:
-        from hydra._internal.config_repository import CachingConfigRepository
-    except ImportError:
-        safe = False
-    if not safe:
-        yield
-        return
-    copying = CachingConfigRepository.__init__
-
-    def sharing(self: Any, delegate: Any) -> None:
-        self.delegate, self.cache = delegate, {}
-
-    CachingConfigRepository.__init__ = sharing
-    try:
-        yield
-    finally:
-        CachingConfigRepository.__init__ = copying
-
-
-def compose_once(loader: Any) -> None:
-    """Hydra composes each job's config three times: the sweeper checks each batch, check_planned_jobs
-    checks every job up front, the launcher composes it to run. At 0.15 s a composition (2-core CPU)
-    that is 7 s of a 16-job sweep. From here on the loader composes a job's overrides once and
-    hands each caller a copy (callers change theirs: job number, output folder)."""
-    import copy
-
-    compose = loader.load_sweep_config
-    if getattr(compose, "composed", None) is not None:
-        return
-    composed: dict[tuple[int, tuple[str, ...]], Any] = {}
-
-    def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        key = (id(master_config), tuple(sweep_overrides))
-        if key not in composed:
-            with repository_shared(not master_config.hydra.get("searchpath")):
-                composed[key] = (master_config, compose(master_config, list(sweep_overrides)))  # keeps master's id
-        return copy.deepcopy(composed[key][1])
-
-    load_sweep_config.composed = composed  # type: ignore[attr-defined]
-    loader.load_sweep_config = load_sweep_config
-
-
 def typed(job_config: DictConfig) -> Any:
     """A job's composed config as the typed Config its run checks it into (ConfigError as the run
     would raise it); `job_config` keeps its hydra node."""
@@ -271,6 +223,8 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list
     """Every job's config checked as its run would check it, before the first starts: a bad value
     in the last job is refused now, not hours in (ConfigError naming the job); returns `jobs`."""
     from hydra.core.global_hydra import GlobalHydra
+
+    from .composing import compose_once
 
     loader = GlobalHydra.instance().config_loader()
     compose_once(loader)

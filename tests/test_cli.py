@@ -352,6 +352,9 @@ PLUGIN_MISTAKES = [  # each used to end in a traceback mid-sweep, or in Hydra's 
     (("hydra.launcher.n_jobs=2",), "'hydra.launcher.n_jobs' is not one of Hydra's settings (Key 'n_jobs' not in "
                                    "'BasicLauncherConf')"),  # joblib's, and joblib is not chosen
     (("hydra.job.chdir=abc",), "hydra.job.chdir=abc is not valid: Value 'abc' is not a valid bool"),
+    (("hydra=x",), "hydra=x: 'hydra' is not a setting itself; set one of Hydra's settings as hydra.KEY=VALUE"),
+    (("+hydra=1",), "+hydra=1: 'hydra' is not a setting itself"),  # was a traceback
+    (("hydra.0=",), "'hydra.0' is not one of Hydra's settings"),
     (("-m", "hydra.sweeper.n_trials=3"), "'hydra.sweeper.n_trials' is not one of Hydra's settings (Key 'n_trials' not "
                                          "in 'BasicSweeperConf'); it is a setting of the Optuna sweeper: add "
                                          "hparams_search=mlp"),

@@ -108,5 +108,7 @@ def test_any_override_value_is_valid_or_refused_in_one_line(key, value):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(override=st.text(max_size=30))
 @example(override="-m")  # a flag, not an override: a sweep of one job with the defaults
+@example(override="hydra=")  # found by this test: Hydra's three lines, now one
+@example(override="hydra.0=")  # found by this test: a hydra.* check inside an already started Hydra
 def test_any_override_string_is_valid_or_refused_in_one_line(override):
     outcome([override])
