@@ -96,6 +96,22 @@ def test_members_with_momentum_nesterov_and_weight_decay_are_their_twins_float64
             assert torch.allclose(states[k].velocity[name], value, rtol=0, atol=1e-10), (k, name)
 
 
+@pytest.mark.parametrize("extra", [(), ("optim.momentum=0.9", "model.hidden_sizes=[32,16]")], ids=["fused", "network"])
+def test_members_at_one_seed_share_their_batches_and_are_their_twins_float64(small_mnist, extra):
+    """Members with one seed shuffle alike, so the group gathers each batch once for all of them
+    (the fused step and network.py's path both take it); each is still its single run's twin."""
+    data = float64(small_mnist, 300)
+    cfgs = [config(f"optim.lr={lr}", *extra, "train.epochs=2") for lr in (0.05, 0.1, 0.2)]
+    states = [double_state(c) for c in cfgs]
+    records = list(Group(cfgs, data, states).epochs())
+    for k, cfg in enumerate(cfgs):
+        twin = double_state(cfg)
+        theirs = list(train(cfg, data, twin))
+        assert [r[k].train_loss for r in records] == pytest.approx([t.train_loss for t in theirs], rel=0, abs=1e-10)
+        for name, value in twin.params.items():
+            assert torch.allclose(states[k].params[name], value, rtol=0, atol=1e-10), (k, name)
+
+
 def test_float32_members_agree_with_their_twins_to_rounding(small_mnist):
     cfgs = [config(*job, "train.epochs=1") for job in GRID]
     states = [make_state(c, torch.device("cpu")) for c in cfgs]
