@@ -66,7 +66,7 @@ def differing_values(loader: Any, ours: list[Any], theirs: list[Any]) -> list[An
     return changed
 
 
-def derived(loader: Any, base: DictConfig, parsed: list[Any], changed: list[Any]) -> DictConfig:
+def derived(base: DictConfig, parsed: list[Any], changed: list[Any]) -> DictConfig:
     """`base` (an earlier job's composition) with `changed` applied, as Hydra's composition ends:
     the values set in order, the task overrides and hydra.job.override_dirname remade."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
@@ -108,7 +108,7 @@ def compose_once(loader: Any) -> None:
                 same_master = can_derive and master_id == key[0]
                 changed = differing_values(loader, parsed, base_parsed) if same_master else None
                 if changed is not None:
-                    composed[key] = (master_config, derived(loader, base, parsed, changed), parsed)
+                    composed[key] = (master_config, derived(base, parsed, changed), parsed)
                     break
             else:
                 with repository_shared(not master_config.hydra.get("searchpath")):

@@ -39,6 +39,18 @@ def double_state(cfg):
     return state
 
 
+def alone(cfg, data):
+    """The member's twin: its config trained as a single run in float64; (its State, its records)."""
+    twin = double_state(cfg)
+    return twin, list(train(cfg, data, twin))
+
+
+def assert_same_tensors(ours: dict, theirs: dict, k: int) -> None:
+    assert set(ours) == set(theirs), k
+    for name, value in theirs.items():
+        assert torch.allclose(ours[name], value, rtol=0, atol=1e-10), (k, name)
+
+
 GRID = [("optim.lr=0.05", "seed=0", "model.init_scale=0.01"), ("optim.lr=0.2", "seed=1", "model.init_scale=0.01"),
         ("optim.lr=0.1", "seed=0", "model.init_scale=0.05"), ("optim.lr=0.4", "seed=2", "model.init=he")]
 
@@ -63,8 +75,7 @@ def test_members_are_their_single_run_twins_float64(small_mnist, fused):
                 assert getattr(ours, name) == pytest.approx(getattr(theirs, name), rel=0, abs=1e-10), (k, name)
             for a, b in zip(ours.layers, theirs.layers):
                 assert a == pytest.approx(b, rel=1e-9, nan_ok=True)
-        for name, value in twin.params.items():
-            assert torch.allclose(states[k].params[name], value, rtol=0, atol=1e-10), (k, name)
+        assert_same_tensors(states[k].params, twin.params, k)
         assert states[k].start_loss == pytest.approx(twin.start_loss, abs=1e-12)
         # the member's checkpoint holds its own tensors, not the group's storage
         saved = states[k].state_dict()["params"]
@@ -83,17 +94,13 @@ def test_members_with_momentum_nesterov_and_weight_decay_are_their_twins_float64
     states = [double_state(c) for c in cfgs]
     records = list(Group(cfgs, data, states).epochs())
     for k, cfg in enumerate(cfgs):
-        twin = double_state(cfg)
-        theirs = list(train(cfg, data, twin))
+        twin, theirs = alone(cfg, data)
         assert [r[k].test_loss for r in records] == pytest.approx([t.test_loss for t in theirs], rel=0, abs=1e-10)
         assert [r[k].train_loss for r in records] == pytest.approx([t.train_loss for t in theirs], rel=0, abs=1e-10)
-        for name, value in twin.params.items():
-            assert torch.allclose(states[k].params[name], value, rtol=0, atol=1e-10), (k, name)
+        assert_same_tensors(states[k].params, twin.params, k)
         for ours, their in zip(records[-1][k].layers, theirs[-1].layers):  # update_ratio reads the velocity
             assert ours == pytest.approx(their, rel=1e-9, nan_ok=True), k
-        assert set(states[k].velocity) == set(twin.velocity)  # {} without momentum, as the single run's
-        for name, value in twin.velocity.items():
-            assert torch.allclose(states[k].velocity[name], value, rtol=0, atol=1e-10), (k, name)
+        assert_same_tensors(states[k].velocity, twin.velocity, k)  # {} without momentum, as the single run's
 
 
 @pytest.mark.parametrize("extra", [(), ("optim.momentum=0.9", "model.hidden_sizes=[32,16]")], ids=["fused", "network"])
@@ -105,11 +112,9 @@ def test_members_at_one_seed_share_their_batches_and_are_their_twins_float64(sma
     states = [double_state(c) for c in cfgs]
     records = list(Group(cfgs, data, states).epochs())
     for k, cfg in enumerate(cfgs):
-        twin = double_state(cfg)
-        theirs = list(train(cfg, data, twin))
+        twin, theirs = alone(cfg, data)
         assert [r[k].train_loss for r in records] == pytest.approx([t.train_loss for t in theirs], rel=0, abs=1e-10)
-        for name, value in twin.params.items():
-            assert torch.allclose(states[k].params[name], value, rtol=0, atol=1e-10), (k, name)
+        assert_same_tensors(states[k].params, twin.params, k)
 
 
 def test_float32_members_agree_with_their_twins_to_rounding(small_mnist):
@@ -162,19 +167,14 @@ def test_members_of_any_model_with_their_own_dropout_and_momentum_are_their_twin
     records = list(Group(cfgs, data, states).epochs())
     assert len(records) == 2
     for k, cfg in enumerate(cfgs):
-        twin = double_state(cfg)
-        theirs = list(train(cfg, data, twin))
+        twin, theirs = alone(cfg, data)
         for ours, their in zip((r[k] for r in records), theirs, strict=True):
             for name in ("train_loss", "train_acc", "test_loss", "test_acc"):
                 assert getattr(ours, name) == pytest.approx(getattr(their, name), rel=0, abs=1e-10), (k, name)
             for a, b in zip(ours.layers, their.layers, strict=True):
                 assert a == pytest.approx(b, rel=1e-9, nan_ok=True), k
-        assert set(states[k].params) == set(twin.params)
-        for name, value in twin.params.items():  # batch norm's running mean and var too
-            assert torch.allclose(states[k].params[name], value, rtol=0, atol=1e-10), (k, name)
-        assert set(states[k].velocity) == set(twin.velocity)
-        for name, value in twin.velocity.items():
-            assert torch.allclose(states[k].velocity[name], value, rtol=0, atol=1e-10), (k, name)
+        assert_same_tensors(states[k].params, twin.params, k)  # batch norm's running mean and var too
+        assert_same_tensors(states[k].velocity, twin.velocity, k)
         # the dropout generator has drawn what the single run's drew: a resumed member goes on alike
         assert torch.equal(states[k].dropout.get_state(), twin.dropout.get_state())
 
