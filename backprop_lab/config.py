@@ -8,6 +8,7 @@ Nothing past this module sees OmegaConf.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.resources
 import math
@@ -284,10 +285,16 @@ def dotted(d: Any, key: str) -> Any:
 
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
     """A run's saved config (summary.json's "config") with the keys added to backprop-lab since
-    that run filled in from their defaults, which is what the run had."""
-    from omegaconf import OmegaConf
+    that run filled in from their defaults, which is what the run had. Plain dicts merged
+    (a sweep's report reads every job's summary: OmegaConf's merge took 6 ms a run)."""
+    def filled(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+        out = dict(defaults)
+        for key, value in values.items():
+            both = isinstance(value, dict) and isinstance(out.get(key), dict)
+            out[key] = filled(out[key], value) if both else copy.deepcopy(value)
+        return out
 
-    return OmegaConf.to_container(OmegaConf.merge(Config().to_dict(), saved))
+    return filled(Config().to_dict(), saved)
 
 
 def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:

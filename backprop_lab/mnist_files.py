@@ -79,11 +79,14 @@ _prefetched: dict[Path, tuple[threading.Thread, dict[Path, bytes | Exception]]] 
 
 
 def prefetch(root: str | Path | None) -> None:
-    """Start reading the files under data.root on a background thread. Whatever it finds
-    wrong is raised later, by the read_verified call that picks the file up."""
+    """Start reading the files under data.root on a background thread, unless a read of them is
+    pending already. Whatever it finds wrong is raised later, by the read_verified call that picks
+    the file up."""
     try:
         found = find_files(folder_of(root))
     except OSError:  # an unreadable folder: load_mnist meets it again and says so
+        return
+    if all(path in _prefetched for path in found.values()):
         return
     results: dict[Path, bytes | Exception] = {}
 

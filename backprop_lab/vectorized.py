@@ -44,7 +44,7 @@ class Planned:
 
 
 def compose_jobs(loader: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]], first: int) -> list[Planned]:
-    from .members import group_key
+    from .mnist_files import prefetch
     from .sweep import typed
 
     jobs = []
@@ -57,10 +57,14 @@ def compose_jobs(loader: Any, config: DictConfig, job_overrides: Sequence[Sequen
         try:
             job.cfg = typed(job_config)
         except ConfigError:  # its own run refuses it, in one line, as in any sweep
-            jobs.append(job)
-            continue
-        job.key = group_key(job.cfg)
+            pass
         jobs.append(job)
+    for root in {job.cfg.data.root for job in jobs if job.cfg is not None}:
+        prefetch(root)  # the files are read on another core while torch loads (members imports it)
+    from .members import group_key
+
+    for job in jobs:
+        job.key = None if job.cfg is None else group_key(job.cfg)
     return jobs
 
 

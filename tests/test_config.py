@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from backprop_lab.overrides import check_overrides, config_groups
-from backprop_lab.config import Config, ConfigError, from_container, known_keys
+from backprop_lab.config import Config, ConfigError, from_container, known_keys, with_defaults
 
 from .conftest import CONF_DIR, compose
 
@@ -181,3 +181,22 @@ def test_lab_options_compose():
     assert cfg.optim.nesterov and cfg.optim.weight_decay == 0.0005 and cfg.train.steps == 100
     assert cfg.to_dict()["model"]["hidden_sizes"] == [256, 128, 64]  # plain lists, as in summary.json
     assert typed().model.hidden == (128,)  # the chapter's single hidden_size
+
+
+@pytest.mark.parametrize("saved", [
+    {"model": {"hidden_size": 64}, "seed": 3},  # an older run: keys missing at both levels
+    {"model": {"hidden_size": 32, "hidden_sizes": [64, 32]}, "optim": {"lr": 0.5}, "data": {"root": None}},
+    {"model": {"activation": "tanh"}, "gone": {"a": [1, 2]}, "old_key": "x"},  # keys backprop-lab dropped
+    Config().to_dict(),
+])
+def test_with_defaults_fills_a_saved_config_as_omegaconf_merges(saved):
+    import copy
+
+    before = copy.deepcopy(saved)
+    expected = OmegaConf.to_container(OmegaConf.merge(Config().to_dict(), saved))  # the oracle
+    filled = with_defaults(saved)
+    assert filled == expected
+    assert saved == before  # the caller's dict is not changed ...
+    if "gone" in saved:  # ... nor shared
+        filled["gone"]["a"].append(3)
+        assert saved["gone"]["a"] == [1, 2]
