@@ -33,8 +33,8 @@ RAM_SHARE = 0.5  # of the memory available on a CPU
 
 @dataclass
 class Planned:
-    """One job of the batch: its number, overrides and composed config, and its typed config with
-    the group it joins (key None: it runs alone)."""
+    """One job of the batch: its number, overrides and composed config, its typed config, and the
+    group `plan` puts it in (key None: it runs alone)."""
 
     idx: int
     overrides: list[str]
@@ -44,7 +44,6 @@ class Planned:
 
 
 def compose_jobs(loader: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]], first: int) -> list[Planned]:
-    from .mnist_files import prefetch
     from .sweep import typed
 
     jobs = []
@@ -59,12 +58,6 @@ def compose_jobs(loader: Any, config: DictConfig, job_overrides: Sequence[Sequen
         except ConfigError:  # its own run refuses it, in one line, as in any sweep
             pass
         jobs.append(job)
-    for root in {job.cfg.data.root for job in jobs if job.cfg is not None}:
-        prefetch(root)  # the files are read on another core while torch loads (members imports it)
-    from .members import group_key
-
-    for job in jobs:
-        job.key = None if job.cfg is None else group_key(job.cfg)
     return jobs
 
 
@@ -89,11 +82,12 @@ def budget(memory_gb: float | None, device: str) -> int:
 def plan(jobs: list[Planned], memory_gb: float | None) -> tuple[list[list[Planned]], list[str]]:
     """The units to run, in the order of their first job (a group's part, or one job alone), and
     the plan's lines for the terminal."""
-    from .members import describe, member_bytes
+    from .members import describe, group_key, member_bytes
 
     groups: dict[str, list[Planned]] = {}
     for job in jobs:
-        if job.key is not None:
+        if job.cfg is not None:
+            job.key = group_key(job.cfg)
             groups.setdefault(job.key, []).append(job)
     units: list[list[Planned]] = []
     lines, splits = [], []
@@ -175,6 +169,10 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     jobs = compose_jobs(launcher.hydra_context.config_loader, config, job_overrides, initial_job_idx)
+    from .mnist_files import prefetch
+
+    for root in {job.cfg.data.root for job in jobs if job.cfg is not None}:
+        prefetch(root)  # read on another core while torch loads (plan imports it), as a run's start does
     units, lines = plan(jobs, launcher.memory_gb)
     console = Console(highlight=False, soft_wrap=True)
     for line in lines:
