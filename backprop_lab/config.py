@@ -107,6 +107,11 @@ def _is_real(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
+def is_memory_gb(v: Any) -> bool:
+    """hydra/launcher=vectorized's memory_gb: null (a share of what is free) or finite gigabytes > 0."""
+    return v is None or (_is_real(v) and v > 0)
+
+
 # key -> (accepts the value?, what is allowed). One table, so every rule is visible at once.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.hidden_size": (lambda v: _is_int(v) and v > 0, "a positive integer, e.g. 128"),

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .claim import check_output_dir, check_sweep_subdir
-from .config import CONF_DIR, ConfigError, from_dictconfig, known_keys, list_keys, unknown_key_message
+from .config import CONF_DIR, ConfigError, from_dictconfig, is_memory_gb, known_keys, list_keys, unknown_key_message
 from .errors import stderr
 from .rundir import LOG
 
@@ -135,8 +135,7 @@ PLUGIN_VALUES: dict[str, tuple[Callable[[Any], bool], str]] = {
                                        "a fraction from 0 to 1"),
     "hydra.launcher.n_jobs": (lambda v: _whole(v) and v != 0,
                               "a whole number of parallel jobs: 1, 2, ..., or -1 for one per core"),
-    "hydra.launcher.memory_gb": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                         and v > 0), "a number of gigabytes > 0, or null"),
+    "hydra.launcher.memory_gb": (is_memory_gb, "a number of gigabytes > 0, or null"),
     "hydra.launcher.plots": (lambda v: isinstance(v, bool), "true or false"),
 }
 

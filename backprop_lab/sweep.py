@@ -47,9 +47,9 @@ from omegaconf import DictConfig
 from rich.console import Console
 
 from . import compare, runs as saved_runs
-from .config import ConfigError, config_changes, from_dictconfig
+from .config import ConfigError, config_changes, from_dictconfig, is_memory_gb
 from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OF_SIGNAL, ErrorConsole, error_line, refuse
-from .report import plural
+from .report import OutputConsole, plural
 from .rundir import (CHECKPOINT, INTERRUPT_FILE, KEPT_HYDRA, METRICS, MULTIRUN_YAML, OPTUNA_RESULTS, PLANNED_FILE,
                      REFUSED_FILE, STOP_FILE, SUMMARY, SUMMARY_CSV, SUMMARY_JSON, SWEEP_MARK, SWEEP_MARKS, WEIGHTS,
                      RunDirError, effective_status, locked, read_summary, still_running)
@@ -85,8 +85,7 @@ def check_vectorized_settings(launcher: Any) -> None:
     """hydra/launcher=vectorized's memory_gb and plots, as a config file of the user's may set them
     (the command line's are checked with the other overrides, before Hydra starts)."""
     memory_gb, plots = launcher.get("memory_gb"), launcher.get("plots")
-    if memory_gb is not None and (isinstance(memory_gb, bool) or not isinstance(memory_gb, (int, float))
-                                  or not memory_gb > 0):
+    if not is_memory_gb(memory_gb):
         raise ConfigError(f"hydra.launcher.memory_gb={memory_gb!r} is not valid: expected a number of gigabytes > 0, "
                           f"or null for half the available memory")
     if not isinstance(plots, bool):
@@ -187,7 +186,9 @@ def fixed_overrides(sweep_dir: Path) -> frozenset[str]:
         parsed = OverridesParser.create().parse_overrides([str(o) for o in task])
     except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError, HydraException):
         return frozenset()
-    return frozenset(o.input_line for o in parsed if not o.is_sweep_override())
+    # both as typed and as the basic sweeper hands them to jobs (model.batch_norm=True for =true)
+    return frozenset(form for o in parsed if not o.is_sweep_override()
+                     for form in (o.input_line, f"{o.get_key_element()}={o.get_value_element_as_str()}"))
 
 
 def varied(overrides: Sequence[str], fixed: frozenset[str]) -> list[str]:
@@ -217,16 +218,20 @@ def typed(job_config: DictConfig) -> Any:
     return from_dictconfig(OmegaConf.masked_copy(job_config, [key for key in job_config if key != "hydra"]))
 
 
-def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list[list[str]] | None:
+def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list[dict[str, Any]] | None:
     """Every job's config checked as its run would check it, before the first starts: a bad value
-    in the last job is refused now, not hours in (ConfigError naming the job); returns `jobs`."""
+    in the last job is refused now, not hours in (ConfigError naming the job), and so are two jobs
+    given one folder (Hydra would write the second's .hydra/ over the first's record) or one
+    outside the sweep. Returns each job's overrides and folder in the sweep (PLANNED_FILE's entries)."""
     from hydra.core.global_hydra import GlobalHydra
 
     from .composing import compose_once
 
     loader = GlobalHydra.instance().config_loader()
     compose_once(loader)
+    planned: list[dict[str, Any]] = []
     for num, job in enumerate(jobs or []):
+        planned.append({"overrides": list(job), "folder": str(num)})
         try:
             job_config = loader.load_sweep_config(config, list(job))
         except Exception:  # noqa: BLE001 - a composition error: Hydra's own check reports it next
@@ -235,7 +240,32 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list
             typed(job_config)
         except ConfigError as e:
             raise ConfigError(f"job {num} ({shown(job)}): {e}; no job was started") from None
-    return jobs
+        folder = job_folder(job_config, num)
+        subdir = config.hydra.sweep._get_node("subdir")._value()
+        if folder is not None and (Path(folder).is_absolute() or ".." in Path(folder).parts):
+            raise ConfigError(f"hydra.sweep.subdir={subdir} puts job {num} in {folder}, outside the sweep's folder; "
+                              f"give a folder inside it, e.g. hydra.sweep.subdir='job${{hydra.job.num}}'; no job was "
+                              f"started")
+        first = next((i for i, p in enumerate(planned[:-1]) if p["folder"] == folder), None)
+        if first is not None:
+            raise ConfigError(f"hydra.sweep.subdir={subdir} gives jobs {first} and {num} the same folder ({folder}); "
+                              f"each job needs its own: include the job's number, e.g. "
+                              f"hydra.sweep.subdir='{subdir}_${{hydra.job.num}}'; no job was started")
+        planned[-1]["folder"] = folder or str(num)
+    return None if jobs is None else planned
+
+
+def job_folder(job_config: DictConfig, num: int) -> str | None:
+    """The folder hydra.sweep.subdir gives job `num` (None if it cannot be resolved yet)."""
+    from omegaconf import open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    with open_dict(job_config):
+        job_config.hydra.job.num = job_config.hydra.job.id = num  # as the launcher sets them
+    try:
+        return str(Path(str(job_config.hydra.sweep.subdir)))
+    except OmegaConfBaseException:
+        return None
 
 
 def search_space(config: DictConfig) -> list[tuple[str, Any, str]]:
@@ -287,7 +317,7 @@ def check_search_space(config: DictConfig) -> None:
             raise ConfigError(f"the Optuna search can propose {key}={value} ({where}): {e}; no trial was started") from None
 
 
-def checked_jobs(config: DictConfig) -> list[list[str]] | None:
+def checked_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
     """planned_jobs, each checked (check_planned_jobs); a bad one ends the sweep in one line, before
     any job starts, taking back the sweep folder this start made."""
     from .claim import discard_if_empty
@@ -304,8 +334,9 @@ def checked_jobs(config: DictConfig) -> list[list[str]] | None:
 
 
 def read_planned(sweep_dir: Path) -> Any:
-    """PLANNED_FILE as on_multirun_start wrote it: a grid's jobs (a list of override lists) or an
-    Optuna search's {"trials": n, "overrides": [...]}; None if there is none or it is unreadable."""
+    """PLANNED_FILE as on_multirun_start wrote it: a grid's jobs (a list of {"overrides": [...],
+    "folder": ...}; before 2026-12-07 a list of override lists, each in the folder of its number) or
+    an Optuna search's {"trials": n, "overrides": [...]}; None if there is none or it is unreadable."""
     try:
         return json.loads((sweep_dir / PLANNED_FILE).read_text())
     except (OSError, ValueError):
@@ -326,13 +357,14 @@ def trials_not_started(sweep_dir: Path, runs: Sequence[Any]) -> str | None:
 def not_started(sweep_dir: Path, runs: Sequence[Any]) -> list[Any]:
     """Rows for the planned jobs (PLANNED_FILE) that have no folder: a sweep stopped before them."""
     planned = read_planned(sweep_dir)
-    have = {run.path.name for run in runs}
+    have = {job_key(sweep_dir, run.path) for run in runs}
     shared = next((run.config for run in runs if run.config), {})  # what the sweep's jobs have in common
     rows = []
     for num, job in enumerate(planned if isinstance(planned, list) else []):
-        if str(num) not in have and isinstance(job, list):
-            own = {w.split("=", 1)[0]: yaml.safe_load(w.split("=", 1)[1]) for w in map(str, job) if "=" in w}
-            rows.append(saved_runs.Run(path=sweep_dir / str(num), label=str(num), group=sweep_dir,
+        overrides, folder = (job.get("overrides"), job.get("folder")) if isinstance(job, dict) else (job, str(num))
+        if folder not in have and isinstance(overrides, list) and isinstance(folder, str):
+            own = {w.split("=", 1)[0]: yaml.safe_load(w.split("=", 1)[1]) for w in map(str, overrides) if "=" in w}
+            rows.append(saved_runs.Run(path=sweep_dir / folder, label=folder, group=sweep_dir,
                                        status="not started", config={**shared, **own}))
     return rows
 
@@ -600,6 +632,20 @@ def other_overrides(sweep_dir: Path, overrides: list[str]) -> str:
     return f"{' '.join(there) or 'none'} there, {' '.join(here) or 'none'} here"
 
 
+@contextlib.contextmanager
+def closed_stdout(sweep_dir: Path, what: str) -> Any:
+    """`backprop-lab -m ... | head`: once the reader has gone, the sweep stops as it stops for
+    Ctrl-C (no later job starts; the table is still written to the sweep's folder; exit 141)."""
+    try:
+        yield
+    except BrokenPipeError:  # OutputConsole has pointed stdout at /dev/null: later lines go nowhere
+        request_interrupt(sweep_dir, "SIGPIPE", what)
+
+
+def stopped_by(signal_name: str) -> str:
+    return "a closed standard output (broken pipe)" if signal_name == "SIGPIPE" else signal_name
+
+
 def finish_hint(sweep_dir: Path) -> str:
     return (f"to finish the sweep, run the same command with hydra.sweep.dir={sweep_dir} "
             f"hydra.callbacks.sweep_report.resume=true")
@@ -641,7 +687,8 @@ class SweepReport(Callback):
         self.console = console  # the options are read by each job from the Hydra config
 
     def _console(self) -> Console:
-        return self.console or Console(highlight=False, soft_wrap=True)
+        # a closed stdout (`backprop-lab -m ... | head`) raises BrokenPipeError: see `closed_stdout`
+        return self.console or OutputConsole(highlight=False, soft_wrap=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check the options before any job starts; clear an earlier pass's fail-fast stop."""
@@ -712,14 +759,15 @@ class SweepReport(Callback):
             earlier = saved_runs.collect([sweep_dir]) if sweep_dir.is_dir() else []
             set_hydra_files_aside(sweep_dir)
             done = sum(r.status == "completed" for r in earlier)
-            self._console().print(
-                f"resume: {sweep_dir} holds {len(earlier)} earlier job(s), {done} completed: completed ones "
-                f"are skipped, interrupted ones continue from their checkpoint" if earlier else
-                f"resume: nothing to resume in {sweep_dir} (no earlier jobs there); running every job",
-                markup=False)
+            with closed_stdout(sweep_dir, ""):
+                self._console().print(
+                    f"resume: {sweep_dir} holds {len(earlier)} earlier job(s), {done} completed: completed ones "
+                    f"are skipped, interrupted ones continue from their checkpoint" if earlier else
+                    f"resume: nothing to resume in {sweep_dir} (no earlier jobs there); running every job",
+                    markup=False)
 
         if planned is not None:  # the table at the end lists the jobs that never started
-            (sweep_dir / PLANNED_FILE).write_text(json.dumps([list(job) for job in planned]))
+            (sweep_dir / PLANNED_FILE).write_text(json.dumps(planned))
         elif isinstance(config.hydra.sweeper.get("n_trials"), int):  # Optuna: the end counts the trials not run
             (sweep_dir / PLANNED_FILE).write_text(json.dumps({"trials": config.hydra.sweeper.n_trials,
                                                               "overrides": list(config.hydra.overrides.task)}))
@@ -728,16 +776,20 @@ class SweepReport(Callback):
         hydra_cfg = job_return.hydra_cfg.hydra
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return
-        run_dir = Path(hydra_cfg.runtime.output_dir)
         # Not job_return's copy: it has lost the config's resolver cache, so its ${now:...} would
         # be read again, and name another folder once the job has crossed a second.
         sweep_dir = Path(str(HydraConfig.get().sweep.dir))
+        with closed_stdout(sweep_dir, f"job {hydra_cfg.job.num}"):
+            self._job_line(hydra_cfg, job_return, sweep_dir)
+
+    def _job_line(self, hydra_cfg: Any, job_return: JobReturn, sweep_dir: Path) -> None:
+        run_dir = Path(hydra_cfg.runtime.output_dir)
         reason = stop_reason(sweep_dir)
         stopped = interrupted(sweep_dir)
         if (reason or stopped) and not run_dir.exists():
             words = varied(list(job_return.overrides or []), fixed_overrides(sweep_dir))
             head = f"job {hydra_cfg.job.num}  {shown(words) or '(no overrides)'}  ->  "
-            why = f"the sweep was stopped by {stopped[0]}{f' ({stopped[1]})' * bool(stopped[1])}" if stopped else \
+            why = f"the sweep was stopped by {stopped_by(stopped[0])}{f' ({stopped[1]})' * bool(stopped[1])}" if stopped else \
                 f"fail-fast, {reason}"
             self._console().print(head + f"not run: {why}", markup=False)
             return
@@ -757,11 +809,13 @@ class SweepReport(Callback):
     def on_multirun_end_of(self, sweep_dir: Path, stopped: tuple[str, str] | None = None) -> None:
         for job in sweep_dir.glob(f"*/{KEPT_HYDRA}"):  # the jobs of a resumed sweep that never started
             put_hydra_files_back(job.parent)
-        runs = self._report(sweep_dir)
+        runs: list[Any] = []
+        with closed_stdout(sweep_dir, ""):
+            runs = self._report(sweep_dir)
         stopped = interrupted(sweep_dir) or stopped
         if stopped:
-            error_line(f"sweep stopped by {stopped[0]}{f' in {stopped[1]}' * bool(stopped[1])}; no job was started "
-                       f"after it; {finish_hint(sweep_dir)}")
+            error_line(f"sweep stopped by {stopped_by(stopped[0])}{f' in {stopped[1]}' * bool(stopped[1])}; no job "
+                       f"was started after it; {finish_hint(sweep_dir)}")
             raise SystemExit(EXIT_OF_SIGNAL.get(stopped[0], 130))
         reason = stop_reason(sweep_dir)
         if reason:
@@ -786,9 +840,11 @@ class SweepReport(Callback):
                 if (key := job_key(sweep_dir, r.path)) in held else r for r in runs]
         runs = compare.sort_runs(runs, "test_acc")
         keys = compare.differing_keys(runs)
+        compare.write_csv(str(sweep_dir / SUMMARY_CSV), runs, keys)  # first: a closed stdout stops the printing
+        compare.write_json(str(sweep_dir / SUMMARY_JSON), runs, keys)
         console.print()
         # not the soft-wrapping console of the result lines: the table's title wraps to the width
-        compare.print_table(self.console or Console(highlight=False), runs, keys,
+        compare.print_table(self.console or OutputConsole(highlight=False), runs, keys,
                             title=f"sweep {sweep_dir}: {plural(len(runs), 'job')}, best test acc first",
                             hint=f"show them with: backprop-lab compare {sweep_dir} --keys KEY,KEY")
         untried = trials_not_started(sweep_dir, runs)
@@ -798,7 +854,5 @@ class SweepReport(Callback):
             console.print(textwrap.fill(untried, width=console.width), markup=False)
         if (sweep_dir / OPTUNA_RESULTS).is_file():
             console.print(f"Optuna's best parameters: {OPTUNA_RESULTS} in the sweep's folder", markup=False)
-        compare.write_csv(str(sweep_dir / SUMMARY_CSV), runs, keys)
-        compare.write_json(str(sweep_dir / SUMMARY_JSON), runs, keys)
         console.print(f"wrote {SUMMARY_CSV} and {SUMMARY_JSON} in the sweep's folder", markup=False)
         return runs

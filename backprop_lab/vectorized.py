@@ -22,10 +22,9 @@ from typing import Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
-from rich.console import Console
 
 from .config import ConfigError
-from .report import plural
+from .report import OutputConsole, plural
 
 GPU_SHARE = 0.9  # of a GPU's free memory, for a group's members
 RAM_SHARE = 0.5  # of the memory available on a CPU
@@ -170,13 +169,15 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     jobs = compose_jobs(launcher.hydra_context.config_loader, config, job_overrides, initial_job_idx)
     from .mnist_files import prefetch
+    from .sweep import closed_stdout
 
     for root in {job.cfg.data.root for job in jobs if job.cfg is not None}:
         prefetch(root)  # read on another core while torch loads (plan imports it), as a run's start does
     units, lines = plan(jobs, launcher.memory_gb)
-    console = Console(highlight=False, soft_wrap=True)
-    for line in lines:
-        console.print(line, markup=False)
+    console = OutputConsole(highlight=False, soft_wrap=True)
+    with closed_stdout(Path(str(config.hydra.sweep.dir)), ""):  # `| head`: no job starts, as for Ctrl-C
+        for line in lines:
+            console.print(line, markup=False)
     returns: dict[int, Any] = {}
     for unit in units:
         if len(unit) == 1 and unit[0].key is None:

@@ -319,10 +319,10 @@ def test_ctrl_c_stops_the_whole_sweep_and_one_resume_finishes_it(tmp_path):
     command = ["-m", "optim.lr=0.05,0.1,0.2", "data.train_subset=10000", "train.epochs=10", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen([sys.executable, "-m", "backprop_lab", *command], cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (sweep / "0" / "metrics.csv").exists() and time.time() < deadline:  # job 0 is training
-        time.sleep(0.05)
-    time.sleep(0.5)
+    deadline, metrics = time.time() + 120, sweep / "0" / "metrics.csv"
+    # job 0 has trained its first epoch (of 10, about 0.3 s each): it is stopped well before its end
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2) and time.time() < deadline:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -388,8 +388,14 @@ def test_a_sweep_subdir_outside_the_sweep_is_refused_before_any_job_writes_there
         "job number)"], proc.stderr
     proc = run_cli(*common, "env", *TINY, "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep2'}", cwd=tmp_path,
                    env={"JOB_DIR": "../escaped"})
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: hydra.sweep.subdir=${oc.env:JOB_DIR} puts job 0 in ../escaped, outside the sweep's folder; give a "
+        "folder inside it, e.g. hydra.sweep.subdir='job${hydra.job.num}'; no job was started"], proc.stderr
+    # an Optuna search proposes its trials as it goes: each is refused as it comes
+    proc = run_cli(*common, "env", "hparams_search=mlp", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", *TINY,
+                   f"hydra.sweep.dir={tmp_path / 'sweep3'}", cwd=tmp_path, env={"JOB_DIR": "../escaped"})
     assert proc.returncode == 1, proc.stderr  # no job completed
-    assert proc.stderr.count(f"is not inside the sweep's {tmp_path / 'sweep2'}") == 2
+    assert proc.stderr.count(f"is not inside the sweep's {tmp_path / 'sweep3'}") == 2
     assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("metrics.csv"))
 
 
@@ -423,3 +429,69 @@ def test_ctrl_c_in_a_joblib_sweep_stops_its_jobs_and_still_reports(tmp_path):
     assert [line.split()[-1] for line in out.splitlines() if line.split()[:1] == ["2"]] == ["started"]
     assert err.strip().splitlines()[-1].startswith("error: sweep stopped by SIGINT")
     assert "hydra.callbacks.sweep_report.resume=true" in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=vectorized",)])
+def test_two_jobs_given_one_folder_are_refused_before_any_job_starts(tmp_path, launcher):
+    """hydra.sweep.subdir='lr_${optim.lr}' with two seeds names one folder for both jobs: Hydra
+    would write the second job's .hydra/ over the first's record, so neither may start."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "optim.lr=0.05", "seed=0,1", *TINY, "hydra.sweep.subdir=lr_${optim.lr}", *launcher,
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: hydra.sweep.subdir=lr_${optim.lr} gives jobs 0 and 1 the same folder (lr_0.05); each job needs its "
+        "own: include the job's number, e.g. hydra.sweep.subdir='lr_${optim.lr}_${hydra.job.num}'; no job was "
+        "started"], proc.stderr
+    assert not sweep.exists()
+
+
+def test_a_sweep_in_folders_of_its_own_naming_lists_each_job_once(tmp_path):
+    """Jobs in hydra.sweep.subdir's folders, not their numbers': the table has one row per job (none
+    'not started'), and an override every job shares, a boolean included, is left off each result line."""
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", "seed=0,1", "model.batch_norm=true", *TINY, "hydra.sweep.subdir=s${seed}",
+                   f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split("->")[0].split() for line in proc.stdout.splitlines() if "->" in line] == [
+        ["job", "0", "seed=0"], ["job", "1", "seed=1"]]
+    assert "not started" not in proc.stdout
+    rows = json.loads((sweep / "sweep_summary.json").read_text())["runs"]
+    assert sorted(row["run"] for row in rows) == ["s0", "s1"], rows
+
+
+def test_jobs_not_started_are_listed_by_their_folders_old_and_new_plan_files(tmp_path):
+    from types import SimpleNamespace
+
+    from backprop_lab.rundir import PLANNED_FILE
+    from backprop_lab.sweep import not_started
+
+    ran = [SimpleNamespace(path=tmp_path / "s0", config={"seed": 0, "train": {"epochs": 1}})]
+    (tmp_path / PLANNED_FILE).write_text(json.dumps([{"overrides": ["seed=0"], "folder": "s0"},
+                                                     {"overrides": ["seed=1"], "folder": "s1"}]))
+    assert [(r.label, r.status, r.config["seed"]) for r in not_started(tmp_path, ran)] == [("s1", "not started", 1)]
+    (tmp_path / PLANNED_FILE).write_text(json.dumps([["seed=0"], ["seed=1"]]))  # a sweep's before 2026-12-07
+    ran = [SimpleNamespace(path=tmp_path / "0", config={"seed": 0})]
+    assert [(r.label, r.path.name, r.config["seed"]) for r in not_started(tmp_path, ran)] == [("1", "1", 1)]
+
+
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=vectorized",)])
+def test_a_closed_stdout_stops_a_sweep_as_ctrl_c_does(tmp_path, launcher):
+    """`backprop-lab -m ... | head -1`: no later job starts, the table is still written to the
+    sweep's folder, and the command ends with 141 and one line saying how to finish the sweep."""
+    import os
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "backprop_lab", "-m", "optim.lr=0.05,0.1,0.2", *TINY, *launcher,
+                             f"hydra.sweep.dir={sweep}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "120"})
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert first.startswith("vectorized: 3 jobs" if launcher else "job 0  optim.lr=0.05  ->  test acc")
+    assert err.count("\n") == 1 and err.startswith("error: sweep stopped by a closed standard output (broken pipe)")
+    assert f"hydra.sweep.dir={sweep} hydra.callbacks.sweep_report.resume=true" in err
+    rows = json.loads((sweep / "sweep_summary.json").read_text())["runs"]
+    assert len(rows) == 3 and all(row["status"] in ("completed", "not started") for row in rows), rows

@@ -299,6 +299,7 @@ def test_a_diverging_member_is_recorded_and_the_others_complete(tmp_path):
 
 
 @pytest.mark.parametrize("setting, shown", [("hydra.launcher.memory_gb=-1", "a number of gigabytes > 0"),
+                                            ("hydra.launcher.memory_gb=inf", "a number of gigabytes > 0"),
                                             ("hydra.launcher.plots=maybe", "true or false")])
 def test_a_bad_launcher_setting_is_one_line_and_no_folder(tmp_path, setting, shown):
     proc = run_cli("-m", "optim.lr=0.1,0.2", *TINY, VEC, setting, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
