@@ -133,7 +133,8 @@ def set_hydra_files_aside(sweep_dir: Path) -> None:
     for job in sweep_dir.iterdir():
         if (job / ".hydra").is_dir() and not (job / KEPT_HYDRA).exists():  # an earlier crash's copy is older
             if (job / SUMMARY).is_file() or (job / METRICS).is_file():
-                os.rename(job / ".hydra", job / KEPT_HYDRA)
+                with contextlib.suppress(OSError):  # a folder it cannot change: Hydra cannot write there either
+                    os.rename(job / ".hydra", job / KEPT_HYDRA)
 
 
 def put_hydra_files_back(job: Path, keep_old: bool = True) -> None:
@@ -852,7 +853,9 @@ class SweepReport(Callback):
             import textwrap
 
             console.print(textwrap.fill(untried, width=console.width), markup=False)
-        if (sweep_dir / OPTUNA_RESULTS).is_file():
+        if (sweep_dir / OPTUNA_RESULTS).is_file() and any(r.status == "completed" for r in runs):
             console.print(f"Optuna's best parameters: {OPTUNA_RESULTS} in the sweep's folder", markup=False)
+        elif (sweep_dir / OPTUNA_RESULTS).is_file():  # its best is a trial scored FAILED_SCORE
+            console.print(f"no trial completed, so {OPTUNA_RESULTS} names no real best", markup=False)
         console.print(f"wrote {SUMMARY_CSV} and {SUMMARY_JSON} in the sweep's folder", markup=False)
         return runs

@@ -16,6 +16,7 @@ another, never into an out-of-memory error.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -129,10 +130,16 @@ class _StartOnly:
 
 def _prepare(task_cfg: DictConfig) -> Any:
     """The task function of a member's first pass: sweep.prepare_job's checks, no training."""
+    from .group_runner import MemberLogs
     from .sweep import prepare_job
 
     hydra_cfg = HydraConfig.get()
-    return prepare_job(task_cfg, Path(hydra_cfg.runtime.output_dir).resolve(), hydra_cfg)
+    run_dir, logs = Path(hydra_cfg.runtime.output_dir).resolve(), MemberLogs()
+    try:
+        with logs.of(run_dir):  # a refusal's line goes to the job's log, as a basic job's; not to the terminal
+            return prepare_job(task_cfg, run_dir, hydra_cfg)
+    finally:
+        logs.close()
 
 
 def run_group_unit(launcher: Any, unit: list[Planned]) -> dict[int, Any]:
@@ -169,15 +176,17 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     jobs = compose_jobs(launcher.hydra_context.config_loader, config, job_overrides, initial_job_idx)
     from .mnist_files import prefetch
-    from .sweep import closed_stdout
+    from .sweep import closed_stdout, interrupted, stop_reason
 
     for root in {job.cfg.data.root for job in jobs if job.cfg is not None}:
         prefetch(root)  # read on another core while torch loads (plan imports it), as a run's start does
     units, lines = plan(jobs, launcher.memory_gb)
-    console = OutputConsole(highlight=False, soft_wrap=True)
-    with closed_stdout(Path(str(config.hydra.sweep.dir)), ""):  # `| head`: no job starts, as for Ctrl-C
-        for line in lines:
-            console.print(line, markup=False)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    if not (interrupted(sweep_dir) or stop_reason(sweep_dir)):  # else no job of the batch starts (Optuna's next)
+        console = OutputConsole(highlight=False, soft_wrap=True)
+        with closed_stdout(sweep_dir, ""):  # `| head`: no job starts, as for Ctrl-C
+            for line in lines:
+                console.print(textwrap.fill(line, width=console.width, subsequent_indent=" " * 4), markup=False)
     returns: dict[int, Any] = {}
     for unit in units:
         if len(unit) == 1 and unit[0].key is None:

@@ -510,3 +510,30 @@ def test_members_left_for_a_later_part_keep_their_checkpoints_when_a_stop_came_f
     assert codes == {0: 130} and active.summary["status"] == "interrupted"
     assert "continue with: backprop-lab resume" in active.summary["error"]
     assert not (tmp_path / "0" / "metrics.csv").exists() or len(metrics(tmp_path / "0")) == 0
+
+
+def test_a_refused_member_is_one_error_line_and_a_line_in_its_log_not_a_log_line_on_stdout(tmp_path):
+    """A resumed sweep whose job 1 now has another learning rate: its folder's run is not its own."""
+    sweep = tmp_path / "sweep"
+    clean(run_cli("-m", "optim.lr=0.05,0.1", *TINY, VEC, f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    proc = run_cli("-m", "optim.lr=0.05,0.3", *TINY, VEC, f"hydra.sweep.dir={sweep}",
+                   "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr  # job 0 is completed
+    assert "cannot resume" not in proc.stdout and "[HYDRA]" not in proc.stdout, proc.stdout
+    assert [line for line in proc.stderr.splitlines() if line.strip()] == [
+        f"error: cannot resume {sweep / '1'}: it holds a run of another config: optim.lr (0.1 -> 0.3); the sweep "
+        f"command must be the one that made this sweep"]
+    assert "job 1  optim.lr=0.3  ->  refused: its folder holds a run of another config" in proc.stdout
+    assert "[ERROR] - cannot resume" in (sweep / "1" / "backprop-lab.log").read_text()
+
+
+def test_the_plan_fits_80_columns(tmp_path):
+    proc = run_cli("-m", "optim.lr=0.05,0.1", "optim.momentum=0,0.9", "optim.weight_decay=0,0.001",
+                   "model.dropout=0,0.1", "model.hidden_sizes=[32,16]", "model.activation=tanh",
+                   "model.batch_norm=true", *TINY, VEC, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path,
+                   env={"COLUMNS": "80"})
+    clean(proc)
+    plan = proc.stdout.split("\njob 0 ")[0].splitlines()
+    assert plan == ["vectorized: 16 jobs -> 1 group",
+                    "  16 x 784-32-16-10 tanh batch norm, varying optim.lr, optim.momentum,",
+                    "    optim.weight_decay, model.dropout"]
