@@ -23,7 +23,8 @@ rest is shown as usual (the run keeps its status; its |dW1| is `-`, and it has n
 Damage that leaves metrics.csv usable is a warning too, and the run keeps its status: a last row
 cut off mid-line (the machine lost power while it was written) is left out, and fewer rows than
 summary.json's epochs_completed are shown as they are. `show` prints where a moved or copied run
-is now, as compare lists it, and the folder it ran in below that.
+is now, as compare lists it, and the folder it ran in below that; a saved error that names the
+folder it ran in (`continue with: backprop-lab resume DIR`) names where it is now, in both.
 The sweep callback (sweep.py) uses `collect`, `print_table`, `write_csv` and `write_json` for
 its end-of-sweep table and files, so there is one implementation of each.
 
@@ -51,8 +52,8 @@ from rich.table import Table
 from .errors import EXIT_BAD_INPUT, EXIT_NO_RUNS, RunError, SubcommandParser, error_line, warning_line
 from .report import STATUS_COLOURS, OutputConsole, Reporter, natural_width, plural, print_whole
 from .rundir import CONFUSION_PNG, CURVES_PNG, GRADS, LOG, METRICS, SUMMARY, effective_status
-from .runs import (COLUMN_GETTERS, Run, _log_error, by_layer, collect, fewer_epochs, find_run_dirs, is_run_dir,
-                   load_confusion, load_layers, load_metrics, load_summary, or_newest)
+from .runs import (COLUMN_GETTERS, Run, _log_error, as_read_now, by_layer, collect, fewer_epochs, find_run_dirs,
+                   is_run_dir, load_confusion, load_layers, load_metrics, load_summary, moved_from, or_newest)
 
 # --- reading one run ---------------------------------------------------------------------
 
@@ -78,8 +79,20 @@ def differing_keys(runs: Sequence[Run]) -> list[str]:
     with_config = [r for r in runs if r.config]
     return [
         key for key in config_keys(with_config)
-        if len({json.dumps(r.config.get(key, "<missing>"), sort_keys=True) for r in with_config}) > 1
+        if len({json.dumps(_as_number(r.config.get(key, "<missing>")), sort_keys=True) for r in with_config}) > 1
     ]
+
+
+def _as_number(value: Any) -> Any:
+    """A whole float as an int, in lists and dicts too: summary.json writes 100.0 where Hydra's
+    config.yaml of the same run says 100, and the two are the same setting. true stays true."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_as_number(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_number(v) for k, v in value.items()}
+    return value
 
 
 def _order(value: Any) -> tuple:
@@ -118,11 +131,14 @@ def sort_choices(runs: Sequence[Run]) -> list[str]:
     return list(COLUMN_GETTERS) + config_keys(runs)
 
 
+FILTER_EXAMPLE = "e.g. model.hidden_size=128 or status=completed"
+
+
 def parse_filter(text: str, runs: Sequence[Run]) -> tuple[str, str]:
     key, eq, value = text.partition("=")
     key = key.strip()
     if not eq or not key:
-        raise RunError(f"--filter expects KEY=VALUE, e.g. model.hidden_size=128 or status=completed; got {text!r}")
+        raise RunError(f"--filter expects KEY=VALUE, {FILTER_EXAMPLE}; got {text!r}")
     valid = ["status"] + config_keys(runs)
     if key not in valid:
         raise RunError(f"unknown --filter key {key!r}; choose from: {', '.join(valid)}")
@@ -228,12 +244,31 @@ def _epochs(run: Run) -> str:
 def parse_keys(text: str, runs: Sequence[Run]) -> list[str]:
     """--keys a,b: config keys that some listed run has, in the order given; RunError otherwise."""
     keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise RunError(f"--keys {text!r} names no key; give config keys separated by commas, {KEYS_EXAMPLE}")
     known = config_keys(runs)
     unknown = [k for k in keys if k not in known]
-    if unknown or not keys:
-        raise RunError(f"--keys {text!r}: {', '.join(unknown) or 'no key'} is not a config key of these runs; "
-                       f"keys: {', '.join(known)}")
+    if unknown:
+        are = "is not a config key" if len(unknown) == 1 else "are not config keys"
+        raise RunError(f"--keys {text!r}: {', '.join(unknown)} {are} of these runs; keys: {', '.join(known)}")
     return keys
+
+
+KEYS_EXAMPLE = "e.g. --keys optim.lr,model.hidden_size"
+
+
+def empty_option(args: argparse.Namespace) -> str | None:
+    """Why an option given an empty value (`--sort "$COLUMN"` with the variable unset) is refused,
+    or None: read as if it were left out, it would quietly do something else than was asked."""
+    wanted = [("--sort", args.sort, "a column, e.g. --sort test_acc"),
+              ("--keys", args.keys, f"config keys separated by commas, {KEYS_EXAMPLE}"),
+              *(("--filter", text, f"KEY=VALUE, {FILTER_EXAMPLE}") for text in args.filter),
+              ("--csv", args.csv, "a file name, or - for standard output"),
+              ("--json", args.json, "a file name, or - for standard output"),
+              ("--plot", args.plot, f"a file name, e.g. --plot {CURVES_PNG}"),
+              ("--tensorboard", args.tensorboard, "a folder, e.g. --tensorboard tb")]
+    return next((f"{flag} is empty ({value!r}); give {what}" for flag, value, what in wanted
+                 if value is not None and not value.strip()), None)
 
 
 # Columns a narrow terminal does without, in this order, before the runs' differing keys go.
@@ -260,13 +295,19 @@ def print_table(console: Console, runs: Sequence[Run], keys: Sequence[str], titl
             break  # the labels alone are wider: a terminal wraps the lines
     print_whole(console, table)
     if left_out:
-        console.print(f"  {plural(len(left_out), 'differing key')} left out to fit {console.width} columns: "
-                      f"{', '.join(left_out)}; {hint}", highlight=False, markup=False, soft_wrap=False)  # wrapped to the width
-    for run in runs:  # wrapped to the width, continuation lines indented under the note
+        _print_indented(console, f"  {plural(len(left_out), 'differing key')} left out to fit {console.width} "
+                                 f"columns: {', '.join(left_out)}; {hint}")
+    for run in runs:
         if run.note:
-            note = textwrap.fill(f"  {run.label}: {run.status}: {run.note}", width=console.width, subsequent_indent="    ",
-                                 break_long_words=False, break_on_hyphens=False)
-            console.print(note, highlight=False, soft_wrap=True, markup=False)
+            _print_indented(console, f"  {run.label}: {run.status}: {run.note}")
+
+
+def _print_indented(console: Console, line: str) -> None:
+    """A line under the table, wrapped to the width between words (a path stays whole), its
+    continuation lines indented under it: rich would start them at the margin."""
+    text = textwrap.fill(line, width=console.width, subsequent_indent="    ", break_long_words=False,
+                         break_on_hyphens=False)
+    console.print(text, highlight=False, soft_wrap=True, markup=False)
 
 
 def comparison_table(runs: Sequence[Run], keys: Sequence[str], title: str | None, dropped: Sequence[str]) -> Table:
@@ -554,7 +595,7 @@ def compare_main(argv: list[str]) -> int:
                         help="also write the listed runs' per-epoch scalars and hyperparameters as TensorBoard "
                              "events, one subfolder of DIR per run (replaced when exported again)")
     args = parser.parse_args(argv)
-    problem = outputs_problem(args)
+    problem = empty_option(args) or outputs_problem(args)
     if problem:
         error_line(problem)
         return EXIT_BAD_INPUT
@@ -670,7 +711,9 @@ def show_main(argv: list[str]) -> int:
         warning_line(f"{args.run_dir}: {message}")
     recorded = moved_from(summary, args.run_dir)
     if recorded:  # the header and the panel say where the run is now, so that its paths can be used
-        summary = {**summary, "run_dir": str(args.run_dir.resolve())}
+        summary = {**summary, "run_dir": str(args.run_dir.resolve()),
+                   "error": summary.get("error") and as_read_now(str(summary["error"]), recorded, args.run_dir),
+                   "warnings": [as_read_now(str(w), recorded, args.run_dir) for w in summary.get("warnings") or []]}
     reporter = Reporter(OutputConsole())
     reporter.start(summary)
     if recorded:
@@ -757,15 +800,3 @@ def load_for_show(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, float]]
         warnings.append(f"{short}; the per-epoch table shows those {len(rows)}" if rows else
                         f"{short}; shown without the per-epoch table")
     return summary, rows, warnings
-
-
-def moved_from(summary: dict[str, Any], run_dir: Path) -> str | None:
-    """Where the run was recorded to be, when that is not run_dir (moved or copied since;
-    `resume` records the new place). compare, too, lists a run where it is now."""
-    recorded = summary["run_dir"]
-    try:
-        if os.path.samefile(recorded, run_dir):
-            return None
-    except OSError:  # nothing there any more: moved
-        pass
-    return recorded

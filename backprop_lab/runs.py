@@ -220,6 +220,34 @@ def _hydra_config(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def moved_from(summary: dict[str, Any], run_dir: Path) -> str | None:
+    """Where the run was recorded to be, when that is not run_dir (moved or copied since;
+    `resume` records the new place). compare, too, lists a run where it is now."""
+    recorded = summary["run_dir"]
+    try:
+        if os.path.samefile(recorded, run_dir):
+            return None
+    except OSError:  # nothing there any more: moved
+        pass
+    return recorded
+
+
+def as_read_now(text: str, recorded: str, run_dir: Path) -> str:
+    """A saved error or warning with the run's recorded folder replaced by the one it is read
+    from now, so that e.g. `continue with: backprop-lab resume DIR` names a folder that holds it.
+    Only whole folder names: a recorded /runs/a is not the start of /runs/ab."""
+    now = str(run_dir.resolve())
+    return re.sub(re.escape(recorded) + r"(?=$|[\s/,;:)'\"]|\.(?:\s|$))", lambda _: now, text)
+
+
+def saved_note(summary: dict[str, Any], run_dir: Path) -> str | None:
+    """The run's own error, or a completed run's warnings, naming the folder it is read from now."""
+    warnings = summary.get("warnings")  # a completed run's, e.g. a dead layer
+    note = summary.get("error") or ("; ".join(map(str, warnings)) if isinstance(warnings, list) and warnings else None)
+    recorded = moved_from(summary, run_dir)
+    return as_read_now(str(note), recorded, run_dir) if note and recorded else note
+
+
 def _log_error(run_dir: Path) -> str | None:
     """The last ERROR line of the run's log, e.g. why a sweep job's config was refused."""
     try:
@@ -309,8 +337,7 @@ def load_run(run_dir: Path, label: str, group: Path | None = None) -> Run:
     for name in ("final_test_acc", "best_test_acc", "best_epoch", "final_test_loss",
                  "epochs_completed", "epochs_planned", "train_seconds"):
         setattr(run, name, summary.get(name))
-    warnings = summary.get("warnings")  # a completed run's, e.g. a dead layer
-    run.note = summary.get("error") or ("; ".join(map(str, warnings)) if isinstance(warnings, list) and warnings else None)
+    run.note = saved_note(summary, run_dir)
     if metrics_error:
         run.status, run.note, run.problem = "corrupt", metrics_error, True
     elif run.metrics is None and summary["epochs_completed"]:

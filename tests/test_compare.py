@@ -253,12 +253,53 @@ def test_a_run_with_hidden_sizes_lists_no_hidden_size_and_matches_no_filter_on_i
     assert code == 0 and labels(out) == ["b"], err
 
 
+def test_a_number_saved_as_int_or_float_is_one_value(tmp_path, capsys):
+    """summary.json writes 100.0 where the same run's .hydra/config.yaml says 100: one value, not a
+    differing key. A boolean is not the number 1, though."""
+    import yaml
+
+    from backprop_lab.config import with_defaults
+
+    a = make_run(tmp_path / "runs" / "a", [0.5, 0.6])
+    saved = json.loads((a / "summary.json").read_text())
+    saved["config"] = with_defaults(saved["config"])
+    saved["config"]["train"]["max_loss_ratio"] = 100.0
+    (a / "summary.json").write_text(json.dumps(saved))
+    b = shutil.copytree(a, tmp_path / "runs" / "b")  # killed before its summary: Hydra's config is all it has
+    (b / "summary.json").unlink()
+    (b / ".hydra").mkdir()
+    (b / ".hydra" / "config.yaml").write_text(yaml.safe_dump({**saved["config"], "train": {
+        **saved["config"]["train"], "max_loss_ratio": 100}}))
+    c = shutil.copytree(a, tmp_path / "runs" / "c")
+    saved["config"]["train"]["fused"] = 1
+    (c / "summary.json").write_text(json.dumps(saved))
+    _, out, _ = run_compare(capsys, str(tmp_path / "runs"), "--json", "-")
+    assert json.loads(out)["differing_keys"] == ["train.fused"]
+    assert [r["config"]["train.max_loss_ratio"] for r in json.loads(out)["runs"]] == [100.0, 100, 100.0]
+
+
 @pytest.mark.parametrize("bad", ["hidden", "nope=1", "=3"])
 def test_malformed_or_unknown_filter_is_a_clear_error(outputs, capsys, bad):
     code, out, err = run_compare(capsys, "--filter", bad)
     assert code == 2 and out == ""
     (line,) = err.strip().splitlines()
     assert line.startswith("error: ") and ("KEY=VALUE" in line or "status, model.hidden_size" in line)
+
+
+@pytest.mark.parametrize("option,value,expected", [
+    ("--keys", "", "--keys is empty (''); give config keys separated by commas, e.g. --keys optim.lr,model.hidden_size"),
+    ("--keys", " , ", "--keys ' , ' names no key; give config keys separated by commas, "
+                      "e.g. --keys optim.lr,model.hidden_size"),
+    ("--sort", "", "--sort is empty (''); give a column, e.g. --sort test_acc"),  # was: sorted by run, exit 0
+    ("--filter", "", "--filter is empty (''); give KEY=VALUE, e.g. model.hidden_size=128 or status=completed"),
+    ("--csv", "", "--csv is empty (''); give a file name, or - for standard output"),  # was: no file, exit 0
+    ("--plot", " ", "--plot is empty (' '); give a file name, e.g. --plot curves.png"),
+    ("--tensorboard", "", "--tensorboard is empty (''); give a folder, e.g. --tensorboard tb"),
+], ids=["keys", "keys-commas", "sort", "filter", "csv", "plot", "tensorboard"])
+def test_an_empty_option_value_is_a_clear_error(outputs, capsys, option, value, expected):
+    """`--sort "$COLUMN"` with the variable unset: refused in one line, not read as if left out."""
+    code, out, err = run_compare(capsys, option, value)
+    assert (code, out, err) == (2, "", f"error: {expected}\n")
 
 
 def test_csv_and_json_files(outputs, capsys, tmp_path):
@@ -596,6 +637,49 @@ def test_show_of_a_moved_or_copied_run_prints_where_it_is_now(tmp_path, capsys, 
     fresh = make_run(tmp_path / "fresh", [0.5, 0.6])  # where it ran: as training printed it, nothing added
     assert show_main([str(fresh)]) == 0
     assert "ran in" not in capsys.readouterr().out
+
+
+def test_a_moved_or_copied_runs_error_names_where_it_is_now(tmp_path, capsys, monkeypatch):
+    """An interrupted run's error says `continue with: backprop-lab resume DIR`: after a move or a
+    copy, DIR is the folder it is read from now (the recorded one is gone, or another run)."""
+    monkeypatch.setenv("COLUMNS", "400")  # the panel's error row on one line
+    first = make_run(tmp_path / "first", [0.5], status="interrupted")
+    saved = json.loads((first / "summary.json").read_text())
+    saved["error"] = (f"stopped by SIGINT at epoch 2, batch 1; the 1 completed epoch is saved; see {first}/train.log "
+                      f"and {first}-notes; continue with: backprop-lab resume {first}")
+    (first / "summary.json").write_text(json.dumps(saved))
+    moved = first.rename(tmp_path / "moved")
+    copied = shutil.copytree(moved, tmp_path / "copied")
+    for run in (moved, copied):
+        now = run.resolve()
+        error = (f"stopped by SIGINT at epoch 2, batch 1; the 1 completed epoch is saved; see {now}/train.log "
+                 f"and {first}-notes; continue with: backprop-lab resume {now}")  # another folder's name is kept
+        assert show_main([str(run)]) == 0
+        assert f"│ error             {error} │" in capsys.readouterr().out
+        _, out, _ = run_compare(capsys, str(run))
+        assert f"{run}: interrupted: {error}" in " ".join(out.split())  # the note wraps at the console's width
+        _, out, _ = run_compare(capsys, str(run), "--json", "-")
+        assert json.loads(out)["runs"][0]["note"] == error
+    fresh = make_run(tmp_path / "fresh", [0.5], status="interrupted")  # where it ran: its error as it was
+    (fresh / "summary.json").write_text(json.dumps({**saved, "run_dir": str(fresh)}))
+    assert show_main([str(fresh)]) == 0
+    assert f"resume {first}" in capsys.readouterr().out
+
+
+def test_the_docs_errors_and_tables_are_as_the_tool_prints_them(tmp_path, capsys):
+    """docs/compare.md's sample --sort and --filter errors list the keys the tool lists (every run
+    has every key: those added since count as their defaults), and each of its tables and panels
+    fits the terminal width the doc says it was printed at: 100 columns unless it names another."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "compare.md").read_text()
+    make_run(tmp_path / "runs" / "a", [0.5, 0.6])
+    for args in (["--sort", "accuracy"], ["--filter", "lr=0.1"]):
+        _, _, err = run_compare(capsys, str(tmp_path / "runs"), *args)
+        assert err.strip() in doc.splitlines(), err
+    for block in re.finditer(r"```[a-z]*\n(.*?)```", doc, re.S):
+        wider = re.search(r"(\d+)-column\s+terminal", doc[max(0, block.start() - 300): block.start()])
+        limit = int(wider.group(1)) if wider else 100
+        for line in block.group(1).splitlines():
+            assert not line.lstrip().startswith(("─", "┏", "╭")) or len(line) <= limit, line
 
 
 def test_show_and_compare_do_not_import_torch(outputs):
