@@ -451,7 +451,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--sweep", type=k_list, metavar="K,K,...",
                    help="instead: K jobs one by one vs vectorised (hydra/launcher=vectorized), per job, e.g. 1,4,16,64")
     p.add_argument("--grid", action="store_true",
-                   help="instead (or with --sweep): issue 22's 16-job grid through both launchers, wall clock (~1 min a round)")
+                   help="instead (or with --sweep): a 16-job grid (4 learning rates x 2 init scales x 2 seeds, 3 epochs "
+                        "each) through both launchers, wall clock (~1 min a round)")
     p.add_argument("--rounds", type=positive, default=1, help="--grid rounds, launchers alternating (default 1)")
     args = p.parse_args(argv)
     if not DEVICE_PATTERN.match(args.device) or args.device == "auto":

@@ -9,7 +9,7 @@
 The variants run interleaved, one epoch of each per round after a warm-up round (bench.interleave);
 each figure is the median of --epochs rounds. --plot draws the three over K.
 
---grid: the 16-job grid of issue 22 (`optim.lr=0.05,0.1,0.2,0.4 model.init_scale=0.01,0.05
+--grid: a 16-job grid (`optim.lr=0.05,0.1,0.2,0.4 model.init_scale=0.01,0.05
 seed=0,1 train.epochs=3`) run by the CLI with the basic launcher and with the vectorised one, one
 after the other in each of --rounds rounds (order alternating): each sweep's wall clock from the
 command to its exit, and the sum of the basic jobs' train_seconds. The target: the vectorised sweep

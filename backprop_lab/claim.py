@@ -29,6 +29,9 @@ LEFT_BY_A_RUN = (GRADS, CHECKPOINT, ".hydra", CONFUSION_CSV, CONFUSION_PNG, ERRO
 # one folder. The config's hydra.run.dir and hydra.sweep.dir go through this resolver, which
 # claims the folder with an atomic mkdir and takes the next free `_N` suffix if it is taken.
 _claimed: dict[str, str] = {}
+# A claimed folder -> the highest folder above it that fresh_dir made, which discard_if_empty
+# takes back too: a refused run in an empty folder leaves no empty outputs/ behind.
+_made_above: dict[str, Path | None] = {}
 
 
 _named: NamedDir | None = None
@@ -44,6 +47,10 @@ def fresh_dir(path: str, kind: str = "run") -> str:
         raise SystemExit(EXIT_BAD_INPUT)
 
     parent = Path(path).parent
+    highest = parent.absolute()  # the highest folder this makes (outputs/ in a fresh folder), or None
+    while not os.path.lexists(highest.parent):
+        highest = highest.parent
+    highest_made = None if os.path.lexists(highest) else highest
     try:  # apart from the loop: "exists" here (a file or a dangling link) is a failure, not a taken name
         parent.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -61,6 +68,7 @@ def fresh_dir(path: str, kind: str = "run") -> str:
         except OSError as e:
             refuse_dir(candidate, e.strerror or str(e))
     _claimed[path] = candidate
+    _made_above[str(Path(candidate).resolve())] = highest_made.resolve() if highest_made else None
     return candidate
 
 
@@ -257,9 +265,19 @@ def discard_if_empty(run_dir: Path, claimed_only: bool = True) -> None:
         return
     if run_dir.is_dir() and all(p.name in {".hydra", LOG} for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
-        if claimed_only:  # the day's folder too, if this run was to be its first (a sweep's folder stays)
-            with contextlib.suppress(OSError):
-                run_dir.parent.rmdir()
+        if claimed_only:  # a sweep's folder stays
+            discard_above(run_dir, _made_above.get(str(run_dir)))
+
+
+def discard_above(run_dir: Path, highest_made: Path | None) -> None:
+    """The day's folder, if this run was to be its first, and the empty folders above it up to
+    the highest one fresh_dir made (rmdir: one another run has put something into stays)."""
+    folder = run_dir.parent
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+        while highest_made is not None and highest_made in folder.parents:
+            folder = folder.parent
+            folder.rmdir()
 
 
 _claim: Path | None = None

@@ -26,7 +26,7 @@ from .claim import _claimed, claim_run_dir, discard_if_empty, discard_named
 from .config import CONF_DIR, ConfigError, from_dictconfig
 from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGPIPE, EXIT_SIGTERM, error_line, first_line, refuse, to_devnull
 from .overrides import (SUBCOMMANDS, check_command, check_mode, check_overrides, check_shown_config, config_groups,
-                        note_sweep_preset, register_launcher)
+                        note_sweep_preset, parse_hydra_args, register_launcher)
 from .rundir import RunDirError
 from .runner import StopRequest, run, set_handlers
 
@@ -41,9 +41,8 @@ def print_help(argv: list[str]) -> None:
     ~80 config groups that Hydra computes (and throws away) first: about a second here."""
     from hydra import compose, initialize_config_dir
 
-    overrides = [a for a in argv if a not in ("--help", "-h") and not a.startswith("-")]
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):  # options' values are no overrides
+        cfg = compose("config", overrides=parse_hydra_args(argv)[0].overrides, return_hydra_config=True)
     text = cfg.hydra.help
     groups = "\n".join(f"{name}: {', '.join(options)}" for name, options in sorted(config_groups().items()))
     with open_dict(cfg):

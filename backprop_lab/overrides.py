@@ -5,18 +5,18 @@ what is wrong and what to give instead, before anything is written."""
 from __future__ import annotations
 
 import contextlib
-
+import copy
 import difflib
 import re
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from .claim import check_output_dir, check_sweep_subdir
 from .config import CONF_DIR, ConfigError, from_dictconfig, is_memory_gb, known_keys, list_keys, unknown_key_message
-from .errors import stderr
+from .errors import first_line, stderr
 from .rundir import LOG
 
 
@@ -345,35 +345,137 @@ def check_mode(argv: list[str]) -> None:
                           f"{CONF_DIR}; to add configs of your own, use --config-dir FOLDER")
     if args.config_dir is not None and not Path(args.config_dir).is_dir():
         raise ConfigError(f"--config-dir {args.config_dir}: no such folder; it names a folder of extra config files")
-    if args.config_name is not None:
-        folders = [CONF_DIR] + ([Path(args.config_dir)] if args.config_dir else [])
-        name = args.config_name.removesuffix(".yaml")
-        if not any((folder / f"{name}.yaml").is_file() for folder in folders):
-            raise ConfigError(f"--config-name {args.config_name}: there is no {name}.yaml in "
-                              f"{' or '.join(map(str, folders))}; the lab's own config is 'config' (the default)")
+    check_primary_config(args)
     if args.shell_completion:  # Hydra's completion would need its install=SHELL, which is not a config key
         raise ConfigError("shell completion (--shell-completion, -sc) is not available in backprop-lab; "
                           "backprop-lab --help lists every config group and key")
     if args.experimental_rerun is not None:
         raise ConfigError("--experimental-rerun is not available in backprop-lab: to continue a run use "
                           "backprop-lab resume RUN_DIR; to repeat one, give the overrides in RUN_DIR/.hydra/overrides.yaml")
+    prints_help = args.help or args.hydra_help
+    if args.resolve and args.cfg is None and not prints_help:  # Hydra: a ValueError's traceback
+        raise ConfigError("--resolve works only with --cfg, whose config it prints with the interpolations "
+                          "resolved, e.g. backprop-lab --cfg job --resolve")
+    if args.package is not None and args.cfg is None and not prints_help:  # Hydra would train, ignoring it
+        raise ConfigError(f"--package {args.package} works only with --cfg, which then prints only that part of "
+                          f"the config, e.g. backprop-lab --cfg job --package {args.package}")
+
+
+def check_primary_config(args: Any) -> None:
+    """--config-name's file (config.yaml by default) must be in --config-path's folder (else
+    backprop-lab's own) or --config-dir's: Hydra says so in many lines."""
+    cp = args.config_path
+    if cp is not None and "://" in cp:
+        return  # pkg://...: Hydra looks it up itself
+    folders = [Path(cp) if cp else CONF_DIR] + ([Path(args.config_dir)] if args.config_dir else [])
+    name = (args.config_name or "config").removesuffix(".yaml")
+    if any((folder / f"{name}.yaml").is_file() for folder in folders):
+        return
+    if args.config_name is not None:
+        raise ConfigError(f"--config-name {args.config_name}: there is no {name}.yaml in "
+                          f"{' or '.join(map(str, folders))}; the lab's own config is 'config' (the default)")
+    if cp is not None:
+        raise ConfigError(f"--config-path {cp}: there is no config.yaml in it; --config-path names a folder that "
+                          f"replaces backprop-lab's configs ({CONF_DIR}); to add configs of your own to them, "
+                          f"use --config-dir {cp}")
 
 
 def check_shown_config(argv: list[str]) -> None:
-    """`--cfg job` prints the config a run would use; one it would refuse is refused here too,
-    rather than printed as if it were fine (exit 0)."""
+    """`--cfg job` prints the config a run would use: one a run would refuse for a value or an
+    unknown key, from the command line or a config file, is refused here too, by the run's own
+    check, rather than printed as if it were fine (exit 0). The device and the memory are checked
+    by a run only: they need torch, and `--cfg` answers without loading it (0.6 s against 2 s).
+    A run given config files of the user's (--config-dir, --config-path) composes them here first,
+    so a malformed one is one line."""
     args, _ = parse_hydra_args(argv)
-    if args.cfg not in ("job", "all") or args.config_name or args.config_dir:
+    if args.help or args.hydra_help or args.info is not None:
         return
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    if args.cfg is None and not (args.config_dir or args.config_path):
+        return
+    dcfg = compose_as_given(argv)
+    if dcfg is None or args.cfg is None:
+        return
+    if args.package is not None:
+        check_package(dcfg, args.cfg, args.package)
+    if args.cfg in ("job", "all"):
+        with open_dict(dcfg):
+            del dcfg["hydra"]
+        from_dictconfig(dcfg)
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+
+def compose_as_given(argv: list[str]) -> Any:
+    """The config, hydra node included, as Hydra composes it for this command line (--config-path,
+    --config-dir, --config-name; a sweep's overrides left out); None where Hydra reports the
+    failure itself. A config file that is not YAML is a ConfigError naming the file and line
+    (Hydra: ~100 lines of traceback)."""
+    import yaml
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.override_parser.types import ValueType
+    from hydra.core.utils import setup_globals
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+
+    args, overrides = parse_overrides(argv)
+    search_path = create_config_search_path(args.config_path or str(CONF_DIR))
+    if args.config_dir:  # where Hydra's main puts it
+        search_path.prepend(provider="command-line", path=f"file://{Path(args.config_dir).absolute()}",
+                            anchor=SearchPathQuery(provider="schema"))
+    setup_globals()  # the resolvers Hydra registers (now, ...)
+    loader = ConfigLoaderImpl(config_search_path=search_path)
+    single = [o.input_line for o in overrides if not o.is_sweep_override()]
+    # a sweep over presets (experiment=a,b) reads each preset's file: each one once, on its own
+    groups = config_groups(args.config_dir)
+    chosen = [[f"{o.get_key_element()}={v}"] for o in overrides if o.key_or_group in groups
+              and o.value_type in (ValueType.CHOICE_SWEEP, ValueType.SIMPLE_CHOICE_SWEEP) for v in o.sweep_iterator()]
+    composed = None
+    for extra in [[]] + chosen:
         try:
-            dcfg = compose("config", overrides=args.overrides)
-        except HydraException:
-            return  # Hydra reports it itself, as it would without --cfg
-    from_dictconfig(dcfg)
+            dcfg = loader.load_configuration(args.config_name or "config", single + extra, run_mode=RunMode.RUN)
+        except (yaml.YAMLError, HydraException, OmegaConfBaseException) as e:
+            cause = e if isinstance(e, yaml.YAMLError) else e.__cause__
+            if isinstance(cause, yaml.YAMLError):
+                raise ConfigError(yaml_problem(cause)) from None
+            dcfg = None  # Hydra reports it itself, as it would without this check
+        composed = dcfg if not extra else composed
+    return composed
+
+
+def yaml_problem(e: Any) -> str:
+    """One line for a config file that is not YAML: the file, the line, what the parser expected."""
+    mark = getattr(e, "problem_mark", None)
+    if mark is None:
+        return f"a config file is not valid YAML: {first_line(e)}"
+    context, where = getattr(e, "context", None), getattr(e, "context_mark", None)
+    started = f" ({context} at line {where.line + 1})" if context and where and where.line != mark.line else ""
+    return f"{mark.name}, line {mark.line + 1}: not valid YAML: {e.problem}{started}"
+
+
+def check_package(dcfg: Any, cfg_type: str, package: str) -> None:
+    """--package names a part of what --cfg prints (Hydra: a line without 'error:', exit 1)."""
+    from hydra._internal.hydra import Hydra
+
+    if package == "_global_":  # Hydra's name for the whole config
+        return
+    if cfg_type == "hydra":
+        shown = Hydra.get_sanitized_hydra_cfg(dcfg)
+    else:
+        shown = copy.deepcopy(dcfg)
+        if cfg_type == "job":
+            with open_dict(shown):
+                del shown["hydra"]
+    node = shown
+    for part in package.split("."):
+        key: Any = int(part) if OmegaConf.is_list(node) and part.isdigit() else part
+        there = list(node.keys()) if OmegaConf.is_dict(node) else range(len(node)) if OmegaConf.is_list(node) else []
+        if key not in there:  # not `key in node`: that would resolve interpolations, e.g. make run folders
+            raise ConfigError(f"--package {package}: the config that --cfg {cfg_type} prints has no such part; "
+                              f"its parts: {', '.join(map(str, shown.keys()))}")
+        node = node._get_node(key)
+    if node._is_none():  # Hydra takes a null for "not found"
+        raise ConfigError(f"--package {package}: it is null, and Hydra prints only a part that is set; "
+                          f"backprop-lab --cfg {cfg_type} shows it")
 
 
 def check_command(argv: list[str]) -> None:

@@ -757,21 +757,24 @@ class SweepReport(Callback):
                        f"folder or set hydra.sweep.dir=<writable path>")
             raise SystemExit(EXIT_BAD_INPUT) from None
         if options(config.hydra)["resume"]:
-            earlier = saved_runs.collect([sweep_dir]) if sweep_dir.is_dir() else []
-            set_hydra_files_aside(sweep_dir)
-            done = sum(r.status == "completed" for r in earlier)
-            with closed_stdout(sweep_dir, ""):
-                self._console().print(
-                    f"resume: {sweep_dir} holds {len(earlier)} earlier job(s), {done} completed: completed ones "
-                    f"are skipped, interrupted ones continue from their checkpoint" if earlier else
-                    f"resume: nothing to resume in {sweep_dir} (no earlier jobs there); running every job",
-                    markup=False)
+            self._resuming(sweep_dir)
 
         if planned is not None:  # the table at the end lists the jobs that never started
             (sweep_dir / PLANNED_FILE).write_text(json.dumps(planned))
         elif isinstance(config.hydra.sweeper.get("n_trials"), int):  # Optuna: the end counts the trials not run
             (sweep_dir / PLANNED_FILE).write_text(json.dumps({"trials": config.hydra.sweeper.n_trials,
                                                               "overrides": list(config.hydra.overrides.task)}))
+
+    def _resuming(self, sweep_dir: Path) -> None:
+        earlier = saved_runs.collect([sweep_dir]) if sweep_dir.is_dir() else []
+        set_hydra_files_aside(sweep_dir)
+        done = sum(r.status == "completed" for r in earlier)
+        with closed_stdout(sweep_dir, ""):
+            self._console().print(
+                f"resume: {sweep_dir} holds {len(earlier)} earlier job(s), {done} completed: completed ones "
+                f"are skipped, interrupted ones continue from their checkpoint" if earlier else
+                f"resume: nothing to resume in {sweep_dir} (no earlier jobs there); running every job",
+                markup=False)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         hydra_cfg = job_return.hydra_cfg.hydra
@@ -832,9 +835,9 @@ class SweepReport(Callback):
         if not sweep_dir.is_dir():
             return []  # nothing ran (e.g. every job was rejected before Hydra made a folder)
         runs = saved_runs.collect([sweep_dir])
+        runs += not_started(sweep_dir, runs)  # a sweep stopped before its first job: all of them
         if not runs:
             return []
-        runs += not_started(sweep_dir, runs)
         held = refused_jobs(sweep_dir)
         # the earlier run in the folder of a job refused this pass is not that job's result
         runs = [saved_runs.Run(path=r.path, label=r.label, group=r.group, status="refused", note=held[key])

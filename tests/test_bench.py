@@ -105,6 +105,14 @@ def test_bad_arguments_give_a_one_line_usage_error_without_a_traceback(capsys, a
     assert line.startswith("error: ") and line.endswith("; see backprop-lab bench --help")
 
 
+def test_help_describes_the_grid_itself(capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert exit.value.code == 0 and "issue" not in out
+    assert "a 16-job grid (4 learning rates x 2 init scales x 2 seeds, 3 epochs each)" in out
+
+
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])
 def test_an_absent_device_is_refused_with_bench_s_own_option_as_the_hint(capsys, monkeypatch, device):
     import backprop_lab.bench as bench

@@ -171,7 +171,7 @@ def test_bad_input_is_one_line_no_traceback_no_result_directory(tmp_path, overri
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and expected in lines[0]
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert not list(tmp_path.glob("outputs/*"))  # no run directory, nor an empty day folder
+    assert not (tmp_path / "outputs").exists()  # no run directory, nor an empty day or outputs folder
 
 
 def test_unwritable_outputs_folder_is_a_clear_error(tmp_path):
@@ -201,6 +201,10 @@ def test_hydra_cli_features_still_work(tmp_path):
     assert help_.returncode == 0 and "experiment" in help_.stdout
     cfg = run_cli("--cfg", "job", "model.hidden_size=32", cwd=tmp_path)
     assert cfg.returncode == 0 and "hidden_size: 32" in cfg.stdout
+    part = run_cli("--cfg", "job", "--package", "optim", cwd=tmp_path)
+    assert part.returncode == 0 and part.stdout.startswith("# @package optim\nlr: 0.1\n"), part.stderr
+    help_part = run_cli("--help", "--package", "optim", cwd=tmp_path)  # its value was taken for an override
+    assert help_part.returncode == 0 and "experiment" in help_part.stdout, help_part.stderr
     assert not (tmp_path / "outputs").exists()  # neither made a run directory
 
 
@@ -345,6 +349,11 @@ PLUGIN_MISTAKES = [  # each used to end in a traceback mid-sweep, or in Hydra's 
     (("--config-dir", "/nonexistent-backprop-lab"), "--config-dir /nonexistent-backprop-lab: no such folder"),
     (("--cfg", "job", "optim.lr=abc"), "optim.lr='abc' is not valid"),  # not printed as if a run would take it
     (("--cfg", "all", "model.hidden_size=-3"), "model.hidden_size=-3 is not valid"),
+    (("--resolve",), "--resolve works only with --cfg"),  # was a ValueError's traceback
+    (("--resolve", "--info", "config"), "--resolve works only with --cfg"),
+    (("--package", "optim"), "--package optim works only with --cfg"),  # was a run of 20 epochs
+    (("--cfg", "job", "--package", "nope"), "--package nope: the config that --cfg job prints has no such part; "
+                                            "its parts: model, optim,"),  # was a line without error:, exit 1
     (("hydra.run.dirr=x",), "'hydra.run.dirr' is not one of Hydra's settings (Key 'dirr' not in 'RunDir'); "
                             "did you mean 'hydra.run.dir'?"),
     (("-m", "hydra.callbacks.sweep_report.fail_fst=true"), "did you mean 'hydra.callbacks.sweep_report.fail_fast'?"),
@@ -494,6 +503,37 @@ def test_a_sweep_into_a_runs_own_folder_is_refused(tmp_path):
         "empty sweep subdir", "one sweep subdir for every job"])
 def test_what_hydra_would_answer_in_many_lines_is_one(tmp_path, args, expected):
     assert expected in refused_in_one_line(tmp_path, *args)
+
+
+def test_a_config_path_without_a_config_yaml_is_one_line(tmp_path):
+    (tmp_path / "confs").mkdir()  # absolute: Hydra's 'Cannot find primary config' in many lines
+    line = refused_in_one_line(tmp_path, "--config-path", str(tmp_path / "confs"))
+    assert f"--config-path {tmp_path / 'confs'}: there is no config.yaml in it" in line
+    assert f"use --config-dir {tmp_path / 'confs'}" in line
+
+
+def test_cfg_job_checks_the_values_of_config_files_as_a_run_does(tmp_path):
+    presets = tmp_path / "mine" / "experiment"
+    presets.mkdir(parents=True)
+    (presets / "neg.yaml").write_text("# @package _global_\ntrain:\n  epochs: -3\n")
+    (presets / "typo.yaml").write_text("# @package _global_\noptim:\n  lrr: 0.1\n")
+    for preset, expected in (("neg", "error: train.epochs=-3 is not valid"),
+                             ("typo", "error: unknown config key 'optim.lrr'; did you mean 'optim.lr'?")):
+        shown = refused_in_one_line(tmp_path, "--config-dir", str(tmp_path / "mine"), f"experiment={preset}", "--cfg", "job")
+        ran = refused_in_one_line(tmp_path, "--config-dir", str(tmp_path / "mine"), f"experiment={preset}",
+                                  "data.train_subset=500")  # train.epochs=1 here would win over the preset's
+        assert shown.startswith(expected) and ran.startswith(expected)
+
+
+def test_a_config_file_that_is_not_yaml_is_one_line_naming_it(tmp_path):
+    bad = tmp_path / "mine" / "experiment" / "bad.yaml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("# @package _global_\noptim:\n  lr: [\n")
+    expected = f"error: {bad}, line 4: not valid YAML: expected the node content, but found '<stream end>'"
+    mine = ("--config-dir", str(tmp_path / "mine"))
+    assert refused_in_one_line(tmp_path, *mine, "experiment=bad", "--cfg", "job") == expected  # was ~100 lines
+    assert refused_in_one_line(tmp_path, *mine, "experiment=bad", "data.train_subset=500", "train.epochs=1") == expected
+    assert refused_in_one_line(tmp_path, *mine, "-m", "experiment=article,bad", "train.epochs=1") == expected
 
 
 def test_an_interpolation_in_the_run_folder_that_cannot_be_resolved_is_no_traceback(tmp_path):

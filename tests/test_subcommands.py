@@ -64,3 +64,11 @@ def test_counts_of_one_are_singular():
     assert [plural(n, "run") for n in (0, 1, 2, 1000)] == ["0 runs", "1 run", "2 runs", "1,000 runs"]
     assert describe_config({"train": {"steps": 1}}).endswith(", 1 step")
     assert describe_config({"train": {"epochs": 1}}).endswith(", 1 epoch")
+
+
+def test_gradchecks_verdict_fits_80_columns(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert gradcheck.main(["model.hidden_size=16"]) == 0
+    out = capsys.readouterr().out
+    assert "all 4 parameters pass" in out and "autograd: relative error <= 1e-09" in out
+    assert max(map(len, out.splitlines())) <= 80, out  # the verdict was one line of 124
