@@ -25,8 +25,8 @@ from . import __version__
 from .claim import _claimed, claim_run_dir, discard_if_empty, discard_named
 from .config import CONF_DIR, ConfigError, from_dictconfig
 from .errors import EXIT_BAD_INPUT, EXIT_SIGINT, EXIT_SIGPIPE, EXIT_SIGTERM, error_line, first_line, refuse, to_devnull
-from .overrides import (SUBCOMMANDS, check_command, check_mode, check_overrides, check_shown_config, config_groups,
-                        note_sweep_preset, parse_hydra_args, register_launcher)
+from .overrides import (SUBCOMMANDS, check_command, check_mode, check_overrides, check_shown_config, compose_as_given,
+                        config_groups, note_sweep_preset, register_launcher)
 from .rundir import RunDirError
 from .runner import StopRequest, run, set_handlers
 
@@ -39,10 +39,12 @@ from .runner import StopRequest, run, set_handlers
 def print_help(argv: list[str]) -> None:
     """`--help`, as Hydra's default template lays it out, without the listing of Hydra's own
     ~80 config groups that Hydra computes (and throws away) first: about a second here."""
-    from hydra import compose, initialize_config_dir
+    cfg = compose_as_given(argv)  # with --config-dir's files; a sweep's values left out: they make no one config
+    if cfg is None:  # an override Hydra cannot apply: the lab's own config, as it ships
+        from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):  # options' values are no overrides
-        cfg = compose("config", overrides=parse_hydra_args(argv)[0].overrides, return_hydra_config=True)
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = compose("config", return_hydra_config=True)
     text = cfg.hydra.help
     groups = "\n".join(f"{name}: {', '.join(options)}" for name, options in sorted(config_groups().items()))
     with open_dict(cfg):

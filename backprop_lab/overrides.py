@@ -438,6 +438,8 @@ def compose_as_given(argv: list[str]) -> Any:
             if isinstance(cause, yaml.YAMLError):
                 raise ConfigError(yaml_problem(cause)) from None
             dcfg = None  # Hydra reports it itself, as it would without this check
+        except ValueError as e:  # e.g. a defaults list that is not a list: Hydra's is a traceback
+            raise ConfigError(f"the config cannot be composed: {first_line(e)}") from None
         composed = dcfg if not extra else composed
     return composed
 

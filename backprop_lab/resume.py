@@ -26,8 +26,8 @@ from omegaconf import OmegaConf
 
 from .config import ConfigError, config_changes, from_container, with_defaults
 from .errors import EXIT_BAD_INPUT, EXIT_FAILED, SubcommandParser, error_line
-from .rundir import (CHECKPOINT, LOG, METRICS, MULTIRUN_YAML, SUMMARY, RunDirError, RunWriter, effective_status, locked,
-                     still_running)
+from .rundir import (CHECKPOINT, LOG, METRICS, MULTIRUN_YAML, PLANNED_FILE, SUMMARY, RunDirError, RunWriter,
+                     effective_status, locked, still_running)
 from .runner import run
 from .runs import check_files, checked_summary, is_sweep_root
 
@@ -63,21 +63,13 @@ def cannot_write(run_dir: Path, e: OSError) -> RunDirError:
 
 
 def continue_sweep(sweep_dir: Path, overrides: list[str]) -> int:
-    """`resume SWEEP_DIR`: the sweep's own command again (from Hydra's multirun.yaml) with
+    """`resume SWEEP_DIR`: the sweep's own command again (saved_command) with
     hydra.callbacks.sweep_report.resume=true, in this process's place; completed jobs are
     skipped, interrupted ones continue from their checkpoints."""
-    import yaml
-
     if overrides:
         raise RunDirError(f"{sweep_dir} is a sweep: resume continues it with its own command, so it takes no "
                           f"KEY=VALUE ({' '.join(overrides)})")
-    try:
-        saved = yaml.safe_load((sweep_dir / MULTIRUN_YAML).read_text())["hydra"]["overrides"]
-        hydra_overrides, task = [str(o) for o in saved["hydra"]], [str(o) for o in saved["task"]]
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
-        why = e.strerror if isinstance(e, OSError) else f"no overrides in it ({type(e).__name__})"
-        raise RunDirError(f"{sweep_dir} is a sweep, but its {MULTIRUN_YAML} cannot be read ({why}); run its command "
-                          f"again with hydra.sweep.dir={sweep_dir} hydra.callbacks.sweep_report.resume=true") from None
+    hydra_overrides, task = saved_command(sweep_dir)
     ours = ("hydra.mode=", "hydra.sweep.dir=", "hydra.callbacks.sweep_report.resume=")
     folder = str(sweep_dir.resolve())
     folder = folder if re.fullmatch(r"[\w/.+-]+", folder) else "'" + folder.replace("'", "\\'") + "'"
@@ -86,6 +78,29 @@ def continue_sweep(sweep_dir: Path, overrides: list[str]) -> int:
     print(f"continuing the sweep {sweep_dir}: backprop-lab {shlex.join(args)}", flush=True)
     os.execv(sys.executable, [sys.executable, "-m", "backprop_lab", *args])
     return EXIT_FAILED  # not reached: execv replaces this process
+
+
+def saved_command(sweep_dir: Path) -> tuple[list[str], list[str]]:
+    """The hydra and task overrides of the command that made the sweep: Hydra's multirun.yaml; an
+    Optuna search writes none, and the sweep's start recorded them in PLANNED_FILE instead."""
+    import json
+
+    import yaml
+
+    again = f"run its command again with hydra.sweep.dir={sweep_dir} hydra.callbacks.sweep_report.resume=true"
+    if not (sweep_dir / MULTIRUN_YAML).exists():
+        try:
+            planned = json.loads((sweep_dir / PLANNED_FILE).read_text())
+            return [str(o) for o in planned["hydra"]], [str(o) for o in planned["overrides"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise RunDirError(f"{sweep_dir} is a sweep with no record of its command (Hydra's {MULTIRUN_YAML}, or "
+                              f"for an Optuna search the one backprop-lab keeps since 2026-12-07); {again}") from None
+    try:
+        saved = yaml.safe_load((sweep_dir / MULTIRUN_YAML).read_text())["hydra"]["overrides"]
+        return [str(o) for o in saved["hydra"]], [str(o) for o in saved["task"]]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        why = e.strerror if isinstance(e, OSError) else f"no overrides in it ({type(e).__name__})"
+        raise RunDirError(f"{sweep_dir} is a sweep, but its {MULTIRUN_YAML} cannot be read ({why}); {again}") from None
 
 
 def not_resumable(path: Path) -> str | None:

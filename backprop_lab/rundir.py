@@ -417,7 +417,7 @@ def still_running(run_dir: Path, summary: dict[str, Any]) -> str:
 # A sweep's root folder: Hydra's basic sweeper writes multirun.yaml there and the Optuna sweeper
 # optimization_results.yaml (at the end only); sweep.SweepReport marks every sweep it starts.
 OPTUNA_RESULTS = "optimization_results.yaml"  # in the sweep root: the Optuna sweeper's best parameters and value
-PLANNED_FILE = ".planned_jobs"  # in the sweep root: the basic sweeper's jobs, each its overrides (JSON)
+PLANNED_FILE = ".planned_jobs"  # in the sweep root (JSON): a grid's jobs (overrides, folder), or a search's command
 MULTIRUN_YAML = "multirun.yaml"  # Hydra's record of a sweep: its overrides, in the sweep root
 SWEEP_MARKS = (MULTIRUN_YAML, OPTUNA_RESULTS, ".backprop-lab-sweep")
 

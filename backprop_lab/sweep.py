@@ -48,7 +48,7 @@ from rich.console import Console
 
 from . import compare, runs as saved_runs
 from .config import ConfigError, config_changes, from_dictconfig, is_memory_gb
-from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OF_SIGNAL, ErrorConsole, error_line, refuse
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OF_SIGNAL, EXIT_SIGPIPE, ErrorConsole, error_line, refuse
 from .report import OutputConsole, plural
 from .rundir import (CHECKPOINT, INTERRUPT_FILE, KEPT_HYDRA, METRICS, MULTIRUN_YAML, OPTUNA_RESULTS, PLANNED_FILE,
                      REFUSED_FILE, STOP_FILE, SUMMARY, SUMMARY_CSV, SUMMARY_JSON, SWEEP_MARK, SWEEP_MARKS, WEIGHTS,
@@ -130,11 +130,21 @@ def interrupted(sweep_dir: Path) -> tuple[str, str] | None:
 # sweep would overwrite the record of a run it then skips or refuses (one of another config,
 # say). on_multirun_start sets each earlier job's .hydra/ aside; the job puts it back.
 def set_hydra_files_aside(sweep_dir: Path) -> None:
+    """RunDirError, with every folder as it was, if one cannot be changed: Hydra might still write
+    into its .hydra/ (a folder of another user's, say, whose .hydra/ is writable)."""
+    moved: list[Path] = []
     for job in sweep_dir.iterdir():
         if (job / ".hydra").is_dir() and not (job / KEPT_HYDRA).exists():  # an earlier crash's copy is older
             if (job / SUMMARY).is_file() or (job / METRICS).is_file():
-                with contextlib.suppress(OSError):  # a folder it cannot change: Hydra cannot write there either
+                try:
                     os.rename(job / ".hydra", job / KEPT_HYDRA)
+                except OSError as e:
+                    for done in moved:
+                        put_hydra_files_back(done)
+                    raise RunDirError(f"cannot resume the sweep in {sweep_dir}: its job folder {job} cannot be "
+                                      f"changed ({e.strerror or e}); make it writable, or run the sweep afresh in "
+                                      f"another hydra.sweep.dir") from None
+                moved.append(job)
 
 
 def put_hydra_files_back(job: Path, keep_old: bool = True) -> None:
@@ -337,7 +347,9 @@ def checked_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
 def read_planned(sweep_dir: Path) -> Any:
     """PLANNED_FILE as on_multirun_start wrote it: a grid's jobs (a list of {"overrides": [...],
     "folder": ...}; before 2026-12-07 a list of override lists, each in the folder of its number) or
-    an Optuna search's {"trials": n, "overrides": [...]}; None if there is none or it is unreadable."""
+    an Optuna search's {"trials": n, "overrides": [...], "hydra": [...]} (the command's task and hydra
+    overrides, for `resume SWEEP_DIR`: Optuna writes no multirun.yaml); None if there is none or it
+    is unreadable."""
     try:
         return json.loads((sweep_dir / PLANNED_FILE).read_text())
     except (OSError, ValueError):
@@ -356,18 +368,32 @@ def trials_not_started(sweep_dir: Path, runs: Sequence[Any]) -> str | None:
 
 
 def not_started(sweep_dir: Path, runs: Sequence[Any]) -> list[Any]:
-    """Rows for the planned jobs (PLANNED_FILE) that have no folder: a sweep stopped before them."""
+    """Rows for the planned jobs (PLANNED_FILE) that have no run: a sweep stopped before them. A
+    job has run if its planned folder holds a run, or a run holds its overrides: the planned
+    folder is a guess where hydra.sweep.subdir names the launcher's job id or the time."""
     planned = read_planned(sweep_dir)
     have = {job_key(sweep_dir, run.path) for run in runs}
+    ran = {tuple(job_overrides(run.path)) for run in runs}
     shared = next((run.config for run in runs if run.config), {})  # what the sweep's jobs have in common
     rows = []
     for num, job in enumerate(planned if isinstance(planned, list) else []):
         overrides, folder = (job.get("overrides"), job.get("folder")) if isinstance(job, dict) else (job, str(num))
-        if folder not in have and isinstance(overrides, list) and isinstance(folder, str):
+        if not isinstance(overrides, list) or not isinstance(folder, str) or folder in have:
+            continue
+        if tuple(map(str, overrides)) not in ran:
             own = {w.split("=", 1)[0]: yaml.safe_load(w.split("=", 1)[1]) for w in map(str, overrides) if "=" in w}
             rows.append(saved_runs.Run(path=sweep_dir / folder, label=folder, group=sweep_dir,
                                        status="not started", config={**shared, **own}))
     return rows
+
+
+def job_overrides(run_dir: Path) -> list[str]:
+    """The overrides Hydra recorded for the job in run_dir ([] if there is no readable record)."""
+    try:
+        recorded = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return []
+    return [str(o) for o in recorded] if isinstance(recorded, list) else []
 
 
 def job_key(sweep_dir: Path, run_dir: Path) -> str:
@@ -547,7 +573,7 @@ def earlier_run(job: SweepJob, cfg: Any) -> float | bool:
     status = effective_status(summary)
     if status in ("completed", "diverged"):  # final: the same config and seed give the same outcome
         acc = summary.get("final_test_acc")
-        print(f"{job.what}: already {status} in {run_dir}; skipped", flush=True)
+        say(job, f"{job.what}: already {status} in {run_dir}; skipped")
         return float(acc) if status == "completed" and acc is not None else FAILED_SCORE
     if status == "running":
         return job.refused_holding_a_run(still_running(run_dir, summary), "its folder's run is still running")
@@ -557,9 +583,15 @@ def earlier_run(job: SweepJob, cfg: Any) -> float | bool:
         check_files(run_dir, summary, str(resolve_device(cfg.device)))
     except (ConfigError, RunDirError) as e:
         return job.refused_holding_a_run(str(e), f"its folder's run cannot be resumed: {e}")
-    print(f"{job.what}: {status} in {run_dir} after {plural(summary.get('epochs_completed') or 0, 'epoch')}; "
-          f"resuming", flush=True)
-    return True
+    say(job, f"{job.what}: {status} in {run_dir} after {plural(summary.get('epochs_completed') or 0, 'epoch')}; "
+             f"resuming")
+    return FAILED_SCORE if interrupted(job.sweep_dir) else True  # a closed stdout: it stays as it is
+
+
+def say(job: SweepJob, line: str) -> None:
+    """A line from inside a job's task; a closed stdout stops the sweep, as in on_job_end."""
+    with closed_stdout(job.sweep_dir, job.what):
+        OutputConsole(highlight=False, soft_wrap=True).print(line, markup=False)
 
 
 def train_job(ready: Pending, hydra_cfg: Any) -> float:
@@ -647,6 +679,32 @@ def stopped_by(signal_name: str) -> str:
     return "a closed standard output (broken pipe)" if signal_name == "SIGPIPE" else signal_name
 
 
+def tolerate_killed_jobs() -> None:
+    """submitit_local: a Ctrl-C reaches its job controllers too, and each one kills its job a
+    second after passing the signal on. A job still starting (importing torch) then leaves no
+    result, and submitit's Job.results raises, which Hydra reports in a traceback, with no
+    table. Once the sweep was stopped by a signal, such a job is one that did not run."""
+    try:
+        from submitit.core.core import Job
+        from submitit.core.utils import UncompletedJobError
+    except ImportError:
+        return
+    results = Job.results
+    if getattr(results, "tolerant", False):
+        return
+
+    def results_or_not_run(self: Any) -> Any:
+        try:
+            return results(self)
+        except UncompletedJobError:
+            if WaitingForJobs.current is None or WaitingForJobs.current.signum is None:
+                raise
+            return [JobReturn(status=JobStatus.COMPLETED, _return_value=FAILED_SCORE)]
+
+    results_or_not_run.tolerant = True  # type: ignore[attr-defined]
+    Job.results = results_or_not_run
+
+
 def finish_hint(sweep_dir: Path) -> str:
     return (f"to finish the sweep, run the same command with hydra.sweep.dir={sweep_dir} "
             f"hydra.callbacks.sweep_report.resume=true")
@@ -714,6 +772,8 @@ class SweepReport(Callback):
 
             WaitingForJobs.current = WaitingForJobs(self, sweep_dir)
             set_handlers({signal.SIGINT: WaitingForJobs.current, signal.SIGTERM: WaitingForJobs.current})
+            if "hydra_submitit_launcher" in str(config.hydra.launcher.get("_target_", "")):
+                tolerate_killed_jobs()
         try:  # made here, as Hydra's launcher would next, so a path that cannot be a folder is one line
             sweep_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -763,11 +823,16 @@ class SweepReport(Callback):
             (sweep_dir / PLANNED_FILE).write_text(json.dumps(planned))
         elif isinstance(config.hydra.sweeper.get("n_trials"), int):  # Optuna: the end counts the trials not run
             (sweep_dir / PLANNED_FILE).write_text(json.dumps({"trials": config.hydra.sweeper.n_trials,
-                                                              "overrides": list(config.hydra.overrides.task)}))
+                                                              "overrides": list(config.hydra.overrides.task),
+                                                              "hydra": list(config.hydra.overrides.hydra)}))
 
     def _resuming(self, sweep_dir: Path) -> None:
         earlier = saved_runs.collect([sweep_dir]) if sweep_dir.is_dir() else []
-        set_hydra_files_aside(sweep_dir)
+        try:
+            set_hydra_files_aside(sweep_dir)
+        except RunDirError as e:
+            error_line(str(e))
+            raise SystemExit(EXIT_BAD_INPUT) from None  # not an Exception, so Hydra does not turn it into a warning
         done = sum(r.status == "completed" for r in earlier)
         with closed_stdout(sweep_dir, ""):
             self._console().print(
@@ -813,9 +878,12 @@ class SweepReport(Callback):
     def on_multirun_end_of(self, sweep_dir: Path, stopped: tuple[str, str] | None = None) -> None:
         for job in sweep_dir.glob(f"*/{KEPT_HYDRA}"):  # the jobs of a resumed sweep that never started
             put_hydra_files_back(job.parent)
-        runs: list[Any] = []
-        with closed_stdout(sweep_dir, ""):
+        try:
             runs = self._report(sweep_dir)
+        except BrokenPipeError:  # the table's reader went away: the sweep itself ended as it did
+            runs, closed = saved_runs.collect([sweep_dir]), True
+        else:
+            closed = False
         stopped = interrupted(sweep_dir) or stopped
         if stopped:
             error_line(f"sweep stopped by {stopped_by(stopped[0])}{f' in {stopped[1]}' * bool(stopped[1])}; no job "
@@ -828,6 +896,8 @@ class SweepReport(Callback):
         if not any(r.status == "completed" for r in runs):  # a script must be able to tell
             error_line("no job of this sweep completed: each one failed, diverged or was refused (see above)")
             raise SystemExit(EXIT_FAILED)
+        if closed:  # as any command whose output was cut short: quietly
+            raise SystemExit(EXIT_SIGPIPE)
 
     def _report(self, sweep_dir: Path) -> list[Any]:
         """Prints and writes the sweep's table; returns its runs (none if no job left a folder)."""

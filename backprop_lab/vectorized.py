@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
+from rich.console import Console
 
 from .config import ConfigError
 from .report import OutputConsole, plural
@@ -166,6 +167,13 @@ def run_group_unit(launcher: Any, unit: list[Planned]) -> dict[int, Any]:
     return {job.idx: ret for job, ret in staged}
 
 
+def show_plan(console: Console, lines: list[str]) -> None:
+    """The plan, each line wrapped to a terminal's width; on a pipe a line stays one line (grep)."""
+    for line in lines:
+        text = textwrap.fill(line, width=console.width, subsequent_indent=" " * 4) if console.is_terminal else line
+        console.print(text, markup=False)
+
+
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
     """Launcher.launch: every job of the batch, as groups where they can be; their JobReturns in order."""
     from hydra.core.utils import configure_log, run_job, setup_globals
@@ -183,10 +191,8 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     units, lines = plan(jobs, launcher.memory_gb)
     sweep_dir = Path(str(config.hydra.sweep.dir))
     if not (interrupted(sweep_dir) or stop_reason(sweep_dir)):  # else no job of the batch starts (Optuna's next)
-        console = OutputConsole(highlight=False, soft_wrap=True)
         with closed_stdout(sweep_dir, ""):  # `| head`: no job starts, as for Ctrl-C
-            for line in lines:
-                console.print(textwrap.fill(line, width=console.width, subsequent_indent=" " * 4), markup=False)
+            show_plan(OutputConsole(highlight=False, soft_wrap=True), lines)
     returns: dict[int, Any] = {}
     for unit in units:
         if len(unit) == 1 and unit[0].key is None:

@@ -534,6 +534,10 @@ def test_a_config_file_that_is_not_yaml_is_one_line_naming_it(tmp_path):
     assert refused_in_one_line(tmp_path, *mine, "experiment=bad", "--cfg", "job") == expected  # was ~100 lines
     assert refused_in_one_line(tmp_path, *mine, "experiment=bad", "data.train_subset=500", "train.epochs=1") == expected
     assert refused_in_one_line(tmp_path, *mine, "-m", "experiment=article,bad", "train.epochs=1") == expected
+    (bad.parent / "nolist.yaml").write_text("defaults: 3\n")  # Hydra: a ValueError's traceback
+    assert refused_in_one_line(tmp_path, *mine, "experiment=nolist", "--cfg", "job") == (
+        "error: the config cannot be composed: Invalid defaults list in 'experiment/nolist', defaults must be a "
+        "list (got int)")
 
 
 def test_an_interpolation_in_the_run_folder_that_cannot_be_resolved_is_no_traceback(tmp_path):

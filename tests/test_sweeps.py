@@ -82,6 +82,11 @@ def test_an_optuna_search_resumes_its_trials_and_compare_groups_them(tmp_path):
     clean(more)
     assert more.stdout.count("already completed") == 2 and summary(search / "2")["status"] == "completed"
     assert {job: (search / job / "summary.json").read_text() for job in ("0", "1")} == before  # skipped, not retrained
+    # `resume SWEEP_DIR` rebuilds the search's command from what its start recorded (no multirun.yaml)
+    again = run_cli("resume", str(search), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "hparams_search=mlp" in again.stdout.splitlines()[0] and "hydra.sweeper.n_trials=3" in again.stdout
+    assert again.stdout.count("already completed") == 3
     best = run_cli("compare", str(tmp_path), "--best", "--json", "-", cwd=tmp_path)
     assert best.returncode == 0, best.stderr
     assert len(json.loads(best.stdout)["runs"]) == 1
@@ -495,3 +500,111 @@ def test_a_closed_stdout_stops_a_sweep_as_ctrl_c_does(tmp_path, launcher):
     assert f"hydra.sweep.dir={sweep} hydra.callbacks.sweep_report.resume=true" in err
     rows = json.loads((sweep / "sweep_summary.json").read_text())["runs"]
     assert len(rows) == 3 and all(row["status"] in ("completed", "not started") for row in rows), rows
+
+
+def test_a_resumed_sweep_with_a_job_folder_it_cannot_change_changes_none(tmp_path, monkeypatch):
+    """Each earlier job's .hydra/ is set aside before Hydra writes the new pass's; if one cannot be
+    (another user's folder), the resume is refused with every folder as it was."""
+    import os
+
+    from backprop_lab.rundir import KEPT_HYDRA, RunDirError
+    from backprop_lab.sweep import set_hydra_files_aside
+
+    for job in "01":
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        (tmp_path / job / "metrics.csv").write_text("epoch\n")
+    rename, calls = os.rename, []
+
+    def second_fails(src, dst):
+        calls.append(src)
+        if len(calls) == 2:
+            raise PermissionError(13, "Permission denied")
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", second_fails)
+    with pytest.raises(RunDirError, match="cannot be changed \\(Permission denied\\); make it writable"):
+        set_hydra_files_aside(tmp_path)
+    monkeypatch.setattr(os, "rename", rename)
+    for job in "01":
+        assert (tmp_path / job / ".hydra" / "overrides.yaml").read_text() == f"- seed={job}\n"
+        assert not (tmp_path / job / KEPT_HYDRA).exists()
+
+
+def test_a_job_is_matched_to_its_run_by_its_overrides_where_its_folder_was_a_guess(tmp_path):
+    """hydra.sweep.subdir='${hydra.job.id}' under joblib names folders by the launcher's job id, not
+    the number the plan guessed: the run holding a job's overrides is that job's."""
+    from types import SimpleNamespace
+
+    from backprop_lab.rundir import PLANNED_FILE
+    from backprop_lab.sweep import not_started
+
+    (tmp_path / PLANNED_FILE).write_text(json.dumps([{"overrides": ["seed=0"], "folder": "0"},
+                                                     {"overrides": ["seed=1"], "folder": "1"}]))
+    (tmp_path / "backprop-lab_0" / ".hydra").mkdir(parents=True)
+    (tmp_path / "backprop-lab_0" / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+    ran = [SimpleNamespace(path=tmp_path / "backprop-lab_0", config={"seed": 0})]
+    assert [(r.label, r.config["seed"]) for r in not_started(tmp_path, ran)] == [("1", 1)]
+
+
+def test_a_closed_stdout_while_a_resumed_sweep_skips_a_job_stops_it_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    clean(run_cli("-m", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "backprop_lab", "-m", "seed=0,1,2", *TINY, f"hydra.sweep.dir={sweep}",
+                             "hydra.callbacks.sweep_report.resume=true"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "120"})
+    assert proc.stdout.readline().startswith(f"resume: {sweep} holds 2 earlier job(s), 2 completed")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err  # was a BrokenPipeError's traceback, exit 1
+    assert err.count("\n") == 1 and err.startswith("error: sweep stopped by a closed standard output"), err
+    assert not (sweep / "2").exists()  # no job started after it
+
+
+def test_a_closed_stdout_while_a_finished_sweeps_table_prints_exits_141_quietly(tmp_path, capsys):
+    """The sweep is over; only its table's reader went away: no 'stopped' line, no stop mark."""
+    from rich.console import Console
+
+    from backprop_lab.rundir import INTERRUPT_FILE
+    from backprop_lab.sweep import SweepReport
+
+    class Closed(Console):
+        def print(self, *args, **kwargs):
+            raise BrokenPipeError(32, "standard output was closed")
+
+    sweep = tmp_path / "sweep"
+    clean(run_cli("-m", "seed=0,1", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    (sweep / "sweep_summary.json").unlink()
+    with pytest.raises(SystemExit) as stop:
+        SweepReport(console=Closed()).on_multirun_end_of(sweep)
+    assert stop.value.code == 141 and capsys.readouterr().err == ""
+    assert not (sweep / INTERRUPT_FILE).exists() and (sweep / "sweep_summary.json").is_file()
+
+
+@pytest.mark.slow  # a submitit_local sweep stopped while its jobs start: about 15 s
+def test_ctrl_c_while_submitit_jobs_start_still_ends_with_the_table(tmp_path):
+    """submitit's controllers kill their job a second after passing Ctrl-C on; a job still importing
+    torch leaves no result, which submitit raised as an error (a traceback, exit 1, no table)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "backprop_lab", "-m", "model.hidden_size=16,32",
+                             "data.train_subset=2000", "data.batch_size=8", "train.epochs=10",
+                             "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not all((sweep / job / "backprop-lab.log").exists() for job in "01") and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # the jobs are importing torch
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert "UncompletedJobError" not in err and err.strip().splitlines()[-1].startswith("error: sweep stopped by SIGINT")
+    assert (sweep / "sweep_summary.json").is_file() and f"sweep {sweep}: 2 jobs" in " ".join(out.split())

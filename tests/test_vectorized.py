@@ -527,13 +527,17 @@ def test_a_refused_member_is_one_error_line_and_a_line_in_its_log_not_a_log_line
     assert "[ERROR] - cannot resume" in (sweep / "1" / "backprop-lab.log").read_text()
 
 
-def test_the_plan_fits_80_columns(tmp_path):
-    proc = run_cli("-m", "optim.lr=0.05,0.1", "optim.momentum=0,0.9", "optim.weight_decay=0,0.001",
-                   "model.dropout=0,0.1", "model.hidden_sizes=[32,16]", "model.activation=tanh",
-                   "model.batch_norm=true", *TINY, VEC, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path,
-                   env={"COLUMNS": "80"})
-    clean(proc)
-    plan = proc.stdout.split("\njob 0 ")[0].splitlines()
-    assert plan == ["vectorized: 16 jobs -> 1 group",
-                    "  16 x 784-32-16-10 tanh batch norm, varying optim.lr, optim.momentum,",
-                    "    optim.weight_decay, model.dropout"]
+def test_the_plan_wraps_to_a_terminal_and_stays_whole_on_a_pipe():
+    import io
+
+    from rich.console import Console
+
+    from backprop_lab.vectorized import show_plan
+
+    lines = ["vectorized: 16 jobs -> 1 group",
+             "  16 x 784-32-16-10 tanh batch norm, varying optim.lr, optim.momentum, optim.weight_decay, model.dropout"]
+    for terminal, shown in ((True, [lines[0], "  16 x 784-32-16-10 tanh batch norm, varying optim.lr, optim.momentum,",
+                                    "    optim.weight_decay, model.dropout"]), (False, lines)):
+        out = io.StringIO()
+        show_plan(Console(file=out, width=80, force_terminal=terminal, color_system=None, soft_wrap=True), lines)
+        assert out.getvalue().splitlines() == shown
