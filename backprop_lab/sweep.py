@@ -789,8 +789,9 @@ class SweepReport(Callback):
             raise SystemExit(EXIT_BAD_INPUT)
         earlier = [d.name for d in sweep_dir.iterdir() if (d / SUMMARY).is_file() or (d / METRICS).is_file()]
         if inner is not None and not earlier:  # a sweep whose hydra.sweep.subdir put its jobs deeper
-            error_line(f"{sweep_dir} already holds a sweep (jobs such as {inner.parent}); it is kept as it is: choose "
-                       f"another hydra.sweep.dir")
+            error_line(f"{sweep_dir} already holds a sweep (jobs such as {inner.parent}); it is kept as it is: " + (
+                "a sweep whose jobs sit in folders within folders cannot be resumed as a whole: resume each job with "
+                "backprop-lab resume JOB_DIR" if options(config.hydra)["resume"] else "choose another hydra.sweep.dir"))
             raise SystemExit(EXIT_BAD_INPUT)
         if earlier and not saved_runs.is_sweep_root(sweep_dir):
             error_line(f"hydra.sweep.dir={sweep_dir} holds runs ({len(earlier)}) but no sweep (none of "

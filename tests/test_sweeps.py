@@ -608,3 +608,18 @@ def test_ctrl_c_while_submitit_jobs_start_still_ends_with_the_table(tmp_path):
     assert proc.returncode == 130, err
     assert "UncompletedJobError" not in err and err.strip().splitlines()[-1].startswith("error: sweep stopped by SIGINT")
     assert (sweep / "sweep_summary.json").is_file() and f"sweep {sweep}: 2 jobs" in " ".join(out.split())
+
+
+def test_a_sweep_with_jobs_in_folders_within_folders_is_not_resumed_as_a_whole(tmp_path):
+    sweep = tmp_path / "sweep"
+    clean(run_cli("-m", "seed=0,1", *TINY, "hydra.sweep.subdir=a/${hydra.job.num}", f"hydra.sweep.dir={sweep}",
+                  cwd=tmp_path))
+    before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    proc = run_cli("-m", "seed=0,1", *TINY, "hydra.sweep.subdir=a/${hydra.job.num}", f"hydra.sweep.dir={sweep}",
+                   "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert re.fullmatch(re.escape(f"error: {sweep} already holds a sweep (jobs such as {sweep / 'a'}/") + r"[01]" +
+                        re.escape("); it is kept as it is: a sweep whose jobs sit in folders within folders cannot be "
+                                  "resumed as a whole: resume each job with backprop-lab resume JOB_DIR"), lines[0])
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
