@@ -797,6 +797,7 @@ def load_for_show(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, float]]
     warnings = [f"{cut}; shown without it"] if cut else []
     short = fewer_epochs(len(rows) + bool(cut), summary)
     if short:
-        warnings.append(f"{short}; the per-epoch table shows those {len(rows)}" if rows else
+        warnings.append(f"{short}; the per-epoch table shows {'that one' if len(rows) == 1 else f'those {len(rows)}'}"
+                        if rows else
                         f"{short}; shown without the per-epoch table")
     return summary, rows, warnings

@@ -584,6 +584,8 @@ def damage_metrics(run: Path, how: str) -> str:
         (run / "metrics.csv").write_text(lines[0])
     elif how == "row-boundary":
         (run / "metrics.csv").write_text("".join(lines[:3]))
+    elif how == "one-row":
+        (run / "metrics.csv").write_text("".join(lines[:2]))
     elif how == "mid-row":
         (run / "metrics.csv").write_text(text[:-20])
         return text[:-20].splitlines()[-1]
@@ -595,6 +597,8 @@ def damage_metrics(run: Path, how: str) -> str:
                         "completed; shown without the per-epoch table"),
     ("row-boundary", ["1", "2"], "metrics.csv holds 2 epochs, but summary.json records 3 completed; "
                                  "the per-epoch table shows those 2"),
+    ("one-row", ["1"], "metrics.csv holds 1 epoch, but summary.json records 3 completed; "
+                       "the per-epoch table shows that one"),
     ("mid-row", ["1", "2"], "metrics.csv line 4, its last, was cut off mid-row (the machine or the run stopped "
                             "while writing it): {cut!r}; shown without it"),
 ])
