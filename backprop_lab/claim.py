@@ -100,10 +100,12 @@ def check_not_a_run(sweep_dir: Path) -> None:
                           f"choose a new folder for the sweep")
 
 
-def check_sweep_subdir(value: Any) -> None:
+def check_sweep_subdir(value: Any, search: bool = False) -> None:
     """A job's folder is hydra.sweep.dir/hydra.sweep.subdir: a subdir that climbs out of the
     sweep (or is empty) would put a job's run files where they can overwrite anything, and
-    one without an interpolation would give every job the same folder."""
+    one without an interpolation would give every job the same folder. A grid's folders are
+    checked job by job before any starts (sweep.check_planned_jobs); a search's (`search`: Optuna)
+    are known only as it proposes its trials, so only the job's number keeps them apart."""
     text = "" if value is None else str(value)
     if not text.strip() or Path(text).is_absolute() or ".." in Path(text).parts:
         where = "in the sweep's folder itself" if not text.strip() else "outside the sweep's folder"
@@ -112,6 +114,10 @@ def check_sweep_subdir(value: Any) -> None:
     if "${" not in text:
         raise ConfigError(f"hydra.sweep.subdir={text} names one folder for every job of the sweep, and each job "
                           f"needs its own: include the job's number, e.g. hydra.sweep.subdir='{text}_${{hydra.job.num}}'")
+    if search and "hydra.job.num" not in text and "hydra.job.id" not in text:
+        raise ConfigError(f"hydra.sweep.subdir={text} can give two trials of a search the same folder (a search "
+                          f"may propose the same values twice): include the trial's number, e.g. "
+                          f"hydra.sweep.subdir='{text}_${{hydra.job.num}}'")
 
 
 def check_output_dir(key: str, value: Any, used: bool) -> Path | None:

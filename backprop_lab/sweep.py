@@ -756,7 +756,8 @@ class SweepReport(Callback):
         try:
             check_options(config.hydra)
             check_launcher(config.hydra)
-            check_sweep_subdir(config.hydra.sweep._get_node("subdir")._value())  # unresolved: before any job exists
+            check_sweep_subdir(config.hydra.sweep._get_node("subdir")._value(),  # unresolved: before any job exists
+                               search=not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"))
             check_not_a_run(Path(str(config.hydra.sweep.dir)))
         except (ConfigError, RunDirError) as e:
             error_line(str(e))

@@ -397,10 +397,20 @@ def test_a_sweep_subdir_outside_the_sweep_is_refused_before_any_job_writes_there
         "error: hydra.sweep.subdir=${oc.env:JOB_DIR} puts job 0 in ../escaped, outside the sweep's folder; give a "
         "folder inside it, e.g. hydra.sweep.subdir='job${hydra.job.num}'; no job was started"], proc.stderr
     # an Optuna search proposes its trials as it goes: each is refused as it comes
-    proc = run_cli(*common, "env", "hparams_search=mlp", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", *TINY,
-                   f"hydra.sweep.dir={tmp_path / 'sweep3'}", cwd=tmp_path, env={"JOB_DIR": "../escaped"})
+    (tmp_path / "mine" / "env_num.yaml").write_text("defaults:\n  - config\n  - _self_\n"
+                                                   "hydra:\n  sweep:\n    subdir: ${oc.env:JOB_DIR}${hydra.job.num}\n")
+    proc = run_cli(*common, "env_num", "hparams_search=mlp", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
+                   *TINY, f"hydra.sweep.dir={tmp_path / 'sweep3'}", cwd=tmp_path, env={"JOB_DIR": "../escaped"})
     assert proc.returncode == 1, proc.stderr  # no job completed
     assert proc.stderr.count(f"is not inside the sweep's {tmp_path / 'sweep3'}") == 2
+    # and its subdir must hold the trial's number: it may propose the same values twice
+    proc = run_cli("-m", "hparams_search=mlp", "hydra.sweeper.n_trials=2", *TINY, "hydra.sweep.subdir=bs${data.batch_size}",
+                   f"hydra.sweep.dir={tmp_path / 'sweep4'}", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: hydra.sweep.subdir=bs${data.batch_size} can give two trials of a search the same folder (a search may "
+        "propose the same values twice): include the trial's number, e.g. "
+        "hydra.sweep.subdir='bs${data.batch_size}_${hydra.job.num}'"], proc.stderr
+    assert not (tmp_path / "sweep4").exists()
     assert not list(tmp_path.rglob("summary.json")) and not list(tmp_path.rglob("metrics.csv"))
 
 
