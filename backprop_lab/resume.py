@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from .config import ConfigError, config_changes, from_container, with_defaults
 from .errors import EXIT_BAD_INPUT, EXIT_FAILED, SubcommandParser, error_line
-from .rundir import (CHECKPOINT, LOG, METRICS, MULTIRUN_YAML, PLANNED_FILE, SUMMARY, RunDirError, RunWriter,
+from .rundir import (CHECKPOINT, LOG, METRICS, MULTIRUN_YAML, SUMMARY, RunDirError, RunWriter,
                      effective_status, locked, still_running)
 from .runner import run
 from .runs import check_files, checked_summary, is_sweep_root
@@ -83,16 +83,16 @@ def continue_sweep(sweep_dir: Path, overrides: list[str]) -> int:
 def saved_command(sweep_dir: Path) -> tuple[list[str], list[str]]:
     """The hydra and task overrides of the command that made the sweep: Hydra's multirun.yaml; an
     Optuna search writes none, and the sweep's start recorded them in PLANNED_FILE instead."""
-    import json
-
     import yaml
+
+    from .sweep import read_planned
 
     again = f"run its command again with hydra.sweep.dir={sweep_dir} hydra.callbacks.sweep_report.resume=true"
     if not (sweep_dir / MULTIRUN_YAML).exists():
         try:
-            planned = json.loads((sweep_dir / PLANNED_FILE).read_text())
+            planned = read_planned(sweep_dir)
             return [str(o) for o in planned["hydra"]], [str(o) for o in planned["overrides"]]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (KeyError, TypeError):  # none, an unreadable one, or a grid's / an older search's
             raise RunDirError(f"{sweep_dir} is a sweep with no record of its command (Hydra's {MULTIRUN_YAML}, or "
                               f"for an Optuna search the one backprop-lab keeps since 2026-12-07); {again}") from None
     try:

@@ -210,7 +210,7 @@ def varied(overrides: Sequence[str], fixed: frozenset[str]) -> list[str]:
 def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     """The basic sweeper's jobs, each as its overrides, in the order it launches them; None for
     another sweeper (Optuna proposes its trials as it goes)."""
-    if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    if not is_grid(config):
         return None
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -218,6 +218,11 @@ def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
     overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
     return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def is_grid(config: DictConfig) -> bool:
+    """Whether Hydra's basic sweeper runs the sweep (a grid, every job known up front), not a search."""
+    return str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper")
 
 
 def typed(job_config: DictConfig) -> Any:
@@ -240,7 +245,9 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list
 
     loader = GlobalHydra.instance().config_loader()
     compose_once(loader)
+    subdir = config.hydra.sweep._get_node("subdir")._value()  # as given, for the messages
     planned: list[dict[str, Any]] = []
+    first_in: dict[str, int] = {}  # folder -> the first job given it
     for num, job in enumerate(jobs or []):
         planned.append({"overrides": list(job), "folder": str(num)})
         try:
@@ -252,17 +259,16 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list
         except ConfigError as e:
             raise ConfigError(f"job {num} ({shown(job)}): {e}; no job was started") from None
         folder = job_folder(job_config, num)
-        subdir = config.hydra.sweep._get_node("subdir")._value()
         if folder is not None and (Path(folder).is_absolute() or ".." in Path(folder).parts):
             raise ConfigError(f"hydra.sweep.subdir={subdir} puts job {num} in {folder}, outside the sweep's folder; "
                               f"give a folder inside it, e.g. hydra.sweep.subdir='job${{hydra.job.num}}'; no job was "
                               f"started")
-        first = next((i for i, p in enumerate(planned[:-1]) if p["folder"] == folder), None)
-        if first is not None:
-            raise ConfigError(f"hydra.sweep.subdir={subdir} gives jobs {first} and {num} the same folder ({folder}); "
-                              f"each job needs its own: include the job's number, e.g. "
+        if folder in first_in:
+            raise ConfigError(f"hydra.sweep.subdir={subdir} gives jobs {first_in[folder]} and {num} the same folder "
+                              f"({folder}); each job needs its own: include the job's number, e.g. "
                               f"hydra.sweep.subdir='{subdir}_${{hydra.job.num}}'; no job was started")
         planned[-1]["folder"] = folder or str(num)
+        first_in[planned[-1]["folder"]] = num
     return None if jobs is None else planned
 
 
@@ -373,13 +379,15 @@ def not_started(sweep_dir: Path, runs: Sequence[Any]) -> list[Any]:
     folder is a guess where hydra.sweep.subdir names the launcher's job id or the time."""
     planned = read_planned(sweep_dir)
     have = {job_key(sweep_dir, run.path) for run in runs}
-    ran = {tuple(job_overrides(run.path)) for run in runs}
+    ran: set[tuple[str, ...]] | None = None  # read only if a planned folder holds no run
     shared = next((run.config for run in runs if run.config), {})  # what the sweep's jobs have in common
     rows = []
     for num, job in enumerate(planned if isinstance(planned, list) else []):
         overrides, folder = (job.get("overrides"), job.get("folder")) if isinstance(job, dict) else (job, str(num))
         if not isinstance(overrides, list) or not isinstance(folder, str) or folder in have:
             continue
+        if ran is None:
+            ran = {tuple(job_overrides(run.path)) for run in runs}
         if tuple(map(str, overrides)) not in ran:
             own = {w.split("=", 1)[0]: yaml.safe_load(w.split("=", 1)[1]) for w in map(str, overrides) if "=" in w}
             rows.append(saved_runs.Run(path=sweep_dir / folder, label=folder, group=sweep_dir,
@@ -757,7 +765,7 @@ class SweepReport(Callback):
             check_options(config.hydra)
             check_launcher(config.hydra)
             check_sweep_subdir(config.hydra.sweep._get_node("subdir")._value(),  # unresolved: before any job exists
-                               search=not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"))
+                               search=not is_grid(config))
             check_not_a_run(Path(str(config.hydra.sweep.dir)))
         except (ConfigError, RunDirError) as e:
             error_line(str(e))
