@@ -50,7 +50,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import EXIT_BAD_INPUT, EXIT_NO_RUNS, RunError, SubcommandParser, error_line, warning_line
-from .report import STATUS_COLOURS, OutputConsole, Reporter, natural_width, plural, print_whole
+from .report import STATUS_COLOURS, OutputConsole, Reporter, natural_width, plural, print_whole, saved_warnings
 from .rundir import CONFUSION_PNG, CURVES_PNG, GRADS, LOG, METRICS, SUMMARY, effective_status
 from .runs import (COLUMN_GETTERS, Run, _log_error, as_read_now, by_layer, collect, fewer_epochs, find_run_dirs,
                    is_run_dir, load_confusion, load_layers, load_metrics, load_summary, moved_from, or_newest)
@@ -713,7 +713,7 @@ def show_main(argv: list[str]) -> int:
     if recorded:  # the header and the panel say where the run is now, so that its paths can be used
         summary = {**summary, "run_dir": str(args.run_dir.resolve()),
                    "error": summary.get("error") and as_read_now(str(summary["error"]), recorded, args.run_dir),
-                   "warnings": [as_read_now(str(w), recorded, args.run_dir) for w in summary.get("warnings") or []]}
+                   "warnings": [as_read_now(w, recorded, args.run_dir) for w in saved_warnings(summary)]}
     reporter = Reporter(OutputConsole())
     reporter.start(summary)
     if recorded:

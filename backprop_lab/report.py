@@ -235,7 +235,14 @@ class Reporter:
         ]
         if summary.get("error"):
             lines.append(f"error             {summary['error']}")
-        lines += [f"warning           {w}" for w in summary.get("warnings") or []]
+        lines += [f"warning           {w}" for w in saved_warnings(summary)]
         self.console.print(Panel("\n".join(lines), title="summary", expand=False, highlight=False))
 
 
+def saved_warnings(summary: dict[str, Any]) -> list[str]:
+    """summary.json's warnings as lines: a list as the run wrote it, or one string (a hand edit),
+    which is one warning, not one per character."""
+    warnings = summary.get("warnings")
+    if not warnings:
+        return []
+    return [str(w) for w in warnings] if isinstance(warnings, list) else [str(warnings)]

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 from .analysis import Confusion, from_counts
 from .config import N_TRAIN, dotted, planned_epochs, with_defaults
 from .errors import RunError
-from .report import COLUMN_KEYS, plural
+from .report import COLUMN_KEYS, plural, saved_warnings
 from .rundir import (CHECKPOINT, CONFUSION_CSV, GRADS, GRADS_COLUMNS_BEFORE_DEAD, LOG, METRICS, SUMMARY, SWEEP_MARKS,
                      RunDirError, effective_status, load_checkpoint, read_summary)
 
@@ -242,8 +242,7 @@ def as_read_now(text: str, recorded: str, run_dir: Path) -> str:
 
 def saved_note(summary: dict[str, Any], run_dir: Path) -> str | None:
     """The run's own error, or a completed run's warnings, naming the folder it is read from now."""
-    warnings = summary.get("warnings")  # a completed run's, e.g. a dead layer
-    note = summary.get("error") or ("; ".join(map(str, warnings)) if isinstance(warnings, list) and warnings else None)
+    note = summary.get("error") or "; ".join(saved_warnings(summary)) or None  # warnings: a completed run's, e.g. a dead layer
     recorded = moved_from(summary, run_dir)
     return as_read_now(str(note), recorded, run_dir) if note and recorded else note
 

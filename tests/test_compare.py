@@ -484,6 +484,17 @@ def test_show_of_a_killed_run_shows_its_epochs_as_incomplete(outputs, capsys):
     assert "status            incomplete" in out and "epochs            1/2" in out
 
 
+@pytest.mark.parametrize("warnings", ["layer 1: 99 % of units dead from epoch 2", ["layer 1: 99 % of units dead from epoch 2"]],
+                         ids=["one string (a hand edit)", "a list, as a run writes it"])
+def test_show_prints_a_warning_as_one_line(outputs, capsys, warnings):
+    run = outputs / "2026-11-30/01-00-00"
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "warnings": warnings}))
+    assert show_main([str(run)]) == 0
+    lines = [line.strip("│ ") for line in capsys.readouterr().out.splitlines() if "warning  " in line]
+    assert lines == ["warning           layer 1: 99 % of units dead from epoch 2"]
+
+
 def boxed(text: str) -> dict[str, list[str]]:
     """The rows of the boxed tables (per-layer gradients, confusion matrix), by their first cell."""
     lines = [line for line in text.splitlines() if line.startswith(("│", "┃"))]

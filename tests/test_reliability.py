@@ -841,3 +841,28 @@ def test_weights_drawn_too_large_to_train_name_the_init_scale(tmp_path, capsys):
         runner.run(cfg, tmp_path / "run", [])
     assert info.value.code == 3
     assert capsys.readouterr().err.strip().endswith("the loss is no longer finite; try a smaller model.init_scale")
+
+
+# backprop_lab.__main__.exit_now skips Python's teardown (0.4-0.6 s after importing torch); what
+# a normal exit does for the user must still happen.
+EXIT_NOW = """
+import atexit, sys, threading, time
+from pathlib import Path
+from backprop_lab.__main__ import exit_now
+atexit.register(lambda: Path("handler-ran").write_text("yes"))
+print("written before the exit", end="")  # still in stdout's buffer: a pipe is block-buffered
+if {thread}:
+    threading.Thread(target=lambda: (time.sleep(0.5), Path("thread-done").write_text("yes"))).start()
+exit_now({code})
+sys.exit(7)  # reached only when exit_now leaves the exit to Python
+"""
+
+
+@pytest.mark.parametrize("code,thread,rc", [(3, False, 3), (None, False, 0), (2, True, 7), ("a message", False, 7)],
+                         ids=["a status", "no status", "a thread still working", "a status that is text"])
+def test_exit_now_runs_the_exit_handlers_and_flushes_what_was_printed(tmp_path, code, thread, rc):
+    proc = subprocess.run([sys.executable, "-c", EXIT_NOW.format(code=repr(code), thread=thread)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (rc, "written before the exit"), proc.stderr
+    assert (tmp_path / "handler-ran").read_text() == "yes"
+    assert (tmp_path / "thread-done").exists() == thread  # a working thread is waited for, as Python does
