@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from backprop_lab import analysis, bench, compare, gradcheck, predict, resume, runs
+from backprop_lab import bench, compare, gradcheck, predict, resume, runs
 from backprop_lab.report import describe_config, plural
 from backprop_lab.rundir import CHECKPOINT, METRICS
 

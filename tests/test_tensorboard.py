@@ -5,7 +5,6 @@ damaged runs exported as far as they go or skipped, and one line without the pac
 from __future__ import annotations
 
 import csv
-import json
 import shutil
 from pathlib import Path
 
