@@ -4,10 +4,10 @@ jobs trains as one model (group_runner, members); the plugin class in hydra_plug
 `launch`.
 
 A job runs one by one, as the basic launcher runs it, when its config is refused (it is reported
-as in any sweep) or when no other job shares its group. A group's members each get a
-complete run directory, with their own `.hydra/` files: Hydra's run_job makes the folder and
-those files for each member first (with no on_job_end), the group trains, then every member's
-on_job_end reports it, so the sweep's result lines and table are those of any sweep.
+as in any sweep) or when no other job shares its group. A group's members each get a complete
+run directory, with their own `.hydra/` files: `stage` makes the folder and those files for each
+member first, as Hydra's run_job would (with no on_job_end), the group trains, then every
+member's on_job_end reports it, so the sweep's result lines and table are those of any sweep.
 
 A group larger than the memory budget (hydra.launcher.memory_gb; by default half of the memory
 available when the batch starts, on a GPU 90 % of its free memory) is trained in parts, one after
@@ -115,20 +115,6 @@ def plan(jobs: list[Planned], memory_gb: float | None) -> tuple[list[list[Planne
     return units, out
 
 
-class _StartOnly:
-    """The sweep's callbacks with on_job_end held back: a member's folder is made before the group
-    trains, its result is reported after."""
-
-    def __init__(self, callbacks: Any) -> None:
-        self.callbacks = callbacks
-
-    def on_job_start(self, **kwargs: Any) -> None:
-        self.callbacks.on_job_start(**kwargs)
-
-    def on_job_end(self, **kwargs: Any) -> None:
-        pass
-
-
 def _prepare(task_cfg: DictConfig) -> Any:
     """The task function of a member's first pass: sweep.prepare_job's checks, no training."""
     from .group_runner import MemberLogs
@@ -143,20 +129,54 @@ def _prepare(task_cfg: DictConfig) -> Any:
         logs.close()
 
 
+def stage(context: Any, job: Planned) -> Any:
+    """A member's folder, its `.hydra/` files and on_job_start, then `_prepare` as its task
+    function: what Hydra's run_job does for a job before the job itself, with its JobReturn. Made
+    here, not by run_job, which copies the whole composed config twice per job for what a
+    member's staging never changes, and sets Hydra's own copy of config.hydra twice. The files
+    are the same (hydra-core 1.3, pinned; the twin tests compare them). hydra.job.chdir is not
+    followed: a group trains in one process, each member writing only to its own folder by path."""
+    from hydra.core.utils import JobReturn, JobRuntime, JobStatus, env_override
+    from omegaconf import OmegaConf, read_write
+
+    config, hydra_config = job.config, HydraConfig.instance()
+    before = hydra_config.cfg
+    hydra_config.set_config(config)  # a copy of config.hydra (most of staging's time); ${hydra:...} reads it
+    try:
+        output_dir = Path(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)).absolute()
+        for runtime in (config.hydra.runtime, hydra_config.cfg.hydra.runtime):  # set in both, not copied again
+            with read_write(runtime), open_dict(runtime):
+                runtime.output_dir = str(output_dir)
+        task_cfg = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=task_cfg, hydra_cfg=hydra_config.cfg,
+                        working_dir=str(Path.cwd()))
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if config.hydra.output_subdir is not None:
+            files = output_dir / str(config.hydra.output_subdir)
+            files.mkdir(parents=True, exist_ok=True)
+            for name, node in (("config.yaml", task_cfg), ("hydra.yaml", hydra_config.cfg),
+                               ("overrides.yaml", config.hydra.overrides.task)):
+                (files / name).write_text(OmegaConf.to_yaml(node), encoding="utf-8")
+        with env_override(config.hydra.job.env_set):
+            context.callbacks.on_job_start(config=config, task_function=_prepare)
+            try:
+                ret.return_value, ret.status = _prepare(task_cfg), JobStatus.COMPLETED
+            except Exception as e:  # noqa: BLE001 - as run_job: the job failed, the sweep goes on
+                ret.return_value, ret.status = e, JobStatus.FAILED
+        ret.task_name = JobRuntime.instance().get("name")
+        return ret
+    finally:
+        hydra_config.cfg = before
+
+
 def run_group_unit(launcher: Any, unit: list[Planned]) -> dict[int, Any]:
     """A group (or a part of one): each member's folder and checks, the training, the reports."""
-    from hydra.core.utils import run_job
-    from hydra.types import HydraContext
-
     from .group_runner import run_group
     from .sweep import Pending
 
     context = launcher.hydra_context
-    starting = HydraContext(config_loader=context.config_loader, callbacks=_StartOnly(context.callbacks))
     # no logging set up per member here: group_runner.MemberLogs gives each member its own log file
-    staged = [(job, run_job(hydra_context=starting, task_function=_prepare, config=job.config,
-                            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir",
-                            configure_logging=False)) for job in unit]
+    staged = [(job, stage(context, job)) for job in unit]
     pending = [ret for _, ret in staged if isinstance(ret._return_value, Pending)]
     if pending:
         for ret, score in zip(pending, run_group([ret.return_value for ret in pending], pngs=launcher.plots)):

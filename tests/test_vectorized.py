@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
+import yaml
 
 from backprop_lab.config import from_dictconfig
 from backprop_lab.members import Group, describe, group_key
@@ -214,6 +214,16 @@ def clean(proc) -> None:
     assert "Traceback" not in proc.stdout + proc.stderr and "Callback" not in proc.stderr, proc.stderr
 
 
+def hydra_record(job: Path, sweep: Path) -> dict:
+    """A job's .hydra/hydra.yaml less what differs with the launcher (its settings and override) and
+    with the sweep folder's name."""
+    hydra = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert hydra["runtime"]["output_dir"] == str(job) and hydra["sweep"]["dir"] == str(sweep)
+    del hydra["launcher"], hydra["overrides"]["hydra"], hydra["runtime"]["choices"]["hydra/launcher"]
+    del hydra["runtime"]["output_dir"], hydra["sweep"]["dir"]
+    return hydra
+
+
 def test_a_vectorized_sweep_gives_each_member_the_run_of_its_basic_twin(tmp_path):
     grid = ("optim.lr=0.05,0.2", "seed=0,1")
     basic = run_cli("-m", *grid, *TINY, f"hydra.sweep.dir={tmp_path / 'basic'}", cwd=tmp_path)
@@ -226,7 +236,9 @@ def test_a_vectorized_sweep_gives_each_member_the_run_of_its_basic_twin(tmp_path
     for job in ("0", "1", "2", "3"):
         ours, theirs = tmp_path / "vec" / job, tmp_path / "basic" / job
         assert {p.name for p in ours.iterdir()} == {p.name for p in theirs.iterdir()} - pngs
-        assert (ours / ".hydra" / "overrides.yaml").read_text() == (theirs / ".hydra" / "overrides.yaml").read_text()
+        for name in ("overrides.yaml", "config.yaml"):
+            assert (ours / ".hydra" / name).read_text() == (theirs / ".hydra" / name).read_text()
+        assert hydra_record(ours, tmp_path / "vec") == hydra_record(theirs, tmp_path / "basic")
         s, t = summary(ours), summary(theirs)
         assert s["status"] == "completed" and s["config"] == t["config"] and s["vectorized"] == {"members": 4}
         assert s["config_hash"] == t["config_hash"] and s["weights"] == "weights.pt"
