@@ -489,6 +489,7 @@ def test_jobs_not_started_are_listed_by_their_folders_old_and_new_plan_files(tmp
     assert [(r.label, r.path.name, r.config["seed"]) for r in not_started(tmp_path, ran)] == [("1", "1", 1)]
 
 
+@pytest.mark.slow  # two sweeps stopped part way: about 13 s
 @pytest.mark.parametrize("launcher", [(), ("hydra/launcher=vectorized",)])
 def test_a_closed_stdout_stops_a_sweep_as_ctrl_c_does(tmp_path, launcher):
     """`backprop-lab -m ... | head -1`: no later job starts, the table is still written to the
@@ -557,6 +558,7 @@ def test_a_job_is_matched_to_its_run_by_its_overrides_where_its_folder_was_a_gue
     assert [(r.label, r.config["seed"]) for r in not_started(tmp_path, ran)] == [("1", 1)]
 
 
+@pytest.mark.slow  # a sweep, then its resume: about 7 s
 def test_a_closed_stdout_while_a_resumed_sweep_skips_a_job_stops_it_in_one_line(tmp_path):
     import os
     import subprocess
@@ -575,6 +577,7 @@ def test_a_closed_stdout_while_a_resumed_sweep_skips_a_job_stops_it_in_one_line(
     assert not (sweep / "2").exists()  # no job started after it
 
 
+@pytest.mark.slow  # about 6 s
 def test_a_closed_stdout_while_a_finished_sweeps_table_prints_exits_141_quietly(tmp_path, capsys):
     """The sweep is over; only its table's reader went away: no 'stopped' line, no stop mark."""
     from rich.console import Console
@@ -620,6 +623,7 @@ def test_ctrl_c_while_submitit_jobs_start_still_ends_with_the_table(tmp_path):
     assert (sweep / "sweep_summary.json").is_file() and f"sweep {sweep}: 2 jobs" in " ".join(out.split())
 
 
+@pytest.mark.slow  # a sweep, then two resumes: about 7 s
 def test_a_sweep_with_jobs_in_folders_within_folders_is_not_resumed_as_a_whole(tmp_path):
     sweep = tmp_path / "sweep"
     clean(run_cli("-m", "seed=0,1", *TINY, "hydra.sweep.subdir=a/${hydra.job.num}", f"hydra.sweep.dir={sweep}",

@@ -186,6 +186,7 @@ def test_help_and_hydra_help_fit_80_columns(tmp_path):
         assert proc.returncode == 0 and widest(proc.stdout) <= 80, (flag, proc.stdout)
 
 
+@pytest.mark.slow  # a joblib sweep of parallel jobs: about 8 s
 def test_parallel_jobs_print_whole_result_lines_only(tmp_path):
     """joblib runs two jobs at once, each in a process of its own: no progress bars, no tables
     from the jobs, only whole result lines, then the table (all within 80 columns)."""
