@@ -28,23 +28,35 @@ def exit_now(code: object) -> None:
     Freeing torch's modules one by one takes 0.4-0.6 s after every command that imported it
     (2-core CPU, measured), and nothing of this tool needs it: files are closed where they are
     written, and the handlers Python would run at exit (logging's flush, a claimed folder's
-    release, joblib's and multiprocessing's workers, temporary folders) run here first. With a
-    thread still working, or an exit status that is not a number, the normal exit is taken."""
+    release, joblib's and multiprocessing's workers, temporary folders) run here first. The
+    normal exit is taken with a thread still working, an exit status that is not a number, or
+    output that cannot be written (Python's exit reports that, status 120)."""
     import atexit
     import os
-    import sys
     import threading
 
     if not isinstance(code, (int, type(None))) or any(
             t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
+    if not flushed():
+        return
+    atexit._run_exitfuncs()  # each handler runs once: the normal exit would not run them again
+    if flushed():  # and what a handler printed was written
+        os._exit(code or 0)
+
+
+def flushed() -> bool:
+    """stdout and stderr flushed; False if what they hold cannot be written (a full disk, a closed pipe)."""
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):  # None: started with the descriptor closed (`>&-`)
+        if stream is None or getattr(stream, "closed", False):
+            continue
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: what was written is all there is to flush
-            pass
-    os._exit(code or 0)
+        except OSError:
+            return False
+    return True
 
 
 if __name__ == "__main__":

@@ -396,11 +396,15 @@ def not_started(sweep_dir: Path, runs: Sequence[Any]) -> list[Any]:
 
 
 def job_overrides(run_dir: Path) -> list[str]:
-    """The overrides Hydra recorded for the job in run_dir ([] if there is no readable record)."""
+    """The overrides Hydra recorded for the job in run_dir, else those its summary.json keeps
+    (hydra.output_subdir=null writes no .hydra/); [] if there is no readable record."""
     try:
         recorded = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     except (OSError, yaml.YAMLError):
-        return []
+        try:
+            recorded = json.loads((run_dir / SUMMARY).read_text()).get("overrides")
+        except (OSError, ValueError, AttributeError):
+            return []
     return [str(o) for o in recorded] if isinstance(recorded, list) else []
 
 

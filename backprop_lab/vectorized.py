@@ -16,6 +16,7 @@ another, never into an out-of-memory error.
 
 from __future__ import annotations
 
+import os
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,7 +144,7 @@ def stage(context: Any, job: Planned) -> Any:
     before = hydra_config.cfg
     hydra_config.set_config(config)  # a copy of config.hydra (most of staging's time); ${hydra:...} reads it
     try:
-        output_dir = Path(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir)).absolute()
+        output_dir = Path(os.path.abspath(os.path.join(str(config.hydra.sweep.dir), str(config.hydra.sweep.subdir))))
         for runtime in (config.hydra.runtime, hydra_config.cfg.hydra.runtime):  # set in both, not copied again
             with read_write(runtime), open_dict(runtime):
                 runtime.output_dir = str(output_dir)

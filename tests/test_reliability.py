@@ -862,7 +862,28 @@ sys.exit(7)  # reached only when exit_now leaves the exit to Python
                          ids=["a status", "no status", "a thread still working", "a status that is text"])
 def test_exit_now_runs_the_exit_handlers_and_flushes_what_was_printed(tmp_path, code, thread, rc):
     proc = subprocess.run([sys.executable, "-c", EXIT_NOW.format(code=repr(code), thread=thread)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, env=BUFFERED)
     assert (proc.returncode, proc.stdout) == (rc, "written before the exit"), proc.stderr
     assert (tmp_path / "handler-ran").read_text() == "yes"
     assert (tmp_path / "thread-done").exists() == thread  # a working thread is waited for, as Python does
+
+
+BUFFERED = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout buffered, as for most users
+
+
+def test_exit_now_with_stdout_closed_from_the_start_exits_with_the_status(tmp_path):
+    script = EXIT_NOW.format(code=3, thread=False)
+    proc = subprocess.run(["sh", "-c", f'"{sys.executable}" -c "$0" >&-', script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env=BUFFERED)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert (tmp_path / "handler-ran").read_text() == "yes"
+
+
+def test_exit_now_leaves_output_it_cannot_write_to_pythons_exit_which_reports_it(tmp_path):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody reads: the buffered line cannot be written
+    proc = subprocess.run([sys.executable, "-c", EXIT_NOW.format(code=0, thread=False)], cwd=tmp_path,
+                          stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, env=BUFFERED)
+    os.close(write_end)
+    assert proc.returncode == 120 and "BrokenPipeError" in proc.stderr, proc.stderr  # Python's own exit: not 0
+    assert (tmp_path / "handler-ran").read_text() == "yes"

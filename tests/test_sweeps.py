@@ -558,6 +558,23 @@ def test_a_job_is_matched_to_its_run_by_its_overrides_where_its_folder_was_a_gue
     assert [(r.label, r.config["seed"]) for r in not_started(tmp_path, ran)] == [("1", 1)]
 
 
+def test_a_job_without_a_hydra_record_is_matched_by_the_overrides_its_summary_keeps(tmp_path):
+    """hydra.output_subdir=null writes no .hydra/; with a subdir of the user's naming the planned
+    folder is a guess, and the run's summary.json still names its overrides."""
+    from types import SimpleNamespace
+
+    from backprop_lab.rundir import PLANNED_FILE, SUMMARY
+    from backprop_lab.sweep import not_started
+
+    (tmp_path / PLANNED_FILE).write_text(json.dumps([{"overrides": [f"seed={n}"], "folder": str(n)} for n in range(3)]))
+    ran = []
+    for n in (0, 2):
+        (tmp_path / f"j{n}").mkdir()
+        (tmp_path / f"j{n}" / SUMMARY).write_text(json.dumps({"overrides": [f"seed={n}"], "status": "completed"}))
+        ran.append(SimpleNamespace(path=tmp_path / f"j{n}", config={"seed": n}))
+    assert [(r.label, r.config["seed"]) for r in not_started(tmp_path, ran)] == [("1", 1)]
+
+
 @pytest.mark.slow  # a sweep, then its resume: about 7 s
 def test_a_closed_stdout_while_a_resumed_sweep_skips_a_job_stops_it_in_one_line(tmp_path):
     import os
