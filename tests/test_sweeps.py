@@ -460,6 +460,7 @@ def test_two_jobs_given_one_folder_are_refused_before_any_job_starts(tmp_path, l
     assert not sweep.exists()
 
 
+@pytest.mark.slow  # a 2-job sweep through the CLI: about 6 s (not_started itself: the tests below)
 def test_a_sweep_in_folders_of_its_own_naming_lists_each_job_once(tmp_path):
     """Jobs in hydra.sweep.subdir's folders, not their numbers': the table has one row per job (none
     'not started'), and an override every job shares, a boolean included, is left off each result line."""

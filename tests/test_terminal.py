@@ -40,6 +40,7 @@ def test_a_sweep_prints_one_line_per_job_then_the_table_within_80_columns(sweep)
     assert shown.returncode == 0 and "confusion matrix" in shown.stdout  # still there for `show`
 
 
+@pytest.mark.slow  # a 2-job verbose sweep through the CLI: about 6 s
 def test_verbose_sweeps_print_each_jobs_tables(tmp_path):
     proc = run_cli("-m", "optim.lr=0.05,0.1", "data.train_subset=200", "train.epochs=1",
                    "hydra.callbacks.sweep_report.verbose=true", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
