@@ -242,7 +242,8 @@ def as_read_now(text: str, recorded: str, run_dir: Path) -> str:
 
 def saved_note(summary: dict[str, Any], run_dir: Path) -> str | None:
     """The run's own error, or a completed run's warnings, naming the folder it is read from now."""
-    note = summary.get("error") or "; ".join(saved_warnings(summary)) or None  # warnings: a completed run's, e.g. a dead layer
+    # a completed run's warnings, e.g. a dead layer
+    note = summary.get("error") or "; ".join(saved_warnings(summary)) or None
     recorded = moved_from(summary, run_dir)
     return as_read_now(str(note), recorded, run_dir) if note and recorded else note
 
