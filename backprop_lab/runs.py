@@ -242,10 +242,9 @@ def as_read_now(text: str, recorded: str, run_dir: Path) -> str:
 
 def saved_note(summary: dict[str, Any], run_dir: Path) -> str | None:
     """The run's own error, or a completed run's warnings, naming the folder it is read from now."""
-    # a completed run's warnings, e.g. a dead layer
-    note = summary.get("error") or "; ".join(saved_warnings(summary)) or None
-    recorded = moved_from(summary, run_dir)
-    return as_read_now(str(note), recorded, run_dir) if note and recorded else note
+    note = summary.get("error") or "; ".join(saved_warnings(summary)) or None  # warnings: e.g. a dead layer
+    recorded = moved_from(summary, run_dir) if note else None  # compare reads many runs: no stat without a note
+    return as_read_now(str(note), recorded, run_dir) if recorded else note
 
 
 def _log_error(run_dir: Path) -> str | None:

@@ -183,7 +183,7 @@ def run_group_unit(launcher: Any, unit: list[Planned]) -> dict[int, Any]:
         for ret, score in zip(pending, run_group([ret.return_value for ret in pending], pngs=launcher.plots)):
             ret.return_value = score
     for job, ret in staged:
-        HydraConfig.instance().set_config(job.config)
+        HydraConfig.instance().cfg = ret.hydra_cfg  # the member's, as staged: set_config would copy it again
         context.callbacks.on_job_end(config=job.config, job_return=ret)
     return {job.idx: ret for job, ret in staged}
 
@@ -202,7 +202,8 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     setup_globals()
     config = launcher.config
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
-    Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
     jobs = compose_jobs(launcher.hydra_context.config_loader, config, job_overrides, initial_job_idx)
     from .mnist_files import prefetch
     from .sweep import closed_stdout, interrupted, stop_reason
@@ -210,7 +211,6 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
     for root in {job.cfg.data.root for job in jobs if job.cfg is not None}:
         prefetch(root)  # read on another core while torch loads (plan imports it), as a run's start does
     units, lines = plan(jobs, launcher.memory_gb)
-    sweep_dir = Path(str(config.hydra.sweep.dir))
     if not (interrupted(sweep_dir) or stop_reason(sweep_dir)):  # else no job of the batch starts (Optuna's next)
         with closed_stdout(sweep_dir, ""):  # `| head`: no job starts, as for Ctrl-C
             show_plan(OutputConsole(highlight=False, soft_wrap=True), lines)
