@@ -101,13 +101,15 @@ def predict_probs(arch: Arch, params: Params, X: Tensor) -> Tensor:
 
 
 def write_reports(run_dir: Path, arch: Arch, params: Params, data: MNIST,
-                  rows: Sequence[dict[str, float]], pngs: bool = True) -> Confusion:
+                  rows: Sequence[dict[str, float]], pngs: bool = True, predicted: Tensor | None = None) -> Confusion:
     """All four files of a completed run (`rows`: its metrics.csv, for the curves), or with
     pngs=False confusion.csv alone (a vectorised sweep's member: `show --plot` draws two of the
-    PNGs from the files later); returns the confusion for the caller to report."""
-    probs = predict_probs(arch, params, data.X_test)  # (10000, 10): one forward pass
+    PNGs from the files later); returns the confusion for the caller to report. `predicted`: the
+    test set's predicted classes if the last test pass kept them (a member's), so that
+    confusion.csv alone costs no forward pass."""
+    probs = predict_probs(arch, params, data.X_test) if pngs or predicted is None else None  # (10000, 10)
     y_true = data.y_test.cpu()
-    conf = confusion(y_true, probs.argmax(dim=1))
+    conf = confusion(y_true, predicted.cpu() if predicted is not None else probs.argmax(dim=1))
     write_confusion_csv(run_dir / CONFUSION_CSV, conf)
     if not pngs:
         return conf

@@ -159,9 +159,10 @@ def train_members(actives: dict[int, ActiveRun], stop: StopRequest, logs: Member
                 if labels is not None:
                     show_epoch(reporter, labels, keys, found, first.summary["epochs_planned"])
                 reporter.next_epoch += 1
-        for i in keys:
+        for k, i in enumerate(keys):
             if i not in codes:
                 actives[i].summary["status"] = "completed"
+                actives[i].predicted = group.test_predictions(k)  # its confusion matrix without another forward pass
                 codes[i] = 0
     except (Stopped, KeyboardInterrupt) as e:
         codes.update({i: mark_stopped(actives[i], stop, e) for i in keys if i not in codes})

@@ -75,6 +75,7 @@ class Group:
             [{k: s.velocity.get(k, torch.zeros_like(v)) for k, v in s.params.items() if network.is_trained(k)}
              for s in self.states])
         self.order = self.Y_epoch = self.Z = None  # this epoch's, per member: (K,n), (K,n,10), (K,n,10)
+        self.predicted = None  # (K,n_test) each member's predicted classes in its last test pass
         self._bind()
 
     def _bind(self) -> None:
@@ -100,10 +101,15 @@ class Group:
         self.params = keep_rows(self.params)
         self.velocity = None if self.velocity is None else keep_rows(self.velocity)
         self.opt = self.opt.select(index)
-        self.order, self.Y_epoch, self.Z = (None if t is None else t.index_select(0, index)
-                                            for t in (self.order, self.Y_epoch, self.Z))
+        self.order, self.Y_epoch, self.Z, self.predicted = (
+            None if t is None else t.index_select(0, index) for t in (self.order, self.Y_epoch, self.Z, self.predicted))
         self.live = [self.live[pos] for pos in keep]
         self._bind()
+
+    def test_predictions(self, k: int) -> torch.Tensor | None:
+        """Member k's predicted class for each test image, from its last epoch's test pass (its
+        final parameters once training is over); None if it has left the group."""
+        return self.predicted[self.live.index(k)] if k in self.live and self.predicted is not None else None
 
     def drop(self, k: int) -> None:
         """Member k stops training (e.g. its folder cannot be written); the others go on."""
@@ -194,7 +200,9 @@ class Group:
         y = data.y_train[self.order[:, :trained]]  # (K,trained) labels
         train_loss = network.loss_of(arch, Z, Y)  # (K,)
         train_correct = (Z.argmax(dim=-1) == y).sum(dim=-1)  # (K,)
-        test_loss_sum, test_correct = network.evaluate(arch, self.params, data.X_test, data.Y_test)  # (K,) each
+        self.predicted = torch.empty(len(self.live), data.X_test.shape[0], dtype=torch.int64, device=Z.device)
+        test_loss_sum, test_correct = network.evaluate(arch, self.params, data.X_test, data.Y_test,
+                                                       predicted=self.predicted)  # (K,) each
         n_test = data.X_test.shape[0]
         values = torch.stack([train_loss, train_correct.to(train_loss.dtype), test_loss_sum / n_test,
                               test_correct.to(train_loss.dtype)]).tolist()

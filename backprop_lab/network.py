@@ -404,9 +404,11 @@ def member_sgd_update(opt: MemberSGD, params: Params, grads: Params, velocity: P
 # --- evaluation and diagnostics ----------------------------------------------------------------
 
 
-def evaluate(arch: Arch, params: Params, X: Tensor, Y: Tensor, chunk: int = 1_000) -> tuple[Tensor, Tensor]:
+def evaluate(arch: Arch, params: Params, X: Tensor, Y: Tensor, chunk: int = 1_000,
+             predicted: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Summed loss and number of correct predictions over a set, in evaluation mode
-    (running batch-norm statistics, no dropout); 0-d tensors on the data's device.
+    (running batch-norm statistics, no dropout); 0-d tensors on the data's device. `predicted`,
+    if given ((n,) or members' (K,n) integers), receives each row's predicted class.
 
     In chunks of 1,000 rows because a chunk's inputs and hidden activations then stay in the
     CPU's cache from one layer to the next: the test pass took ~15 % less time than in one
@@ -418,7 +420,10 @@ def evaluate(arch: Arch, params: Params, X: Tensor, Y: Tensor, chunk: int = 1_00
         Xc, Yc = X[start: start + chunk], Y[start: start + chunk]
         z = forward(arch, params, Xc, train=False).z  # (c,10); members (K,c,10) from the same rows
         loss_sum += loss_of(arch, z, Yc) * Xc.shape[0]
-        correct += (z.argmax(dim=-1) == Yc.argmax(dim=-1)).sum(dim=-1)
+        labels = z.argmax(dim=-1)  # (c,); members (K,c)
+        correct += (labels == Yc.argmax(dim=-1)).sum(dim=-1)
+        if predicted is not None:
+            predicted[..., start: start + chunk] = labels
     return loss_sum, correct
 
 

@@ -187,6 +187,7 @@ class ActiveRun:
     events: Any = None  # tensorboard_events.EventWriter with log.tensorboard=true
     reporter: Any = None
     pngs: bool = True  # the PNG plots at the end (a vectorised sweep's member: only with hydra.launcher.plots)
+    predicted: Any = None  # the test set's predicted classes, when its last test pass kept them (a member's)
 
     def wall_seconds(self) -> float:  # kept current each epoch, so a killed part's time is not lost
         return self.wall_before + time.perf_counter() - self.wall_start
@@ -461,7 +462,7 @@ def write_plots(active: ActiveRun, stop: StopRequest, exit_code: int) -> int:
         with quiet_unraisable_interrupts():
             rows, _ = load_metrics(active.run_dir)  # the one reader of metrics.csv; a cut last row is left out
             confusion = write_reports(active.run_dir, arch_of(active.cfg), active.state.params, active.data, rows,
-                                      active.pngs)
+                                      active.pngs, active.predicted)
         active.reporter.confusion(confusion)
     except BrokenPipeError:
         summary["signal"] = "SIGPIPE"

@@ -78,6 +78,21 @@ def test_confusion_of_a_run_matches_its_accuracy(trained, mnist):
     assert trace / total == pytest.approx(json.loads((trained / "summary.json").read_text())["final_test_acc"], abs=1e-6)
 
 
+def test_confusion_csv_from_given_predictions_needs_no_forward_pass(tmp_path, mnist, monkeypatch):
+    """A vectorised member hands write_reports the predictions of its last test pass: confusion.csv
+    alone is then written from them, with no forward pass (predict_probs is not called)."""
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a forward pass")
+
+    monkeypatch.setattr(analysis, "predict_probs", no_forward)
+    predicted = (mnist.y_test + (torch.arange(len(mnist.y_test)) % 4 == 0)) % 10  # every 4th image one class on
+    conf = analysis.write_reports(tmp_path, None, {}, mnist, [], pngs=False, predicted=predicted)
+    assert conf.overall_accuracy == pytest.approx(0.75)
+    rows = [[int(v) for v in row.split(",")[1:11]] for row in (tmp_path / "confusion.csv").read_text().splitlines()[1:]]
+    assert sum(rows[i][i] for i in range(10)) == 7_500 and sum(map(sum, rows)) == 10_000
+    assert not list(tmp_path.glob("*.png"))
+
+
 def test_pngs_exist_open_and_have_their_sizes(trained):
     from matplotlib.image import imread
 

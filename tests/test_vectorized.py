@@ -151,6 +151,26 @@ def test_a_diverging_member_leaves_the_group_and_the_others_go_on(small_mnist):
         assert torch.allclose(states[k].params["W2"], twin.params["W2"], rtol=0, atol=1e-10)
 
 
+def test_a_members_kept_test_predictions_are_those_of_its_final_weights(small_mnist):
+    """The last test pass keeps each member's predicted classes (its confusion matrix then needs no
+    forward pass of its own): they are the argmax of a forward pass with its final parameters, also
+    for the members after one that left the group (lr=10000 diverges in epoch 1)."""
+    from backprop_lab import network
+    from backprop_lab.train import arch_of
+
+    data = float64(small_mnist, 2000)
+    cfgs = [config(j, "train.epochs=2") for j in ("optim.lr=0.1", "optim.lr=10000", "optim.lr=0.2", "seed=3")]
+    states = [double_state(c) for c in cfgs]
+    group = Group(cfgs, data, states)
+    records = list(group.epochs())
+    assert sorted(records[-1]) == [0, 2, 3] and group.test_predictions(1) is None
+    for k in (0, 2, 3):
+        z = network.forward(arch_of(cfgs[k]), states[k].params, data.X_test, train=False).z
+        assert torch.equal(group.test_predictions(k), z.argmax(dim=-1)), k
+        right = (group.test_predictions(k) == data.y_test).double().mean().item()
+        assert right == pytest.approx(records[-1][k].test_acc, abs=1e-12)
+
+
 @pytest.mark.parametrize("model", [("model.hidden_sizes=[32,16]", "model.activation=tanh", "model.batch_norm=true"),
                                    ("model.activation=sigmoid", "model.output=sigmoid", "loss=mse"),
                                    ("model.hidden_sizes=[24,12]", "model.activation=leaky_relu")],
