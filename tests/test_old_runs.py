@@ -45,6 +45,7 @@ def test_compare_and_show_read_the_previous_releases_runs(outputs):
     assert "completed" in shown.stdout and "confusion matrix" in shown.stdout
 
 
+@pytest.mark.slow  # a resumed run to its end: about 6 s
 def test_resume_continues_a_previous_releases_interrupted_run(outputs):
     run_dir = outputs / "interrupted"
     proc = run_cli("resume", str(run_dir), cwd=outputs.parent)

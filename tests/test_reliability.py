@@ -688,6 +688,7 @@ def start_and_signal_while_starting(tmp_path: Path, times: int, *args: str,
     return proc, err
 
 
+@pytest.mark.slow  # a start signalled, then its resume: about 9 s; `make test-slow` (and CI) run it
 def test_ctrl_c_while_starting_stops_at_the_first_batch_resumably(tmp_path):
     proc, err = start_and_signal_while_starting(tmp_path, 1)
     assert proc.returncode == 130, err

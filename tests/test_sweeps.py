@@ -28,7 +28,8 @@ def clean(proc) -> None:
     assert "Callback" not in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("launcher", ["joblib", pytest.param("submitit_local", marks=pytest.mark.slow)])
+@pytest.mark.slow  # each a 2-job sweep through a launcher's own processes: about 9 s
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_two_job_sweep_through_a_real_launcher(tmp_path, launcher):
     sweep = tmp_path / "sweep"
     proc = run_cli("-m", "model.hidden_size=16,32", *TINY, f"hydra/launcher={launcher}", f"hydra.sweep.dir={sweep}",
@@ -377,6 +378,7 @@ def test_job_lines_spell_swept_booleans_as_the_command_line_does():
     assert shown([]) == ""
 
 
+@pytest.mark.slow  # three refused sweeps: about 6 s
 def test_a_sweep_subdir_outside_the_sweep_is_refused_before_any_job_writes_there(tmp_path):
     """Set in a config file of the user's, where the command-line check does not see it; or
     through an interpolation that only resolves, per job, to a folder outside the sweep."""

@@ -546,6 +546,7 @@ def test_members_left_for_a_later_part_keep_their_checkpoints_when_a_stop_came_f
     assert not (tmp_path / "0" / "metrics.csv").exists() or len(metrics(tmp_path / "0")) == 0
 
 
+@pytest.mark.slow  # a sweep, then its refused resume: about 7 s
 def test_a_refused_member_is_one_error_line_and_a_line_in_its_log_not_a_log_line_on_stdout(tmp_path):
     """A resumed sweep whose job 1 now has another learning rate: its folder's run is not its own."""
     sweep = tmp_path / "sweep"
