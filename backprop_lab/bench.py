@@ -438,6 +438,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     def k_list(text: str) -> list[int]:
         return [positive(k) for k in text.split(",")]
 
+    def grid_jobs(text: str) -> int:
+        if text not in ("16", "64"):
+            raise argparse.ArgumentTypeError(f"expected 16 or 64 (jobs), got {text!r}")
+        return int(text)
+
     p.add_argument("--epochs", type=positive, default=5, help="timed epochs per variant after the warm-up (default 5)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--threads", type=positive, help="torch CPU threads (default: torch's own, one per core)")
@@ -450,9 +455,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-startup", action="store_true", help="skip the start-up timings")
     p.add_argument("--sweep", type=k_list, metavar="K,K,...",
                    help="instead: K jobs one by one vs vectorised (hydra/launcher=vectorized), per job, e.g. 1,4,16,64")
-    p.add_argument("--grid", action="store_true",
+    p.add_argument("--grid", type=grid_jobs, nargs="?", const=16, metavar="JOBS",
                    help="instead (or with --sweep): a 16-job grid (4 learning rates x 2 init scales x 2 seeds, 3 epochs "
-                        "each) through both launchers, wall clock (~1 min a round)")
+                        "each) through both launchers, wall clock (~1 min a round); --grid 64: 4 x 4 init scales x 4 "
+                        "seeds, the GPU target's 64 jobs")
     p.add_argument("--rounds", type=positive, default=1, help="--grid rounds, launchers alternating (default 1)")
     args = p.parse_args(argv)
     if not DEVICE_PATTERN.match(args.device) or args.device == "auto":
@@ -536,7 +542,8 @@ def sweep_main(args: argparse.Namespace, cfg: Config, data: MNIST, device: torch
     results["sweep"] = bench_sweep.measure_sweep(cfg, data, device, args.sweep, args.epochs, say) if args.sweep else None
     if args.grid:
         with tempfile.TemporaryDirectory(prefix="backprop-lab-bench-") as tmp:
-            results["grid"] = bench_sweep.measure_grid(cli_command(), args.rounds, tmp, say)
+            results["grid"] = bench_sweep.measure_grid(cli_command(), args.rounds, tmp, say,
+                                                       bench_sweep.grid_of(args.grid, args.device))
     else:
         results["grid"] = None
     bench_sweep.render(console, results["sweep"], results["grid"])

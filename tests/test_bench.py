@@ -7,6 +7,7 @@ works and that baseline (b) trains the same network as the hand-written path.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import replace
@@ -111,6 +112,25 @@ def test_help_describes_the_grid_itself(capsys):
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
     assert exit.value.code == 0 and "issue" not in out
     assert "a 16-job grid (4 learning rates x 2 init scales x 2 seeds, 3 epochs each)" in out
+
+
+def test_grid_takes_16_or_64_jobs_on_bench_s_device(capsys):
+    """`--grid` alone is the 16-job grid; `--grid 64` the GPU target's 64 jobs; both on --device."""
+    from backprop_lab.bench import parse
+    from backprop_lab.bench_sweep import grid_of
+
+    assert parse(["--grid", "--rounds", "2"]).grid == 16 and parse(["--grid", "64"]).grid == 64
+    assert parse([]).grid is None
+    for jobs in (16, 64):
+        grid = grid_of(jobs, "cuda")
+        assert grid[-1] == "device=cuda" and "train.epochs=3" in grid
+        swept = [len(o.split("=", 1)[1].split(",")) for o in grid]
+        assert math.prod(swept) == jobs
+    with pytest.raises(SystemExit) as exit:
+        parse(["--grid", "32"])
+    assert exit.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: argument --grid: expected 16 or 64 (jobs), got '32'; "
+                                               "see backprop-lab bench --help")
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:1"])

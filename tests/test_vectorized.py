@@ -434,6 +434,7 @@ def test_bench_grid_times_both_launchers_through_the_cli(tmp_path):
     assert result["jobs"] == 2 and result["basic_wall_s"] > result["basic_train_seconds_sum"] > 0
     assert result["vectorized_wall_s"] > result["vectorized_train_seconds_sum"] > 0
     assert result["target_met"] is (result["vectorized_wall_s"] <= result["basic_train_seconds_sum"])
+    assert result["speedup"] == pytest.approx(result["basic_wall_s"] / result["vectorized_wall_s"])
 
 
 def test_a_member_whose_folder_cannot_be_written_fails_alone(tmp_path, small_mnist, monkeypatch):

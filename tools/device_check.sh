@@ -1,15 +1,25 @@
 #!/bin/bash
-# GPU checks for issue 5, for a session that is lent a device machine (its image has torch, rich and
-# matplotlib but not Hydra). Prepare once, here:
-#   SP=.venv/lib/python3.11/site-packages; mkdir -p .devsite && cp -r $SP/hydra $SP/omegaconf $SP/antlr4 .devsite/
+# GPU checks, for a session that is lent a device machine (its image has torch, rich and matplotlib
+# but may lack Hydra and its dependencies). Prepare once, here:
+#   SP=.venv/lib/python3.11/site-packages; mkdir -p .devsite
+#   for p in hydra omegaconf antlr4 yaml _yaml packaging; do cp -r $SP/$p .devsite/; done
 #   echo /.devsite/ >> .git/info/exclude
-# then run `bash tools/device_check.sh` on the device with carry [".devsite"]; results land in $OUT.
+# then on the device, with carry [".devsite"]:
+#   bash tools/device_check.sh sweeps   issue 22 only (vectorised sweeps; about 6-8 minutes)
+#   bash tools/device_check.sh          that, then the single-run checks (article run, resume, bench)
+# Results land in $OUT. The issue-22 part comes first so that a short lease still measures it.
 
 export PYTHONPATH=$PWD:$PWD/.devsite PYTHONUNBUFFERED=1 COLUMNS=120
 W=/tmp/w; mkdir -p $W
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, hydra, omegaconf, rich; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'hydra', hydra.__version__)"
 lscpu | grep -E "Model name|^CPU\(s\)"
+echo "== vectorised sweeps (issue 22): K jobs one by one vs as one model, per job"
+timeout 150 python3 -m backprop_lab bench --sweep 1,4,16,64 --device cuda --epochs 3 --json $OUT/bench_sweep_cuda.json \
+    --plot $OUT/sweep_k_cuda.png 2>&1 | grep -v "^bench:"
+echo "== the GPU target: 64 jobs through both launchers (vectorised >= 10x faster)"
+timeout 420 python3 -m backprop_lab bench --grid 64 --device cuda --json $OUT/bench_grid64_cuda.json 2>&1 | tail -3
+[ "$1" = sweeps ] && exit 0
 echo "== article run on cuda"
 /usr/bin/time -f "wall %e s, max RSS %M KB" python3 -m backprop_lab experiment=article device=cuda hydra.run.dir=$W/article > $OUT/article_cuda.txt 2>&1
 tail -25 $OUT/article_cuda.txt
@@ -30,5 +40,3 @@ print("resumed == uninterrupted on cuda:", rows("r") == rows("d1"), "weights:", 
 PY
 echo "== bench on cuda"
 timeout 300 python3 -m backprop_lab bench --device cuda --json $OUT/bench_cuda.json --no-startup 2>&1 | tail -40
-echo "== vectorised sweeps (issue 22): K jobs one by one vs as one model, per job (target: >= 10x at K=64)"
-python3 -m backprop_lab bench --sweep 1,4,16,64 --device cuda --epochs 3 --json $OUT/bench_sweep_cuda.json --plot $OUT/sweep_k_cuda.png 2>&1 | grep -v "^bench:"
