@@ -457,8 +457,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                    help="instead: K jobs one by one vs vectorised (hydra/launcher=vectorized), per job, e.g. 1,4,16,64")
     p.add_argument("--grid", type=grid_jobs, nargs="?", const=16, metavar="JOBS",
                    help="instead (or with --sweep): a 16-job grid (4 learning rates x 2 init scales x 2 seeds, 3 epochs "
-                        "each) through both launchers, wall clock (~1 min a round); --grid 64: 4 x 4 init scales x 4 "
-                        "seeds, the GPU target's 64 jobs")
+                        "each) through both launchers, wall clock (~1 min a round); --grid 64: 4 learning rates x 4 "
+                        "init scales x 4 seeds, the GPU target's 64 jobs")
     p.add_argument("--rounds", type=positive, default=1, help="--grid rounds, launchers alternating (default 1)")
     args = p.parse_args(argv)
     if not DEVICE_PATTERN.match(args.device) or args.device == "auto":
