@@ -221,7 +221,8 @@ def fused_step(params: Params, X: Tensor, Y: Tensor, lr: float | Tensor, z2_out:
     z1 = mm(X, params.W1).add_(v.b1)  # X W1 + b1: (m,784) @ (784,H) -> (m,H)
     a1 = z1.clamp_min_(0)  # relu(z1), in place: z1 itself is not needed again
     z2 = mm(a1, params.W2, out=z2_out).add_(v.b2)  # a1 W2 + b2: (m,H) @ (H,10) -> (m,10)
-    if members:  # torch's softmax along a last dim of 10 is 3x slower than along the rows (2-core CPU, K=16)
+    if members and z2.is_cpu:  # on a CPU torch's softmax along a last dim of 10 is 3x slower than along
+        # the rows (2-core, K=16); a GPU's step is bound by kernel launches, so it takes no extra copy
         dz2 = torch.softmax(z2.mT.contiguous(), dim=-2).mT.sub_(Y)  # p - Y: (K,m,10), a transposed view
     else:
         dz2 = torch.softmax(z2, dim=-1).sub_(Y)  # p - Y: (m,10)
