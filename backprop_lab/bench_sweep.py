@@ -43,6 +43,7 @@ GRID = ("optim.lr=0.05,0.1,0.2,0.4", "model.init_scale=0.01,0.05", "seed=0,1", "
 # --grid 64: the issue's GPU target is for 64 members of the chapter's network
 GRID_64 = ("optim.lr=0.025,0.05,0.1,0.2", "model.init_scale=0.01,0.02,0.05,0.1", "seed=0,1,2,3", "train.epochs=3")
 GRIDS = {16: GRID, 64: GRID_64}
+GPU_SPEEDUP = 10  # the GPU target: 64 members at least this many times faster than the basic launcher
 ENDLESS = 10 ** 6  # planned epochs of the timed trainers: each call advances one
 
 
@@ -109,7 +110,17 @@ def measure_grid(command: list[str], rounds: int, tmp: str, say: Callable,
             "per_round": {"basic_wall_s": walls["basic"], "vectorized_wall_s": walls["vectorized"],
                           "basic_train_seconds_sum": trains["basic"],
                           "vectorized_train_seconds_sum": trains["vectorized"]},
-            "speedup": med["basic"] / med["vectorized"], "target_met": med["vectorized"] <= train["basic"]}
+            "speedup": med["basic"] / med["vectorized"],
+            **target(jobs, med["basic"] / med["vectorized"], med["vectorized"], train["basic"])}
+
+
+def target(jobs: int, speedup: float, vectorized_wall: float, basic_train: float) -> dict[str, Any]:
+    """The target a grid of `jobs` is measured against: 64 jobs, the GPU target (GPU_SPEEDUP x
+    faster); fewer, the CPU target (the vectorised sweep within the basic jobs' training time)."""
+    if jobs >= 64:
+        return {"target": f"vectorized >= {GPU_SPEEDUP}x faster, the GPU target for 64 jobs",
+                "target_met": speedup >= GPU_SPEEDUP}
+    return {"target": "vectorized wall <= basic training", "target_met": vectorized_wall <= basic_train}
 
 
 def render(console: Console, sweep: list[dict[str, Any]] | None, grid: dict[str, Any] | None) -> None:
@@ -127,7 +138,7 @@ def render(console: Console, sweep: list[dict[str, Any]] | None, grid: dict[str,
                       f"{grid['vectorized_wall_s']:.1f} s wall (training {grid['vectorized_train_seconds_sum']:.1f} s), "
                       f"basic sweep {grid['basic_wall_s']:.1f} s wall (its jobs' training "
                       f"{grid['basic_train_seconds_sum']:.1f} s): vectorized {grid['speedup']:.1f}x faster; "
-                      f"target (vectorized wall <= basic training) {verdict}",
+                      f"target ({grid['target']}) {verdict}",
                       soft_wrap=True)
 
 

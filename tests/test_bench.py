@@ -115,9 +115,10 @@ def test_help_describes_the_grid_itself(capsys):
 
 
 def test_grid_takes_16_or_64_jobs_on_bench_s_device(capsys):
-    """`--grid` alone is the 16-job grid; `--grid 64` the GPU target's 64 jobs; both on --device."""
+    """`--grid` alone is the 16-job grid, judged by the CPU target; `--grid 64` the GPU target's 64
+    jobs, judged by that one; both on --device."""
     from backprop_lab.bench import parse
-    from backprop_lab.bench_sweep import grid_of
+    from backprop_lab.bench_sweep import grid_of, target
 
     assert parse(["--grid", "--rounds", "2"]).grid == 16 and parse(["--grid", "64"]).grid == 64
     assert parse([]).grid is None
@@ -126,6 +127,10 @@ def test_grid_takes_16_or_64_jobs_on_bench_s_device(capsys):
         assert grid[-1] == "device=cuda" and "train.epochs=3" in grid
         swept = [len(o.split("=", 1)[1].split(",")) for o in grid]
         assert math.prod(swept) == jobs
+    cpu, gpu = target(16, 20.0, 15.0, 14.0), target(64, 9.9, 1.0, 100.0)
+    assert cpu == {"target": "vectorized wall <= basic training", "target_met": False}
+    assert gpu == {"target": "vectorized >= 10x faster, the GPU target for 64 jobs", "target_met": False}
+    assert target(64, 10.0, 20.0, 1.0)["target_met"] and target(16, 1.0, 14.0, 14.0)["target_met"]
     with pytest.raises(SystemExit) as exit:
         parse(["--grid", "32"])
     assert exit.value.code == 2

@@ -4,22 +4,30 @@
 #   SP=.venv/lib/python3.11/site-packages; mkdir -p .devsite
 #   for p in hydra omegaconf antlr4 yaml _yaml packaging; do cp -r $SP/$p .devsite/; done
 #   echo /.devsite/ >> .git/info/exclude
-# then on the device, with carry [".devsite"]:
-#   bash tools/device_check.sh sweeps   issue 22 only (vectorised sweeps; about 6-8 minutes)
-#   bash tools/device_check.sh          that, then the single-run checks (article run, resume, bench)
-# Results land in $OUT. The issue-22 part comes first so that a short lease still measures it.
+# then on the device, with carry [".devsite"], one part per call (each fits a 600 s command):
+#   bash tools/device_check.sh sweep    issue 22: K jobs one by one vs vectorised, K = 1, 4, 16, 64
+#   bash tools/device_check.sh grid64   issue 22's GPU target: 64 jobs through both launchers
+#   bash tools/device_check.sh single   the single-run checks (article run, determinism, resume, bench)
+# Results land in $OUT; bench writes its figures only at its end, so each part runs under a
+# timeout short of the command's limit.
 
 export PYTHONPATH=$PWD:$PWD/.devsite PYTHONUNBUFFERED=1 COLUMNS=120
 W=/tmp/w; mkdir -p $W
+case "$1" in sweep|grid64|single) ;; *) echo "usage: bash tools/device_check.sh sweep|grid64|single"; exit 2 ;; esac
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, hydra, omegaconf, rich; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'hydra', hydra.__version__)"
 lscpu | grep -E "Model name|^CPU\(s\)"
-echo "== vectorised sweeps (issue 22): K jobs one by one vs as one model, per job"
-timeout 150 python3 -m backprop_lab bench --sweep 1,4,16,64 --device cuda --epochs 3 --json $OUT/bench_sweep_cuda.json \
-    --plot $OUT/sweep_k_cuda.png 2>&1 | grep -v "^bench:"
-echo "== the GPU target: 64 jobs through both launchers (vectorised >= 10x faster)"
-timeout 420 python3 -m backprop_lab bench --grid 64 --device cuda --json $OUT/bench_grid64_cuda.json 2>&1 | tail -3
-[ "$1" = sweeps ] && exit 0
+if [ "$1" = sweep ]; then
+    echo "== vectorised sweeps (issue 22): K jobs one by one vs as one model, per job"
+    timeout 540 python3 -m backprop_lab bench --sweep 1,4,16,64 --device cuda --epochs 3 \
+        --json $OUT/bench_sweep_cuda.json --plot $OUT/sweep_k_cuda.png 2>&1 | grep -v "^bench:"
+    exit 0
+fi
+if [ "$1" = grid64 ]; then
+    echo "== the GPU target: 64 jobs through both launchers (vectorised >= 10x faster)"
+    timeout 540 python3 -m backprop_lab bench --grid 64 --device cuda --json $OUT/bench_grid64_cuda.json 2>&1 | tail -3
+    exit 0
+fi
 echo "== article run on cuda"
 /usr/bin/time -f "wall %e s, max RSS %M KB" python3 -m backprop_lab experiment=article device=cuda hydra.run.dir=$W/article > $OUT/article_cuda.txt 2>&1
 tail -25 $OUT/article_cuda.txt
