@@ -117,4 +117,21 @@ def compose_once(loader: Any) -> None:
         return copy.deepcopy(composed[key][1])
 
     load_sweep_config.composed = composed  # type: ignore[attr-defined]
+    load_sweep_config.checked = {}  # type: ignore[attr-defined]  # see keep_checked
     loader.load_sweep_config = load_sweep_config
+
+
+def keep_checked(loader: Any, master_config: DictConfig, overrides: list[str], num: int, job_config: DictConfig,
+                 typed_config: Any) -> None:
+    """A job's config as check_planned_jobs composed (a copy, its hydra.job.num set) and typed it,
+    kept for the vectorised launcher to `take_checked` instead of copying and typing it again:
+    7-10 ms a job, half a second for 64 members."""
+    checked = getattr(loader.load_sweep_config, "checked", None)
+    if checked is not None:
+        checked[id(master_config), tuple(overrides), num] = (job_config, typed_config)
+
+
+def take_checked(loader: Any, master_config: DictConfig, overrides: list[str], num: int) -> tuple[DictConfig, Any] | None:
+    """What keep_checked kept for job `num` with these overrides (once), else None."""
+    checked = getattr(loader.load_sweep_config, "checked", None)
+    return None if checked is None else checked.pop((id(master_config), tuple(overrides), num), None)

@@ -241,10 +241,11 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list
     outside the sweep. Returns each job's overrides and folder in the sweep (PLANNED_FILE's entries)."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from .composing import compose_once
+    from .composing import compose_once, keep_checked
 
     loader = GlobalHydra.instance().config_loader()
     compose_once(loader)
+    keep = str(config.hydra.launcher.get("_target_", "")).endswith("VectorizedLauncher")  # it composes them next
     subdir = config.hydra.sweep._get_node("subdir")._value()  # as given, for the messages
     planned: list[dict[str, Any]] = []
     first_in: dict[str, int] = {}  # folder -> the first job given it
@@ -255,10 +256,12 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list
         except Exception:  # noqa: BLE001 - a composition error: Hydra's own check reports it next
             continue
         try:
-            typed(job_config)
+            typed_config = typed(job_config)
         except ConfigError as e:
             raise ConfigError(f"job {num} ({shown(job)}): {e}; no job was started") from None
         folder = job_folder(job_config, num)
+        if keep:
+            keep_checked(loader, config, list(job), num, job_config, typed_config)
         if folder is not None and (Path(folder).is_absolute() or ".." in Path(folder).parts):
             raise ConfigError(f"hydra.sweep.subdir={subdir} puts job {num} in {folder}, outside the sweep's folder; "
                               f"give a folder inside it, e.g. hydra.sweep.subdir='job${{hydra.job.num}}'; no job was "

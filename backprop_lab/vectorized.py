@@ -46,10 +46,16 @@ class Planned:
 
 
 def compose_jobs(loader: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]], first: int) -> list[Planned]:
+    """Each job's composed and typed config: those the sweep's checks made (a grid), else new."""
+    from .composing import take_checked
     from .sweep import typed
 
     jobs = []
     for idx, overrides in enumerate(job_overrides, start=first):
+        checked = take_checked(loader, config, list(overrides), idx)
+        if checked is not None:
+            jobs.append(Planned(idx, list(overrides), *checked))
+            continue
         job_config = loader.load_sweep_config(config, list(overrides))
         with open_dict(job_config):
             job_config.hydra.job.id = idx

@@ -76,3 +76,31 @@ def test_derived_job_configs_are_hydras_own(hydra_loader):
     first.optim.lr = 99.0
     assert loader.load_sweep_config(config, list(JOBS[1])).optim.lr == 0.4
     assert len(calls) == len(composed)
+
+
+def test_the_vectorized_launcher_takes_the_configs_the_checks_made_once(hydra_loader):
+    """check_planned_jobs keeps each job's checked config for a vectorised sweep; compose_jobs
+    takes it for the same master, overrides and job number, once, instead of composing again."""
+    from backprop_lab.composing import keep_checked, take_checked
+    from backprop_lab.sweep import check_planned_jobs
+    from backprop_lab.vectorized import compose_jobs
+
+    loader, master, _ = hydra_loader
+    config = master("hydra/launcher=vectorized")
+    jobs = [["optim.lr=0.05"], ["optim.lr=0.2"]]
+    check_planned_jobs(config, jobs)
+    kept = dict(loader.load_sweep_config.checked)
+    assert sorted((o, n) for _, o, n in kept) == [(("optim.lr=0.05",), 0), (("optim.lr=0.2",), 1)]
+    composed = loader.load_sweep_config
+    loader.load_sweep_config = lambda *a: pytest.fail("composed again")
+    loader.load_sweep_config.checked = composed.checked
+    planned = compose_jobs(loader, config, jobs, 0)
+    assert [p.config for p in planned] == [kept[id(config), ("optim.lr=0.05",), 0][0],
+                                           kept[id(config), ("optim.lr=0.2",), 1][0]]
+    assert [p.cfg.optim.lr for p in planned] == [0.05, 0.2] and [p.config.hydra.job.num for p in planned] == [0, 1]
+    assert take_checked(loader, config, ["optim.lr=0.05"], 0) is None  # taken once
+    loader.load_sweep_config = composed
+    keep_checked(loader, config, ["optim.lr=0.4"], 5, "config", "typed")
+    assert take_checked(loader, config, ["optim.lr=0.4"], 4) is None  # another job number: not this one
+    assert take_checked(loader, master(), ["optim.lr=0.4"], 5) is None  # another sweep's master
+    assert take_checked(loader, config, ["optim.lr=0.4"], 5) == ("config", "typed")
