@@ -47,4 +47,4 @@ print("same seed, same metrics on cuda:", rows("d1") == rows("d2"), "weights:", 
 print("resumed == uninterrupted on cuda:", rows("r") == rows("d1"), "weights:", all(torch.equal(w("r")[k], w("d1")[k]) for k in w("d1")))
 PY
 echo "== bench on cuda"
-timeout 300 python3 -m backprop_lab bench --device cuda --json $OUT/bench_cuda.json --no-startup 2>&1 | tail -40
+timeout 240 python3 -m backprop_lab bench --device cuda --json $OUT/bench_cuda.json --no-startup --no-scaling 2>&1 | tail -40
