@@ -439,8 +439,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         return [positive(k) for k in text.split(",")]
 
     def grid_jobs(text: str) -> int:
-        if text not in ("16", "64"):
-            raise argparse.ArgumentTypeError(f"expected 16 or 64 (jobs), got {text!r}")
+        from .bench_sweep import GRIDS
+
+        if not text.isdigit() or int(text) not in GRIDS:
+            raise argparse.ArgumentTypeError(f"expected {' or '.join(map(str, GRIDS))} (jobs), got {text!r}")
         return int(text)
 
     p.add_argument("--epochs", type=positive, default=5, help="timed epochs per variant after the warm-up (default 5)")

@@ -104,14 +104,14 @@ def measure_grid(command: list[str], rounds: int, tmp: str, say: Callable,
     med = {name: statistics.median(values) for name, values in walls.items()}
     train = {name: statistics.median(values) for name, values in trains.items()}
     jobs = len(list(Path(tmp, "basic0").glob(f"*/{SUMMARY}")))
+    speedup = med["basic"] / med["vectorized"]
     return {"grid": " ".join(grid), "jobs": jobs, "rounds": rounds, "basic_wall_s": med["basic"],
             "vectorized_wall_s": med["vectorized"], "basic_train_seconds_sum": train["basic"],
             "vectorized_train_seconds_sum": train["vectorized"],
             "per_round": {"basic_wall_s": walls["basic"], "vectorized_wall_s": walls["vectorized"],
                           "basic_train_seconds_sum": trains["basic"],
                           "vectorized_train_seconds_sum": trains["vectorized"]},
-            "speedup": med["basic"] / med["vectorized"],
-            **target(jobs, med["basic"] / med["vectorized"], med["vectorized"], train["basic"])}
+            "speedup": speedup, **target(jobs, speedup, med["vectorized"], train["basic"])}
 
 
 def target(jobs: int, speedup: float, vectorized_wall: float, basic_train: float) -> dict[str, Any]:

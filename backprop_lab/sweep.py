@@ -71,10 +71,15 @@ def check_options(hydra_cfg: Any) -> None:
             raise ConfigError(f"hydra.callbacks.sweep_report.{name}={shown} is not valid: expected true or false")
 
 
+def is_vectorized(hydra_cfg: Any) -> bool:
+    """Whether hydra/launcher=vectorized runs the sweep's jobs."""
+    return str(hydra_cfg.launcher.get("_target_", "")).endswith(".VectorizedLauncher")
+
+
 def check_launcher(hydra_cfg: Any) -> None:
     """submitit's SLURM launcher needs the cluster's commands; without them it fails with a traceback
     after the sweep's folder is made."""
-    if str(hydra_cfg.launcher.get("_target_", "")).endswith(".VectorizedLauncher"):
+    if is_vectorized(hydra_cfg):
         check_vectorized_settings(hydra_cfg.launcher)
     if str(hydra_cfg.launcher.get("_target_", "")).endswith(".SlurmLauncher") and shutil.which("srun") is None:
         raise ConfigError("hydra/launcher=submitit_slurm needs a SLURM cluster, and this machine has no srun: run the "
@@ -245,7 +250,7 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list
 
     loader = GlobalHydra.instance().config_loader()
     compose_once(loader)
-    keep = str(config.hydra.launcher.get("_target_", "")).endswith("VectorizedLauncher")  # it composes them next
+    keep = is_vectorized(config.hydra)  # its launcher takes the checked configs next
     subdir = config.hydra.sweep._get_node("subdir")._value()  # as given, for the messages
     planned: list[dict[str, Any]] = []
     first_in: dict[str, int] = {}  # folder -> the first job given it
@@ -477,8 +482,7 @@ def sweep_job(dcfg: DictConfig, run_dir: Path, hydra_cfg: Any) -> float:
 
 def in_own_process(hydra_cfg: Any) -> bool:
     """Whether the launcher runs each job in a process other than the sweep's (joblib, submitit)."""
-    target = str(hydra_cfg.launcher.get("_target_", ""))
-    return "BasicLauncher" not in target and "VectorizedLauncher" not in target
+    return "BasicLauncher" not in str(hydra_cfg.launcher.get("_target_", "")) and not is_vectorized(hydra_cfg)
 
 
 @dataclass
