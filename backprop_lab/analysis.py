@@ -36,6 +36,10 @@ DPI = 100
 # inches; at DPI the PNGs are 600 x 500, 900 x 640 and 1000 x 400 pixels (the tests check these)
 CONFUSION_SIZE, ERRORS_SIZE, CURVES_SIZE = (6.0, 5.0), (9.0, 6.4), (10.0, 4.0)
 ERROR_GRID = (4, 6)  # rows, columns of errors.png: the 24 most confident mistakes
+# Fixed margins (fractions of the figure), not matplotlib's constrained layout, which took half of
+# a figure's drawing time (0.30 -> 0.17 s for confusion.png, 2-core CPU) to find about the same ones.
+CONFUSION_MARGINS = {"left": 0.09, "right": 0.98, "bottom": 0.1, "top": 0.93}
+CURVES_MARGINS = {"left": 0.07, "right": 0.98, "bottom": 0.13, "top": 0.91, "wspace": 0.22}
 
 
 # --- the numbers -----------------------------------------------------------------------------
@@ -128,16 +132,16 @@ def write_confusion_csv(path: Path, conf: Confusion) -> None:
             out.writerow([t, *conf.counts[t], *(f"{v:.6f}" for v in (conf.precision[t], conf.recall[t], conf.accuracy[t]))])
 
 
-def _figure(size: tuple[float, float], layout: str | None = "constrained") -> Any:
+def _figure(size: tuple[float, float]) -> Any:
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend (Agg)
 
-    return Figure(figsize=size, dpi=DPI, layout=layout)
+    return Figure(figsize=size, dpi=DPI)
 
 
 def plot_confusion(path: Path, conf: Confusion) -> None:
     n = len(conf.counts)
     fig = _figure(CONFUSION_SIZE)
-    ax = fig.subplots()
+    ax = fig.subplots(gridspec_kw=CONFUSION_MARGINS)
     # The diagonal dwarfs every mistake, so colour by log(1 + count) to make the mistakes visible.
     import math
 
@@ -154,21 +158,48 @@ def plot_confusion(path: Path, conf: Confusion) -> None:
     fig.savefig(path, dpi=DPI)
 
 
-def plot_errors(path: Path, X: Tensor, y_true: Tensor, probs: Tensor) -> None:
-    """The misclassified images whose predicted class had the highest probability."""
+def most_confident_mistakes(y_true: Tensor, probs: Tensor, n: int) -> tuple[list[int], int]:
+    """The indices of the n misclassified images whose predicted class had the highest
+    probability, most confident first; and how many images were misclassified."""
     confidence, y_pred = probs.max(dim=1)
     wrong = (y_pred != y_true).nonzero().flatten()
-    worst = wrong[confidence[wrong].argsort(descending=True)][: ERROR_GRID[0] * ERROR_GRID[1]]
-    fig = _figure(ERRORS_SIZE, layout=None)  # a fixed grid: constrained layout of 24 axes costs a second
-    axes = fig.subplots(*ERROR_GRID, gridspec_kw={"left": 0.02, "right": 0.98, "bottom": 0.02, "top": 0.88,
-                                                  "hspace": 0.35, "wspace": 0.1}).flatten()
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, i in zip(axes, worst.tolist()):
-        side = int(X.shape[1] ** 0.5)  # 28, or 14 for a data.image_size=14 run
-        ax.imshow((X[i] * 0.5 + 0.5).reshape(side, side).numpy(), cmap="gray_r", vmin=0, vmax=1)  # undo Normalize(0.5, 0.5)
-        ax.set_title(f"{y_true[i]} -> {y_pred[i]} ({confidence[i]:.2f})", fontsize=9)
-    fig.suptitle(f"most confident mistakes: {len(worst)} of {len(wrong)} misclassified test images")
+    return wrong[confidence[wrong].argsort(descending=True)][:n].tolist(), len(wrong)
+
+
+def tile(images: Any, columns: int, pad: int, band: int) -> tuple[Any, list[tuple[float, float]]]:
+    """Images (k, side, side) side by side, row by row, `columns` to a row: one array with NaN
+    (drawn as background) around each image and in a band above it; and the point at the middle
+    of each image's top edge, where its title goes."""
+    import numpy as np
+
+    k, side = images.shape[0], images.shape[1]
+    cell_w, cell_h = side + 2 * pad, band + side + pad
+    rows = max(1, -(-k // columns))  # one blank row when there is nothing to show
+    grid = np.full((rows * cell_h, columns * cell_w), np.nan, dtype=np.float32)
+    anchors = []
+    for n in range(k):
+        top, left = (n // columns) * cell_h + band, (n % columns) * cell_w + pad
+        grid[top: top + side, left: left + side] = images[n]
+        anchors.append((left + (side - 1) / 2, top - 1))
+    return grid, anchors
+
+
+def plot_errors(path: Path, X: Tensor, y_true: Tensor, probs: Tensor) -> None:
+    """The most confident mistakes in a grid, each titled "true -> predicted (probability)". The
+    grid is one image on one axes, the titles text on it: 24 axes of their own took four times as
+    long to draw (0.55 s against 0.13 s, 2-core CPU)."""
+    worst, n_wrong = most_confident_mistakes(y_true, probs, ERROR_GRID[0] * ERROR_GRID[1])
+    side = int(X.shape[1] ** 0.5)  # 28, or 14 for a data.image_size=14 run
+    digits = (X[worst] * 0.5 + 0.5).reshape(-1, side, side).numpy()  # undo Normalize(0.5, 0.5)
+    grid, anchors = tile(digits, ERROR_GRID[1], pad=max(1, side // 7), band=side // 3)
+    fig = _figure(ERRORS_SIZE)
+    ax = fig.add_axes((0.02, 0.02, 0.96, 0.86))
+    ax.set_axis_off()
+    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    confidence, y_pred = probs.max(dim=1)
+    for i, (x, y) in zip(worst, anchors):
+        ax.text(x, y, f"{y_true[i]} -> {y_pred[i]} ({confidence[i]:.2f})", ha="center", va="bottom", fontsize=9)
+    fig.suptitle(f"most confident mistakes: {len(worst)} of {n_wrong} misclassified test images")
     fig.savefig(path, dpi=DPI)
 
 
@@ -177,7 +208,7 @@ LOSS_TITLES = {"cross_entropy": "cross-entropy loss", "mse": "mean squared error
 
 def plot_curves(path: Path, rows: Sequence[dict[str, float]], loss: str = "cross_entropy") -> None:
     fig = _figure(CURVES_SIZE)
-    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax, acc_ax = fig.subplots(1, 2, gridspec_kw=CURVES_MARGINS)
     epochs = [r["epoch"] for r in rows]
     for split, style in (("train", "--"), ("test", "-")):
         loss_ax.plot(epochs, [r[f"{split}_loss"] for r in rows], style, marker=".", label=split)

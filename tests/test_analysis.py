@@ -103,6 +103,34 @@ def test_pngs_exist_open_and_have_their_sizes(trained):
         assert image.std() > 0.01, f"{name} is blank"
 
 
+def test_the_most_confident_mistakes_come_first():
+    y_true = torch.tensor([0, 1, 2, 3, 4])
+    probs = torch.tensor([[0.9, 0.1, 0, 0, 0],  # right
+                          [0.6, 0.4, 0, 0, 0],  # wrong at 0.6
+                          [0.0, 0.1, 0, 0.9, 0],  # wrong at 0.9
+                          [0.0, 0.0, 0, 1.0, 0],  # right
+                          [0.0, 0.8, 0, 0, 0.2]])  # wrong at 0.8
+    assert analysis.most_confident_mistakes(y_true, probs, 2) == ([2, 4], 3)
+    assert analysis.most_confident_mistakes(y_true, probs, 24) == ([2, 4, 1], 3)
+    assert analysis.most_confident_mistakes(y_true[[0, 3]], probs[[0, 3]], 24) == ([], 0)
+
+
+def test_tiled_images_sit_in_their_cells_row_by_row_each_with_its_title_above():
+    side, pad, band, columns = 3, 1, 2, 2
+    images = np.stack([np.full((side, side), v, dtype=np.float32) for v in (0.1, 0.2, 0.3)])
+    images[1, 0, 0] = 0.9  # the top-left pixel marks where a cell's image starts
+    grid, anchors = analysis.tile(images, columns, pad, band)
+    cell_w, cell_h = side + 2 * pad, band + side + pad  # 5 x 6
+    assert grid.shape == (2 * cell_h, columns * cell_w)
+    for n, (top, left) in enumerate([(band, pad), (band, cell_w + pad), (cell_h + band, pad)]):
+        assert (grid[top: top + side, left: left + side] == images[n]).all()
+        assert anchors[n] == (left + 1.0, top - 1)  # the middle of its top edge, just above it
+    assert grid[band, cell_w + pad] == np.float32(0.9)
+    assert np.isnan(grid).sum() == grid.size - 3 * side * side  # the rest is background, the 4th cell too
+    blank, none = analysis.tile(np.zeros((0, side, side), dtype=np.float32), columns, pad, band)
+    assert blank.shape == (cell_h, columns * cell_w) and np.isnan(blank).all() and none == []
+
+
 def test_show_plot_redraws_curves(trained):
     (trained / "curves.png").unlink()
     proc = run_cli("show", str(trained), "--plot", cwd=trained)
