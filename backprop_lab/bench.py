@@ -519,21 +519,35 @@ def main(argv: list[str]) -> int:
     results["machine"]["load_average_1min"] = {"start": load[0], "end": os.getloadavg()[0]} if load else None
     results["targets"] = check_targets(results)
     render(console, results)
-    write_figures(args, console, results)
-    if args.plot:
-        plot_scaling(results["scaling"], args.plot)
-        console.print(f"scaling plot written to {args.plot}")
-    return 0
+    return write_figures(args, console, results, plot_scaling, results["scaling"], "scaling")
 
 
-def write_figures(args: argparse.Namespace, console: Console, results: dict[str, Any]) -> None:
-    """The figures as JSON: to stdout with --json -, else into the --json file."""
+def write_figures(args: argparse.Namespace, console: Console, results: dict[str, Any], plot: Callable,
+                  plotted: Any, what: str) -> int:
+    """The figures as JSON (to stdout with --json -, else into the --json file), then the --plot
+    of `plotted` (if any); the exit code. The paths were tried before the measuring, but a disk
+    can fill or a folder go meanwhile: then one line says so, and figures that could not be
+    written go to stdout rather than be lost."""
     text = json.dumps(results, indent=2)
     if args.json == "-":
         print(text)
     else:
-        Path(args.json).expanduser().write_text(text + "\n")
+        try:
+            Path(args.json).expanduser().write_text(text + "\n")
+        except OSError as e:
+            error_line(f"cannot write {args.json}: {(e.strerror or str(e)).lower()}; the figures follow on "
+                       f"standard output")
+            print(text)
+            return EXIT_BAD_INPUT
         console.print(f"figures written to {args.json}")
+    if args.plot and plotted:
+        try:
+            plot(plotted, args.plot)
+        except OSError as e:
+            error_line(f"cannot write {args.plot}: {(e.strerror or str(e)).lower()}; the figures are in the table above")
+            return EXIT_BAD_INPUT
+        console.print(f"{what} plot written to {args.plot}")
+    return 0
 
 
 def sweep_main(args: argparse.Namespace, cfg: Config, data: MNIST, device: torch.device, results: dict[str, Any],
@@ -549,8 +563,4 @@ def sweep_main(args: argparse.Namespace, cfg: Config, data: MNIST, device: torch
     else:
         results["grid"] = None
     bench_sweep.render(console, results["sweep"], results["grid"])
-    write_figures(args, console, results)
-    if args.plot and results["sweep"]:
-        bench_sweep.plot_sweep(results["sweep"], args.plot)
-        console.print(f"sweep plot written to {args.plot}")
-    return 0
+    return write_figures(args, console, results, bench_sweep.plot_sweep, results["sweep"], "sweep")

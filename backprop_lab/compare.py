@@ -465,6 +465,45 @@ def output_problem(flag: str, dest: str, example: str) -> str | None:
     run = next((d for d in (folder, *folder.parents) if is_run_dir(d)), None)
     if run is not None:  # e.g. --csv RUN/metrics.csv would replace the run's own record
         return f"{flag} {dest} is inside the run {run}, whose files are its record; give a path outside it"
+    failed = write_fails(path)
+    if failed is not None:
+        return f"{flag} {dest} cannot be written ({failed}); give a path in a folder you can write to"
+    return None
+
+
+def write_fails(path: Path) -> str | None:
+    """Why a file cannot be written at path, found by trying, or None: a file there is opened for
+    appending (its content untouched), else one is created and removed again. os.access says yes
+    where writing fails all the same: to root anywhere, in /proc, on a read-only mount."""
+    try:
+        if path.exists():
+            with open(path, "ab"):
+                pass
+        else:
+            with open(path, "xb"):
+                pass
+            path.unlink()
+    except OSError as e:
+        return (e.strerror or type(e).__name__).lower()
+    return None
+
+
+def folder_problem(flag: str, dest: str, example: str) -> str | None:
+    """Why files could not be written into the folder dest (made if missing), or None; found by
+    making a folder in it, or in the nearest folder above it that exists, and removing it again."""
+    import tempfile
+
+    path = Path(dest).expanduser().absolute()
+    if path.exists() and not path.is_dir():
+        return f"{flag} {dest} is a file; give a folder, e.g. {flag} {example}"
+    existing = next(d for d in (path, *path.parents) if d.exists())
+    if not existing.is_dir():
+        return f"{flag} {dest}: {existing} is a file, not a folder; give a folder, e.g. {flag} {example}"
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".backprop-lab-"))
+    except OSError as e:
+        return (f"{flag} {dest}: cannot write in {existing} ({(e.strerror or type(e).__name__).lower()}); give a "
+                f"folder you can write to")
     return None
 
 
@@ -523,6 +562,8 @@ def outputs_problem(args: argparse.Namespace) -> str | None:
     if args.plot:  # the format first: matplotlib would only refuse it at the end
         problems += [plot_format_problem(args.plot), output_problem("--plot", args.plot, CURVES_PNG),
                      output_problem("--plot's gradient figure", str(grads_plot_path(args.plot)), CURVES_PNG)]
+    if args.tensorboard:
+        problems.append(folder_problem("--tensorboard", args.tensorboard, "tb"))
     return next((problem for problem in problems if problem), None)
 
 

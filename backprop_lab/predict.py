@@ -4,7 +4,6 @@ with a trained run's weights, after turning each image into MNIST's form."""
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +93,7 @@ def load_network(run_dir: Path) -> tuple[Arch, Params, Config]:
 
     from .config import ConfigError, from_container, with_defaults
     from .network import init_params
-    from .rundir import WEIGHTS, read_summary
+    from .rundir import WEIGHTS, RunDirError, load_weights, read_summary
     from .train import arch_of
 
     if not run_dir.is_dir():
@@ -102,13 +101,9 @@ def load_network(run_dir: Path) -> tuple[Arch, Params, Config]:
     if not (run_dir / WEIGHTS).is_file():
         raise PredictError(f"{run_dir} has no {WEIGHTS}: it is not a completed run (weights are saved when a run completes)")
     try:
-        with warnings.catch_warnings():  # torch warns in several lines about what it then refuses anyway
-            warnings.simplefilter("ignore")
-            params = torch.load(run_dir / WEIGHTS, weights_only=True, map_location="cpu")
-    except Exception as e:  # noqa: BLE001 - any unreadable weights file means the same to the user
-        why = " ".join(str(e).split())[:150] or type(e).__name__
-        raise PredictError(f"cannot read {run_dir / WEIGHTS}: {why}; it is not a weights file of a completed "
-                           f"run") from None
+        params = load_weights(run_dir)
+    except RunDirError as e:
+        raise PredictError(str(e)) from None
     try:  # keys added to backprop-lab after the run take their defaults, as the run had them
         saved = read_summary(run_dir).get("config") or {}
         if not isinstance(saved, dict):

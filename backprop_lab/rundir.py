@@ -268,11 +268,29 @@ def load_checkpoint(run_dir: Path, device: str | None = None) -> dict[str, Any]:
     except (IsADirectoryError, PermissionError) as e:
         raise RunDirError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
     except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means the same to the user
-        raise RunDirError(unreadable_checkpoint(path, _load_failure(path, e))) from None
+        raise RunDirError(unreadable_checkpoint(path, load_failure(path, e))) from None
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in CHECKPOINT_KEYS):
         raise RunDirError(unreadable_checkpoint(path, "it holds no training state"))
     _fit_dropout_generator(checkpoint, device)
     return checkpoint
+
+
+def load_weights(run_dir: Path) -> Any:
+    """weights.pt's contents (CPU tensors, unchecked); RunDirError with one line if it cannot be read."""
+    import warnings
+
+    import torch
+
+    path = run_dir / WEIGHTS
+    try:
+        with warnings.catch_warnings():  # torch warns in several lines about what it then refuses anyway
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        raise RunDirError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+    except Exception as e:  # noqa: BLE001 - any unreadable weights file means the same to the user
+        raise RunDirError(f"cannot read {path}: not a readable weights file (corrupt or truncated: "
+                          f"{load_failure(path, e)})") from None
 
 
 def unreadable_checkpoint(path: Path, reason: str) -> str:
@@ -280,7 +298,7 @@ def unreadable_checkpoint(path: Path, reason: str) -> str:
             f"the run cannot be resumed, but its metrics and summary are intact")
 
 
-def _load_failure(path: Path, e: Exception) -> str:
+def load_failure(path: Path, e: Exception) -> str:
     """A few words for why torch.load failed; its own messages run to paragraphs, or to a bare key."""
     text = " ".join(str(e).split())
     try:

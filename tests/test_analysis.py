@@ -203,8 +203,8 @@ def test_predict_images_and_test_images_together(trained, mnist, tmp_path, order
 
 
 @pytest.mark.parametrize("case", ["missing", "not an image", "truncated", "no weights", "out of range",
-                                  "summary not a record", "empty weights.pt", "weights.pt lacks b2",
-                                  "weights.pt of another size"])
+                                  "summary not a record", "empty weights.pt", "truncated weights.pt",
+                                  "weights.pt lacks b2", "weights.pt of another size"])
 def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypatch):
     from PIL import Image
 
@@ -216,6 +216,9 @@ def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypa
         shutil.copytree(trained, damaged)
         (damaged / ("summary.json" if case == "summary not a record" else "weights.pt")).write_text(
             "null\n" if case == "summary not a record" else "")
+    if case == "truncated weights.pt":
+        shutil.copytree(trained, damaged)
+        (damaged / "weights.pt").write_bytes((trained / "weights.pt").read_bytes()[:500])
     if case.startswith("weights.pt "):  # a whole file, but not of this run's network
         import torch
 
@@ -233,7 +236,10 @@ def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypa
         "no weights": ([str(tmp_path), "noise.png"], "has no weights.pt"),
         "out of range": ([str(trained), "--from-test", "10000"], "out of range"),
         "summary not a record": ([str(damaged), "noise.png"], "summary.json does not hold the run's record"),
-        "empty weights.pt": ([str(damaged), "noise.png"], "weights.pt: EOFError; it is not a weights file"),
+        "empty weights.pt": ([str(damaged), "noise.png"],
+                             "weights.pt: not a readable weights file (corrupt or truncated: the file is empty)"),
+        "truncated weights.pt": ([str(damaged), "noise.png"],
+                                 "weights.pt: not a readable weights file (corrupt or truncated: damaged torch archive"),
         "weights.pt lacks b2": ([str(damaged), "noise.png"], "does not match the run's config (784-128-10 relu, softmax + cross_entropy): it lacks b2"),
         "weights.pt of another size": ([str(damaged), "noise.png"], "have other names or shapes"),
     }[case]

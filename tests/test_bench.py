@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from rich.console import Console
 
 from backprop_lab.backprop import Params, evaluate
 from backprop_lab.bench import autograd_model, autograd_train_epoch, main
@@ -151,7 +152,7 @@ def test_an_absent_device_is_refused_with_bench_s_own_option_as_the_hint(capsys,
 
 
 @pytest.mark.parametrize("case", ["json folder", "json under a file", "json folder missing", "plot format",
-                                  "plot folder", "plot under a file"])
+                                  "plot folder", "plot under a file", "json where writing fails"])
 def test_an_output_that_cannot_be_written_is_refused_before_anything_is_measured(tmp_path, case, capsys, monkeypatch):
     import backprop_lab.bench as bench
 
@@ -167,12 +168,43 @@ def test_an_output_that_cannot_be_written_is_refused_before_anything_is_measured
         "plot format": (["--json", "-", "--plot", "p.xyz"], "--plot p.xyz: matplotlib cannot write .xyz files; use one of:"),
         "plot folder": (["--json", "-", "--plot", str(tmp_path)], f"--plot {tmp_path} is a folder; give a file name"),
         "plot under a file": (["--json", "-", "--plot", str(tmp_path / "afile" / "p.png")], "afile is a file, not a folder"),
+        # /proc passes a permission check (and every one for root) but takes no new file
+        "json where writing fails": (["--json", "/proc/x.json"], "--json /proc/x.json cannot be written"),
     }[case]
     assert main(["--quick", "--device", "cpu", *args]) == 2
     out, err = capsys.readouterr()
     assert err.startswith("error: ") and expected in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and out == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_figures_that_cannot_be_written_after_measuring_go_to_stdout(tmp_path, capsys):
+    """The --json folder went while the benchmark ran: one line, and the figures are not lost."""
+    import argparse
+
+    from backprop_lab.bench import write_figures
+
+    gone = tmp_path / "gone"
+    args = argparse.Namespace(json=str(gone / "bench.json"), plot=None)
+    results = {"epochs": {"trainer": 0.25}}
+    assert write_figures(args, Console(), results, None, None, "scaling") == 2
+    out, err = capsys.readouterr()
+    assert err == f"error: cannot write {gone / 'bench.json'}: no such file or directory; the figures follow on standard output\n"
+    assert json.loads(out) == results
+
+
+def test_a_plot_that_cannot_be_written_after_measuring_is_one_line(tmp_path, capsys):
+    import argparse
+
+    from backprop_lab.bench import plot_scaling, write_figures
+
+    args = argparse.Namespace(json="-", plot=str(tmp_path / "gone" / "scaling.png"))
+    rows = [{"hidden": 128, "batch": 64, "seconds": 0.25, "train_size": 1000}]
+    assert write_figures(args, Console(), {"scaling": rows}, plot_scaling, rows, "scaling") == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"scaling": rows}
+    assert err.startswith(f"error: cannot write {tmp_path / 'gone' / 'scaling.png'}: no such file or directory")
+    assert len(err.splitlines()) == 1
 
 
 @pytest.mark.slow  # a subprocess run or two; `make test-slow` (and CI) run it

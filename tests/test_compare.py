@@ -351,7 +351,9 @@ def test_unsupported_plot_extension_is_one_line_before_anything_is_written(outpu
 
 
 @pytest.mark.parametrize("case", ["plot folder missing", "csv folder missing", "json is a folder", "csv under a file",
-                                  "both on stdout", "a run's own metrics.csv", "the gradient figure is a folder"])
+                                  "both on stdout", "a run's own metrics.csv", "the gradient figure is a folder",
+                                  "writing fails", "tensorboard where writing fails", "tensorboard is a file",
+                                  "a good csv beside a bad json"])
 def test_an_output_that_cannot_be_written_is_refused_before_the_table(outputs, capsys, tmp_path, case):
     (tmp_path / "afile").write_text("")
     run = tmp_path / "outputs" / "2026-11-30" / "01-00-00"
@@ -365,6 +367,12 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_table(outputs, c
         "both on stdout": (["--csv", "-", "--json", "-"], "--csv - and --json - would both write to standard output"),
         "the gradient figure is a folder": (["--plot", str(tmp_path / "c.png")],
                                             f"--plot's gradient figure {tmp_path / 'c-grads.png'} is a folder"),
+        # /proc passes a permission check (and every one for root) but takes no new file
+        "writing fails": (["--plot", "/proc/x.png"], "--plot /proc/x.png cannot be written (no such file or directory)"),
+        "tensorboard where writing fails": (["--tensorboard", "/proc/tb"], "--tensorboard /proc/tb: cannot write in /proc"),
+        "tensorboard is a file": (["--tensorboard", str(tmp_path / "afile")], "is a file; give a folder"),
+        "a good csv beside a bad json": (["--csv", str(tmp_path / "r.csv"), "--json", "/proc/r.json"],
+                                         "--json /proc/r.json cannot be written"),  # the csv's trial file is gone again
     }[case]
     if case == "the gradient figure is a folder":  # --plot c.png draws c-grads.png beside it too
         (tmp_path / "c-grads.png").mkdir()
