@@ -37,6 +37,18 @@ _made_above: dict[str, Path | None] = {}
 _named: NamedDir | None = None
 
 
+def not_a_folder(folder: Path) -> str:
+    """Why folder cannot be made, for mkdir's FileExistsError: the path on the way that is not a
+    folder, e.g. "outputs is a link to /gone, which does not exist"."""
+    for entry in reversed([folder, *folder.parents]):
+        if entry.is_dir() or not os.path.lexists(entry):
+            continue
+        if entry.is_symlink() and not entry.exists():
+            return f"{entry} is a link to {os.readlink(entry)}, which does not exist"
+        return f"{entry} is a file, not a folder"
+    return f"{folder} (or a folder above it) exists but is not a folder"
+
+
 def fresh_dir(path: str, kind: str = "run") -> str:
     if path in _claimed:  # Hydra may resolve the key more than once in one process
         return _claimed[path]
@@ -53,8 +65,8 @@ def fresh_dir(path: str, kind: str = "run") -> str:
     highest_made = None if os.path.lexists(highest) else highest
     try:  # apart from the loop: "exists" here (a file or a dangling link) is a failure, not a taken name
         parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        refuse_dir(path, f"{parent} (or a folder above it) exists but is not a folder")
+    except (FileExistsError, NotADirectoryError):
+        refuse_dir(path, not_a_folder(parent))
     except OSError as e:
         refuse_dir(path, e.strerror or str(e))
     candidate, n = path, 0

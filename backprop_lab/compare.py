@@ -732,6 +732,7 @@ def show_main(argv: list[str]) -> int:
     parser.add_argument("--plot", action="store_true",
                         help="(re)draw RUN_DIR/curves.png and confusion.png from metrics.csv and confusion.csv")
     args = parser.parse_args(argv)
+    conf, confusion_drawn = NOT_READ, False
     try:
         args.run_dir = or_newest(args.run_dir)
         summary, rows, warnings = load_for_show(args.run_dir)
@@ -739,9 +740,10 @@ def show_main(argv: list[str]) -> int:
             from .analysis import plot_confusion, plot_curves
 
             plot_curves(args.run_dir / CURVES_PNG, rows, (summary.get("config") or {}).get("loss", "cross_entropy"))
-            drawn = _extra(load_confusion, args.run_dir)
-            if drawn is not None:
-                plot_confusion(args.run_dir / CONFUSION_PNG, drawn)
+            conf = _extra(load_confusion, args.run_dir)
+            if conf is not None:
+                plot_confusion(args.run_dir / CONFUSION_PNG, conf)
+                confusion_drawn = True
     except RunError as e:
         error_line(str(e))
         return EXIT_BAD_INPUT
@@ -762,7 +764,8 @@ def show_main(argv: list[str]) -> int:
     if rows:
         reporter.table(rows)
         reporter.console.print()  # training's progress bar leaves this line between table and panel
-    conf = _extra(load_confusion, args.run_dir)
+    if conf is NOT_READ:
+        conf = _extra(load_confusion, args.run_dir)
     if conf is not None:
         reporter.confusion(conf)
     reporter.summary(summary, status=effective_status(summary))
@@ -772,9 +775,12 @@ def show_main(argv: list[str]) -> int:
         reporter.console.print(layer_table(layers))
     if args.plot:
         reporter.console.print(f"learning curves: {args.run_dir / CURVES_PNG}")
-        if (args.run_dir / CONFUSION_PNG).exists():
+        if confusion_drawn:  # not a file left from before, drawn from what could not be read now
             reporter.console.print(f"confusion matrix: {args.run_dir / CONFUSION_PNG}")
     return 0
+
+
+NOT_READ = object()  # show's confusion.csv before it is read (None: read, and left out)
 
 
 def _extra(load: Callable[[Path], Any], run_dir: Path) -> Any:

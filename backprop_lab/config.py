@@ -15,7 +15,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .errors import LabError
 
@@ -188,10 +188,31 @@ def sections() -> list[str]:
     return [f.name for f in fields(Config) if is_dataclass(f.default)]
 
 
-def unknown_key_message(key: str) -> str:
-    close = difflib.get_close_matches(key, known_keys() + sections(), n=1, cutoff=0.6)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known_keys())}"
+def unknown_key_message(key: str, groups: Sequence[str] = ()) -> str:
+    """`groups`: the config groups (experiment, model, ...), for a misspelt one, where the caller knows them."""
+    close = difflib.get_close_matches(key, known_keys() + sections() + list(groups), n=1, cutoff=0.6)
+    if close and close[0] in groups and close[0] not in sections():
+        hint = f"; did you mean the config group '{close[0]}'?"
+    elif close:
+        hint = f"; did you mean '{close[0]}'?"
+    else:
+        hint = f"; known keys: {', '.join(known_keys())}" + (f"; config groups: {', '.join(groups)}" if groups else "")
     return f"unknown config key '{key}'{hint}"
+
+
+def invalid_value_message(key: str, value: Any, typed: str | None = None) -> str | None:
+    """Why `value` cannot be `key`'s, or None. `typed`: the value as given on the command line,
+    shown as given, with what it was read as where that differs (seed=1e3 is read as 1000.0)."""
+    ok, allowed = RULES[key]
+    if ok(value):
+        return None
+    shown = _show(value)
+    plain = lambda text: "".join(text.split()).lower()  # noqa: E731 - [0, 3] is [0,3], True is true
+    if typed is not None and plain(typed) not in {plain(shown), plain(repr(value)), plain(str(value))}:
+        shown = f"{typed} (read as {shown})"
+    elif typed is not None:
+        shown = typed
+    return f"{key}={shown} is not valid: expected {allowed}"
 
 
 def _show(v: Any) -> str:
@@ -227,10 +248,11 @@ def from_container(raw: dict[str, Any]) -> Config:
         if key not in RULES:
             raise ConfigError(unknown_key_message(key))
     defaults = {k: _default(k) for k in RULES}
-    for key, (ok, allowed) in RULES.items():
+    for key in RULES:
         v = values.get(key, defaults[key])
-        if not ok(v):
-            raise ConfigError(f"{key}={_show(v)} is not valid: expected {allowed}")
+        problem = invalid_value_message(key, v)
+        if problem:
+            raise ConfigError(problem)
         values[key] = v
 
     def build(cls: type, prefix: str) -> Any:

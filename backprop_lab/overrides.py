@@ -15,7 +15,8 @@ from omegaconf import OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from .claim import check_output_dir, check_sweep_subdir
-from .config import CONF_DIR, ConfigError, from_dictconfig, is_memory_gb, known_keys, list_keys, unknown_key_message
+from .config import (CONF_DIR, ConfigError, from_dictconfig, invalid_value_message, is_memory_gb, known_keys, list_keys,
+                     unknown_key_message)
 from .errors import first_line, stderr
 from .rundir import LOG
 
@@ -254,7 +255,13 @@ def check_override(o: Any, args: Any, groups: dict[str, list[str]], makes_dirs: 
             if choice not in groups[key]:
                 raise ConfigError(f"{key}={choice} is not a known preset; available: {', '.join(groups[key])}")
     elif key not in known_keys():
-        raise ConfigError(unknown_key_message(key))
+        raise ConfigError(unknown_key_message(key, sorted(groups)))
+    elif not args.multirun:  # refused as typed (seed=1e3), not later as Hydra read it (a sweep names the job)
+        value = o.value()
+        problem = None if isinstance(value, str) and "${" in value else invalid_value_message(
+            key, value, o.input_line.split("=", 1)[1])
+        if problem:
+            raise ConfigError(problem)
     return named
 
 

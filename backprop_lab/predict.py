@@ -93,12 +93,18 @@ def load_network(run_dir: Path) -> tuple[Arch, Params, Config]:
 
     from .config import ConfigError, from_container, with_defaults
     from .network import init_params
-    from .rundir import WEIGHTS, RunDirError, load_weights, read_summary
+    from .report import plural
+    from .rundir import SUMMARY, WEIGHTS, RunDirError, load_weights, read_summary
+    from .runs import find_run_dirs
     from .train import arch_of
 
     if not run_dir.is_dir():
         raise PredictError(f"{run_dir} is not a directory")
     if not (run_dir / WEIGHTS).is_file():
+        inside = [] if (run_dir / SUMMARY).exists() else find_run_dirs(run_dir)
+        if inside:  # a sweep's folder, or outputs/
+            raise PredictError(f"{run_dir} is not a run directory (no {SUMMARY}); it holds "
+                               f"{plural(len(inside), 'run')}: give one of them, e.g. {inside[0]}")
         raise PredictError(f"{run_dir} has no {WEIGHTS}: it is not a completed run (weights are saved when a run completes)")
     try:
         params = load_weights(run_dir)

@@ -42,6 +42,7 @@ SUMMARY = "summary.json"
 # `dead_layers` and `diverged_at.rule`; runs of earlier releases have none (read as 0) and every
 # field they have keeps its name and meaning, so they are read as they are.
 SCHEMA = 1
+STATUSES = ("running", "completed", "interrupted", "diverged", "failed")  # what a run writes as its `status`
 WEIGHTS = "weights.pt"
 CHECKPOINT = "checkpoint.pt"
 LOG = "backprop-lab.log"  # named by hydra.job.name in conf/config.yaml

@@ -16,8 +16,8 @@ from .analysis import Confusion, from_counts
 from .config import N_TRAIN, dotted, planned_epochs, with_defaults
 from .errors import RunError
 from .report import COLUMN_KEYS, plural, saved_warnings
-from .rundir import (CHECKPOINT, CONFUSION_CSV, GRADS, GRADS_COLUMNS_BEFORE_DEAD, LOG, METRICS, SUMMARY, SWEEP_MARKS,
-                     RunDirError, effective_status, load_checkpoint, read_summary)
+from .rundir import (CHECKPOINT, CONFUSION_CSV, GRADS, GRADS_COLUMNS_BEFORE_DEAD, LOG, METRICS, STATUSES, SUMMARY,
+                     SWEEP_MARKS, RunDirError, effective_status, load_checkpoint, read_summary)
 
 # Fields the header and the summary panel print: (dotted path in summary.json, allowed types).
 NUMBER, INT, TEXT, OPTIONAL_NUMBER, OPTIONAL_INT = (int, float), (int,), (str,), (int, float, type(None)), (int, type(None))
@@ -470,7 +470,8 @@ def checked_summary(run_dir: Path) -> dict[str, Any]:
         raise RunDirError(f"cannot read {run_dir / SUMMARY}: it holds no run summary")
     count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-    damaged = [key for key, ok in (("config", isinstance(summary.get("config"), dict)),
+    damaged = [key for key, ok in (("status", summary.get("status") in STATUSES),
+                                   ("config", isinstance(summary.get("config"), dict)),
                                    ("epochs_completed", count(summary.get("epochs_completed"))),
                                    ("epochs_planned", count(summary.get("epochs_planned"))),
                                    ("best_test_acc", summary.get("best_test_acc") is None

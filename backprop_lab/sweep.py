@@ -797,7 +797,9 @@ class SweepReport(Callback):
         try:  # made here, as Hydra's launcher would next, so a path that cannot be a folder is one line
             sweep_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            why = "it, or a folder above it, exists but is not a folder" if isinstance(e, FileExistsError) else e.strerror or e
+            from .claim import not_a_folder
+
+            why = not_a_folder(sweep_dir) if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
             error_line(f"cannot create the sweep directory {sweep_dir}: {why}; run from a writable folder "
                        f"or set hydra.sweep.dir=<writable path>")
             raise SystemExit(EXIT_BAD_INPUT) from None

@@ -138,6 +138,21 @@ def test_show_plot_redraws_curves(trained):
     assert (trained / "curves.png").stat().st_size > 1000
 
 
+def test_show_plot_with_an_unreadable_confusion_csv_says_so_once_and_claims_no_confusion_png(trained, tmp_path,
+                                                                                             capsys):
+    from backprop_lab.compare import show_main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "confusion.csv").write_text("garbage\n")
+    old_png = (run / "confusion.png").read_bytes()
+    assert show_main([str(run), "--plot"]) == 0
+    out, err = capsys.readouterr()
+    assert err.count("confusion.csv lacks its header") == 1 and err.count("warning:") == 1, err
+    assert f"learning curves: {run / 'curves.png'}" in out and "confusion matrix:" not in out
+    assert (run / "confusion.png").read_bytes() == old_png  # the old picture, not one of the garbage
+
+
 # --- predict ---------------------------------------------------------------------------------
 
 
@@ -204,7 +219,7 @@ def test_predict_images_and_test_images_together(trained, mnist, tmp_path, order
 
 @pytest.mark.parametrize("case", ["missing", "not an image", "truncated", "no weights", "out of range",
                                   "summary not a record", "empty weights.pt", "truncated weights.pt",
-                                  "weights.pt lacks b2", "weights.pt of another size"])
+                                  "weights.pt lacks b2", "weights.pt of another size", "a folder of runs"])
 def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypatch):
     from PIL import Image
 
@@ -216,6 +231,8 @@ def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypa
         shutil.copytree(trained, damaged)
         (damaged / ("summary.json" if case == "summary not a record" else "weights.pt")).write_text(
             "null\n" if case == "summary not a record" else "")
+    if case == "a folder of runs":
+        shutil.copytree(trained, tmp_path / "sweep" / "0")
     if case == "truncated weights.pt":
         shutil.copytree(trained, damaged)
         (damaged / "weights.pt").write_bytes((trained / "weights.pt").read_bytes()[:500])
@@ -242,6 +259,8 @@ def test_predict_bad_input_is_one_line(trained, tmp_path, case, capsys, monkeypa
                                  "weights.pt: not a readable weights file (corrupt or truncated: damaged torch archive"),
         "weights.pt lacks b2": ([str(damaged), "noise.png"], "does not match the run's config (784-128-10 relu, softmax + cross_entropy): it lacks b2"),
         "weights.pt of another size": ([str(damaged), "noise.png"], "have other names or shapes"),
+        "a folder of runs": ([str(tmp_path / "sweep"), "noise.png"],
+                             f"it holds 1 run: give one of them, e.g. {tmp_path / 'sweep' / '0'}"),
     }[case]
     monkeypatch.chdir(tmp_path)
     if case == "missing":  # once through the real command line: exit status, no traceback

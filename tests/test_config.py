@@ -200,3 +200,17 @@ def test_with_defaults_fills_a_saved_config_as_omegaconf_merges(saved):
     if "gone" in saved:  # ... nor shared
         filled["gone"]["a"].append(3)
         assert saved["gone"]["a"] == [1, 2]
+
+
+@pytest.mark.parametrize("key, value, typed, shown", [
+    ("seed", 1000.0, "1e3", "seed=1e3 (read as 1000.0)"),  # what Hydra made of it, where that is not what was typed
+    ("model.hidden_size", True, "true", "model.hidden_size=true"),
+    ("model.hidden_sizes", [0, 3], "[0, 3]", "model.hidden_sizes=[0, 3]"),
+    ("device", "tpu", "tpu", "device=tpu"),
+    ("device", "tpu", None, "device='tpu'"),  # from a config file: as read
+])
+def test_a_bad_value_is_shown_as_typed(key, value, typed, shown):
+    from backprop_lab.config import invalid_value_message
+
+    assert invalid_value_message(key, value, typed).startswith(f"{shown} is not valid: expected ")
+    assert invalid_value_message("seed", 3, "3") is None

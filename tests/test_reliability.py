@@ -796,6 +796,10 @@ def damage(run_dir: Path, case: str) -> None:
         del s["config"]
     elif case == "wall_seconds missing":  # the resumed run adds its time to it
         del s["wall_seconds"]
+    elif case == "status missing":  # not read as a run to continue
+        del s["status"]
+    elif case == "status unknown":
+        s["status"] = "paused"
     (run_dir / "summary.json").write_text(json.dumps(s))
 
 
@@ -809,6 +813,8 @@ DAMAGE = {
     "epochs_completed not a count": "summary.json is damaged (epochs_completed missing or of the wrong type)",
     "config missing": "summary.json is damaged (config missing or of the wrong type)",
     "wall_seconds missing": "summary.json is damaged (wall_seconds missing or of the wrong type)",
+    "status missing": "summary.json is damaged (status missing or of the wrong type)",
+    "status unknown": "summary.json is damaged (status missing or of the wrong type)",
 }
 
 

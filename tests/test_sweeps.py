@@ -246,7 +246,7 @@ def test_fail_fast_stops_the_sweep_at_the_first_failure(tmp_path):
 
 @pytest.mark.parametrize("override,shown", [
     ("threads=0", "threads=0"),
-    ("threads=abc", "threads='abc'"),
+    ("threads=abc", "threads=abc is not valid"),  # as typed
     ("hydra.callbacks.sweep_report.fail_fast=maybe", "fail_fast='maybe'"),
 ])
 def test_bad_threads_or_sweep_option_is_one_line(tmp_path, override, shown):
@@ -266,6 +266,8 @@ def test_a_sweep_folder_that_cannot_be_made_is_one_line(tmp_path, blocker):
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot create the sweep directory outputs/multirun/"), proc.stderr
+    why = "outputs is a file, not a folder" if blocker == "file" else f"outputs is a link to {tmp_path / 'gone'}, which"
+    assert f": {why}" in lines[0]
     assert "Traceback" not in proc.stdout
 
 
