@@ -474,7 +474,7 @@ def output_problem(flag: str, dest: str, example: str) -> str | None:
 def write_fails(path: Path) -> str | None:
     """Why a file cannot be written at path, found by trying, or None: a file there is opened for
     appending (its content untouched), else one is created and removed again. os.access says yes
-    where writing fails all the same: to root anywhere, in /proc, on a read-only mount."""
+    where writing fails all the same, e.g. in /proc."""
     try:
         if path.exists():
             with open(path, "ab"):

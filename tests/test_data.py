@@ -110,8 +110,24 @@ def test_prefetched_files_load_the_same_and_are_taken_once(tmp_path, full, monke
     early = D.load_mnist(tmp_path)
     assert reads == ["mnist-prefetch"] * 4
     assert torch.equal(early.X_train, full.X_train) and torch.equal(early.y_test, full.y_test)
-    D.load_mnist(tmp_path, train_subset=10)  # the prefetched bytes were handed over once: now read here
-    assert reads[4:] == [threading.current_thread().name] * 4
+    again = D.load_mnist(tmp_path, train_subset=10)  # a sweep's next job: the verified bytes are kept
+    assert len(reads) == 4 and torch.equal(again.X_train, full.X_train[:10])
+    M.prefetch(tmp_path)  # nothing left to read
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    labels.write_bytes(labels.read_bytes())  # the same bytes, but written since: read and checked again
+    D.load_mnist(tmp_path)
+    assert reads[4:] == [threading.current_thread().name]
+
+
+def test_a_file_damaged_after_a_good_load_is_refused_by_the_next(tmp_path):
+    copy_shipped(tmp_path, plain=True)
+    D.load_mnist(tmp_path)
+    labels = tmp_path / "t10k-labels-idx1-ubyte"
+    raw = bytearray(labels.read_bytes())
+    raw[-1] ^= 1  # the same size, one label changed
+    labels.write_bytes(bytes(raw))
+    with pytest.raises(D.DataError, match="corrupt or truncated"):
+        D.load_mnist(tmp_path)
 
 
 def test_a_corrupt_file_found_by_the_prefetch_is_refused_by_the_load(tmp_path):
