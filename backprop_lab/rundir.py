@@ -294,6 +294,17 @@ def load_weights(run_dir: Path) -> Any:
                           f"{load_failure(path, e)})") from None
 
 
+def checkpoint_looks_whole(run_dir: Path) -> bool:
+    """checkpoint.pt is there and a whole zip archive (torch.save's format): what `compare` can
+    tell without torch (torch.load may refuse it still, and resume then says why)."""
+    import zipfile
+
+    try:
+        return zipfile.is_zipfile(run_dir / CHECKPOINT)
+    except OSError:
+        return False
+
+
 def unreadable_checkpoint(path: Path, reason: str) -> str:
     return (f"cannot read {path}: not a readable checkpoint (corrupt or truncated: {reason}); "
             f"the run cannot be resumed, but its metrics and summary are intact")

@@ -667,6 +667,7 @@ def test_a_moved_or_copied_runs_error_names_where_it_is_now(tmp_path, capsys, mo
     copy, DIR is the folder it is read from now (the recorded one is gone, or another run)."""
     monkeypatch.setenv("COLUMNS", "400")  # the panel's error row on one line
     first = make_run(tmp_path / "first", [0.5], status="interrupted")
+    whole_checkpoint(first)
     saved = json.loads((first / "summary.json").read_text())
     saved["error"] = (f"stopped by SIGINT at epoch 2, batch 1; the 1 completed epoch is saved; see {first}/train.log "
                       f"and {first}-notes; continue with: backprop-lab resume {first}")
@@ -687,6 +688,30 @@ def test_a_moved_or_copied_runs_error_names_where_it_is_now(tmp_path, capsys, mo
     (fresh / "summary.json").write_text(json.dumps({**saved, "run_dir": str(fresh)}))
     assert show_main([str(fresh)]) == 0
     assert f"resume {first}" in capsys.readouterr().out
+
+
+def whole_checkpoint(run_dir: Path) -> None:
+    """A checkpoint.pt that is a whole zip archive, as torch.save writes (what compare can check)."""
+    import zipfile
+
+    with zipfile.ZipFile(run_dir / "checkpoint.pt", "w") as z:
+        z.writestr("checkpoint/data.pkl", b"")
+
+
+@pytest.mark.parametrize("checkpoint", ["whole", "truncated", "missing"])
+def test_an_interrupted_run_is_offered_to_resume_only_with_a_whole_checkpoint(tmp_path, capsys, checkpoint):
+    run = make_run(tmp_path / "run", [0.5], status="interrupted", planned=3)
+    saved = json.loads((run / "summary.json").read_text())
+    saved["error"] = f"stopped by SIGINT at epoch 2, batch 1; continue with: backprop-lab resume {run}"
+    (run / "summary.json").write_text(json.dumps(saved))
+    if checkpoint != "missing":
+        whole_checkpoint(run)
+    if checkpoint == "truncated":
+        (run / "checkpoint.pt").write_bytes((run / "checkpoint.pt").read_bytes()[:40])
+    _, out, _ = run_compare(capsys, str(run), "--json", "-")
+    note = json.loads(out)["runs"][0]["note"]
+    assert note == (f"stopped by SIGINT at epoch 2, batch 1; continue with: backprop-lab resume {run}" if checkpoint == "whole"
+                    else "stopped by SIGINT at epoch 2, batch 1; its checkpoint.pt is missing or damaged: it cannot be resumed")
 
 
 def test_the_docs_errors_and_tables_are_as_the_tool_prints_them(tmp_path, capsys):
