@@ -528,26 +528,26 @@ def write_figures(args: argparse.Namespace, console: Console, results: dict[str,
     of `plotted` (if any); the exit code. The paths were tried before the measuring, but a disk
     can fill or a folder go meanwhile: then one line says so, and figures that could not be
     written go to stdout rather than be lost."""
-    text = json.dumps(results, indent=2)
+    text, code = json.dumps(results, indent=2), 0
     if args.json == "-":
         print(text)
     else:
         try:
             Path(args.json).expanduser().write_text(text + "\n")
+            console.print(f"figures written to {args.json}")
         except OSError as e:
             error_line(f"cannot write {args.json}: {(e.strerror or str(e)).lower()}; the figures follow on "
                        f"standard output")
             print(text)
-            return EXIT_BAD_INPUT
-        console.print(f"figures written to {args.json}")
+            code = EXIT_BAD_INPUT
     if args.plot and plotted:
         try:
             plot(plotted, args.plot)
+            console.print(f"{what} plot written to {args.plot}")
         except OSError as e:
             error_line(f"cannot write {args.plot}: {(e.strerror or str(e)).lower()}; the figures are in the table above")
-            return EXIT_BAD_INPUT
-        console.print(f"{what} plot written to {args.plot}")
-    return 0
+            code = EXIT_BAD_INPUT
+    return code
 
 
 def sweep_main(args: argparse.Namespace, cfg: Config, data: MNIST, device: torch.device, results: dict[str, Any],

@@ -473,16 +473,19 @@ def output_problem(flag: str, dest: str, example: str) -> str | None:
 
 def write_fails(path: Path) -> str | None:
     """Why a file cannot be written at path, found by trying, or None: a file there is opened for
-    appending (its content untouched), else one is created and removed again. os.access says yes
-    where writing fails all the same, e.g. in /proc."""
+    appending (its content untouched), else one is created and removed again (through a link,
+    its target). os.access says yes where writing fails all the same, e.g. in /proc. A pipe or a
+    device is left alone: opening it is not a trial (a pipe's reader would see its end)."""
+    target = path.resolve()
     try:
-        if path.exists():
-            with open(path, "ab"):
-                pass
+        if target.exists():
+            if target.is_file():
+                with open(target, "ab"):
+                    pass
         else:
-            with open(path, "xb"):
+            with open(target, "xb"):
                 pass
-            path.unlink()
+            target.unlink()
     except OSError as e:
         return (e.strerror or type(e).__name__).lower()
     return None
@@ -494,6 +497,10 @@ def folder_problem(flag: str, dest: str, example: str) -> str | None:
     import tempfile
 
     path = Path(dest).expanduser().absolute()
+    dangling = next((d for d in (path, *path.parents) if d.is_symlink() and not d.exists()), None)
+    if dangling is not None:
+        return (f"{flag} {dest}: {dangling} is a link to {os.readlink(dangling)}, which does not exist; give a "
+                f"folder, e.g. {flag} {example}")
     if path.exists() and not path.is_dir():
         return f"{flag} {dest} is a file; give a folder, e.g. {flag} {example}"
     existing = next(d for d in (path, *path.parents) if d.exists())
@@ -580,21 +587,26 @@ def warn_about(runs: Sequence[Run]) -> None:
 
 def write_outputs(args: Any, runs: Sequence[Run], keys: Sequence[str], to_stdout: bool) -> int:
     """--csv, --json, --tensorboard and --plot for the listed runs; the exit code."""
+    dest = None  # the one being written, for an error without a file name (a full disk's)
     try:
         if args.csv:
+            dest = args.csv
             write_csv(args.csv, runs, keys)
         if args.json:
+            dest = args.json
             write_json(args.json, runs, keys)
         if args.tensorboard:
+            dest = args.tensorboard
             export_tensorboard(Path(args.tensorboard), runs, to_stdout)
         if args.plot:
+            dest = args.plot
             drawn, with_metrics = write_plot(args.plot, runs, keys)
             if not drawn:
                 warning_line(f"no listed run has per-epoch metrics; {args.plot} has empty axes")
             elif drawn < with_metrics:
                 warning_line(f"{args.plot} draws the first {drawn} of the {with_metrics} listed runs (more lines "
                              f"could not be told apart); choose which with --sort, --top or --filter")
-            grads_dest = grads_plot_path(args.plot)
+            dest = grads_dest = grads_plot_path(args.plot)
             drawn, with_grads = write_grads_plot(grads_dest, runs, keys)
             if drawn:
                 left_out = f" (the first {drawn} of {with_grads} runs with {GRADS})" if drawn < with_grads else ""
@@ -603,7 +615,7 @@ def write_outputs(args: Any, runs: Sequence[Run], keys: Sequence[str], to_stdout
     except BrokenPipeError:  # `--csv - | head`: ended as a closed pipe ends any command (cli.main)
         raise
     except OSError as e:
-        error_line(f"cannot write {e.filename}: {e.strerror or e}")
+        error_line(f"cannot write {e.filename or dest}: {e.strerror or e}")
         return EXIT_BAD_INPUT
     return 0
 
@@ -748,7 +760,7 @@ def show_main(argv: list[str]) -> int:
         error_line(str(e))
         return EXIT_BAD_INPUT
     except OSError as e:
-        error_line(f"cannot write {args.run_dir / CURVES_PNG}: {e.strerror or e}")
+        error_line(f"cannot write {e.filename or args.run_dir / CURVES_PNG}: {e.strerror or e}")
         return EXIT_BAD_INPUT
     for message in warnings:
         warning_line(f"{args.run_dir}: {message}")

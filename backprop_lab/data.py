@@ -48,9 +48,10 @@ def pool2x2(X: Tensor) -> Tensor:
     return blocks.mean(dim=(2, 4)).reshape(n, 196)
 
 
-def read_idx(path: Path, name: str) -> Tensor:
-    """One IDX file as a uint8 tensor of its dimensions, refused unless its content has the canonical MD5."""
-    raw = read_verified(path, name)
+def read_idx(path: Path, name: str, keep: bool = False) -> Tensor:
+    """One IDX file as a uint8 tensor of its dimensions, refused unless its content has the canonical
+    MD5; `keep`: its verified bytes kept for the process's next load (mnist_files.read_verified)."""
+    raw = read_verified(path, name, keep)
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return torch.frombuffer(bytearray(raw), dtype=torch.uint8, offset=4 + 4 * ndim).reshape(dims)
@@ -100,9 +101,11 @@ def load_mnist(
     download_missing: bool = False,
     dtype: torch.dtype = torch.float32,
     image_size: int = 28,
+    keep_files: bool = False,
 ) -> MNIST:
     """Load, verify and normalise MNIST; `train_subset` keeps the first N training images;
-    `image_size=14` mean-pools each 2x2 block (after normalising: the mean is linear, so the same)."""
+    `image_size=14` mean-pools each 2x2 block (after normalising: the mean is linear, so the same);
+    `keep_files`: the files' verified bytes are kept for the next load in this process (a sweep's)."""
     folder = folder_of(root)
     try:  # a folder the user cannot read raises here (Path.exists and is_file pass only "not found")
         if root is not None and folder.exists() and not folder.is_dir():
@@ -122,7 +125,7 @@ def load_mnist(
             f"{', '.join(missing)} (.gz or plain); point data.root at a folder that holds them, "
             f"or set data.root=null to use the copy shipped with backprop-lab"
         )
-    arrays = {name: read_idx(path, name) for name, path in found.items()}
+    arrays = {name: read_idx(path, name, keep_files) for name, path in found.items()}
     # Move bytes, not floats, to the device: four times less to copy.
     train_images = arrays["train-images-idx3-ubyte"][:train_subset].to(device)
     y_train = arrays["train-labels-idx1-ubyte"][:train_subset].to(device).long()

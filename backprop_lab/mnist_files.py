@@ -74,14 +74,15 @@ def read_now(path: Path, name: str) -> bytes:
     return raw
 
 
-Stamp = tuple[int, int, int, int]  # what changes when a file is replaced or written to
+Stamp = tuple[int, int, int, int, int]  # what changes when a file is replaced or written to
 
 # path -> (the reading thread, its results: path -> (the file's stamp, its content) or the exception raised)
 _prefetched: dict[Path, tuple[threading.Thread, dict[Path, tuple[Stamp | None, bytes] | Exception]]] = {}
-# path -> (its stamp when it was read, its verified content). The basic launcher runs a sweep's jobs
-# one after another in one process, each loading the same four files: reading, inflating and
-# hashing them again took ~0.4 s a job. A file whose stamp has changed since is read and checked
-# again. The content kept is the canonical files' (55 MB), whatever path it came from.
+# path -> (its stamp when it was read, its verified content), for reads asked to `keep` it: the
+# basic launcher runs a sweep's jobs one after another in one process, each loading the same four
+# files, and reading, inflating and hashing them again took ~0.4 s a job. A file whose stamp has
+# changed since is read and checked again. The content kept is the canonical files' (55 MB),
+# whatever path it came from; a single run keeps nothing, as it loads the data once.
 _verified: dict[Path, tuple[Stamp, bytes]] = {}
 
 
@@ -90,7 +91,7 @@ def stamp(path: Path) -> Stamp | None:
         st = path.stat()
     except OSError:
         return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns  # ctime: set by any write, not by users
 
 
 def kept(path: Path) -> bytes | None:
@@ -131,14 +132,14 @@ def prefetch(root: str | Path | None) -> None:
     thread.start()
 
 
-def read_verified(path: Path, name: str) -> bytes:
+def read_verified(path: Path, name: str, keep: bool = False) -> bytes:
     """read_now's result: kept from an earlier read of the unchanged file, taken from a prefetch of
-    this path if one is pending, or read now."""
+    this path if one is pending, or read now; with `keep`, kept for the next load."""
     content = kept(path)
     if content is not None:
         return content
     before, content = _read_or_take(path, name)
-    if before is not None:
+    if keep and before is not None:
         _verified[path] = (before, content)
     return content
 

@@ -103,8 +103,9 @@ def load_network(run_dir: Path) -> tuple[Arch, Params, Config]:
     if not (run_dir / WEIGHTS).is_file():
         inside = [] if (run_dir / SUMMARY).exists() else find_run_dirs(run_dir)
         if inside:  # a sweep's folder, or outputs/
+            example = next((d for d in inside if (d / WEIGHTS).is_file()), inside[0])  # a completed one
             raise PredictError(f"{run_dir} is not a run directory (no {SUMMARY}); it holds "
-                               f"{plural(len(inside), 'run')}: give one of them, e.g. {inside[0]}")
+                               f"{plural(len(inside), 'run')}: give one of them, e.g. {example}")
         raise PredictError(f"{run_dir} has no {WEIGHTS}: it is not a completed run (weights are saved when a run completes)")
     try:
         params = load_weights(run_dir)

@@ -278,7 +278,7 @@ def start(cfg: Any, run_dir: Path, overrides: list[str], in_sweep: bool, resume:
             tensorboard_events.require()  # before anything is written: one line naming what to install
         if data is None:
             data = load_mnist(cfg.data.root, cfg.data.train_subset, device, cfg.data.download,
-                              image_size=cfg.data.image_size)
+                              image_size=cfg.data.image_size, keep_files=in_sweep)  # for the sweep's next job
         writer = RunWriter(run_dir, COLUMN_KEYS, resume=resume)
         release_claim()  # metrics.csv holds the folder now: any other run is refused by it
     except (ConfigError, DataError, RunDirError) as e:

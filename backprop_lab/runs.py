@@ -474,8 +474,11 @@ def checked_summary(run_dir: Path) -> dict[str, Any]:
         raise RunDirError(f"cannot read {run_dir / SUMMARY}: it holds no run summary")
     count = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-    damaged = [key for key, ok in (("status", summary.get("status") in STATUSES),
-                                   ("config", isinstance(summary.get("config"), dict)),
+    status = summary.get("status")
+    if status not in STATUSES:  # what to do with the run is read from it
+        raise RunDirError(f"{run_dir / SUMMARY} is damaged (its status is {json.dumps(status)}, not one of "
+                          f"{', '.join(STATUSES)}); it cannot be resumed: start a new run")
+    damaged = [key for key, ok in (("config", isinstance(summary.get("config"), dict)),
                                    ("epochs_completed", count(summary.get("epochs_completed"))),
                                    ("epochs_planned", count(summary.get("epochs_planned"))),
                                    ("best_test_acc", summary.get("best_test_acc") is None

@@ -127,8 +127,9 @@ def test_tiled_images_sit_in_their_cells_row_by_row_each_with_its_title_above():
         assert anchors[n] == (left + 1.0, top - 1)  # the middle of its top edge, just above it
     assert grid[band, cell_w + pad] == np.float32(0.9)
     assert np.isnan(grid).sum() == grid.size - 3 * side * side  # the rest is background, the 4th cell too
-    blank, none = analysis.tile(np.zeros((0, side, side), dtype=np.float32), columns, pad, band)
-    assert blank.shape == (cell_h, columns * cell_w) and np.isnan(blank).all() and none == []
+    blank, none = analysis.tile(np.zeros((0, side, side), dtype=np.float32), columns, pad, band, rows=4)
+    assert blank.shape == (4 * cell_h, columns * cell_w) and np.isnan(blank).all() and none == []
+    assert analysis.tile(images, columns, pad, band, rows=1)[0].shape == grid.shape  # as many rows as it needs
 
 
 def test_show_plot_redraws_curves(trained):

@@ -6,6 +6,7 @@ works and that baseline (b) trains the same network as the hand-written path.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
@@ -184,13 +185,17 @@ def test_figures_that_cannot_be_written_after_measuring_go_to_stdout(tmp_path, c
 
     from backprop_lab.bench import write_figures
 
+    from backprop_lab.bench import plot_scaling
+
     gone = tmp_path / "gone"
-    args = argparse.Namespace(json=str(gone / "bench.json"), plot=None)
-    results = {"epochs": {"trainer": 0.25}}
-    assert write_figures(args, Console(), results, None, None, "scaling") == 2
+    args = argparse.Namespace(json=str(gone / "bench.json"), plot=str(tmp_path / "scaling.png"))
+    rows = [{"hidden": 128, "batch": 64, "seconds": 0.25, "train_size": 1000}]
+    results = {"scaling": rows}
+    assert write_figures(args, Console(file=io.StringIO()), results, plot_scaling, rows, "scaling") == 2
     out, err = capsys.readouterr()
     assert err == f"error: cannot write {gone / 'bench.json'}: no such file or directory; the figures follow on standard output\n"
     assert json.loads(out) == results
+    assert (tmp_path / "scaling.png").stat().st_size > 1000  # the plot is still drawn
 
 
 def test_a_plot_that_cannot_be_written_after_measuring_is_one_line(tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import platform
 import re
 import shutil
@@ -353,7 +354,7 @@ def test_unsupported_plot_extension_is_one_line_before_anything_is_written(outpu
 @pytest.mark.parametrize("case", ["plot folder missing", "csv folder missing", "json is a folder", "csv under a file",
                                   "both on stdout", "a run's own metrics.csv", "the gradient figure is a folder",
                                   "writing fails", "tensorboard where writing fails", "tensorboard is a file",
-                                  "a good csv beside a bad json"])
+                                  "a good csv beside a bad json", "tensorboard through a dangling link"])
 def test_an_output_that_cannot_be_written_is_refused_before_the_table(outputs, capsys, tmp_path, case):
     (tmp_path / "afile").write_text("")
     run = tmp_path / "outputs" / "2026-11-30" / "01-00-00"
@@ -373,7 +374,12 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_table(outputs, c
         "tensorboard is a file": (["--tensorboard", str(tmp_path / "afile")], "is a file; give a folder"),
         "a good csv beside a bad json": (["--csv", str(tmp_path / "r.csv"), "--json", "/proc/r.json"],
                                          "--json /proc/r.json cannot be written"),  # the csv's trial file is gone again
+        "tensorboard through a dangling link": (["--tensorboard", str(tmp_path / "dangling" / "tb")],
+                                                f"{tmp_path / 'dangling'} is a link to {tmp_path / 'gone'}, which does "
+                                                f"not exist"),
     }[case]
+    if case == "tensorboard through a dangling link":
+        (tmp_path / "dangling").symlink_to(tmp_path / "gone")
     if case == "the gradient figure is a folder":  # --plot c.png draws c-grads.png beside it too
         (tmp_path / "c-grads.png").mkdir()
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -383,6 +389,25 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_table(outputs, c
     assert line.startswith("error: ") and expected in line
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert (run / "metrics.csv").read_bytes() == record
+
+
+def test_outputs_through_a_link_or_into_a_pipe_are_written_as_before(outputs, tmp_path):
+    """The trial write before the table follows a link to a file not made yet, and leaves a pipe
+    alone: opening it would end its reader's input, and the real write would then wait forever."""
+    import threading
+
+    (tmp_path / "link.csv").symlink_to(tmp_path / "later.csv")
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_text()), daemon=True)
+    reader.start()
+    proc = run_cli("compare", str(outputs), "--csv", str(tmp_path / "link.csv"), "--json", str(pipe),
+                   cwd=tmp_path, timeout=120)
+    reader.join(timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "later.csv").read_text().startswith("run,")
+    assert json.loads(got[0])["runs"]
 
 
 def test_csv_spells_booleans_as_the_table_and_the_config_do(tmp_path, capsys):

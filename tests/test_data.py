@@ -107,10 +107,10 @@ def test_prefetched_files_load_the_same_and_are_taken_once(tmp_path, full, monke
     monkeypatch.setattr(M, "read_now", lambda path, name: reads.append(threading.current_thread().name) or real(path, name))
     M.prefetch(tmp_path)
     M.prefetch(tmp_path)  # pending already (the vectorised launcher's, then its first member's): not read twice
-    early = D.load_mnist(tmp_path)
+    early = D.load_mnist(tmp_path, keep_files=True)  # a sweep's job
     assert reads == ["mnist-prefetch"] * 4
     assert torch.equal(early.X_train, full.X_train) and torch.equal(early.y_test, full.y_test)
-    again = D.load_mnist(tmp_path, train_subset=10)  # a sweep's next job: the verified bytes are kept
+    again = D.load_mnist(tmp_path, train_subset=10)  # the sweep's next job: the verified bytes were kept
     assert len(reads) == 4 and torch.equal(again.X_train, full.X_train[:10])
     M.prefetch(tmp_path)  # nothing left to read
     labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
@@ -119,9 +119,20 @@ def test_prefetched_files_load_the_same_and_are_taken_once(tmp_path, full, monke
     assert reads[4:] == [threading.current_thread().name]
 
 
+def test_a_single_run_keeps_no_bytes(tmp_path, monkeypatch):
+    from backprop_lab import mnist_files as M
+
+    copy_shipped(tmp_path)
+    reads, real = [], M.read_now
+    monkeypatch.setattr(M, "read_now", lambda path, name: reads.append(name) or real(path, name))
+    D.load_mnist(tmp_path)
+    D.load_mnist(tmp_path)
+    assert len(reads) == 8 and not any(path.parent == tmp_path for path in M._verified)
+
+
 def test_a_file_damaged_after_a_good_load_is_refused_by_the_next(tmp_path):
     copy_shipped(tmp_path, plain=True)
-    D.load_mnist(tmp_path)
+    D.load_mnist(tmp_path, keep_files=True)
     labels = tmp_path / "t10k-labels-idx1-ubyte"
     raw = bytearray(labels.read_bytes())
     raw[-1] ^= 1  # the same size, one label changed

@@ -813,8 +813,9 @@ DAMAGE = {
     "epochs_completed not a count": "summary.json is damaged (epochs_completed missing or of the wrong type)",
     "config missing": "summary.json is damaged (config missing or of the wrong type)",
     "wall_seconds missing": "summary.json is damaged (wall_seconds missing or of the wrong type)",
-    "status missing": "summary.json is damaged (status missing or of the wrong type)",
-    "status unknown": "summary.json is damaged (status missing or of the wrong type)",
+    "status missing": "summary.json is damaged (its status is null, not one of running, completed, interrupted, "
+                      "diverged, failed)",
+    "status unknown": "summary.json is damaged (its status is \"paused\", not one of running, completed,",
 }
 
 
