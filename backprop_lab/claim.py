@@ -38,8 +38,9 @@ _named: NamedDir | None = None
 
 
 def not_a_folder(folder: Path) -> str:
-    """Why folder cannot be made, for mkdir's FileExistsError: the path on the way that is not a
-    folder, e.g. "outputs is a link to /gone, which does not exist"."""
+    """Why folder cannot be made when mkdir finds something in the way (FileExistsError,
+    NotADirectoryError): the first path on the way that is not a folder, e.g. "outputs is a link
+    to /gone, which does not exist"."""
     for entry in reversed([folder, *folder.parents]):
         if entry.is_dir() or not os.path.lexists(entry):
             continue
