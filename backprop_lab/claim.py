@@ -37,17 +37,40 @@ _made_above: dict[str, Path | None] = {}
 _named: NamedDir | None = None
 
 
+def nearest_existing(path: Path) -> Path:
+    """path, or the nearest folder above it that exists (a dangling link counts: it is there)."""
+    while not os.path.lexists(path):
+        path = path.parent
+    return path
+
+
+def in_the_way(path: Path) -> str | None:
+    """What keeps the folder `path` from being made or used, or None: the nearest entry at or above
+    it that exists, when that is not a folder, e.g. "outputs is a link to /gone, which does not exist"."""
+    existing = nearest_existing(path)
+    if existing.is_dir():
+        return None
+    if existing.is_symlink() and not existing.exists():
+        return f"{existing} is a link to {os.readlink(existing)}, which does not exist"
+    return f"{existing} is {'a file' if existing.is_file() else 'a special file'}, not a folder"
+
+
 def not_a_folder(folder: Path) -> str:
     """Why folder cannot be made when mkdir finds something in the way (FileExistsError,
-    NotADirectoryError): the first path on the way that is not a folder, e.g. "outputs is a link
-    to /gone, which does not exist"."""
-    for entry in reversed([folder, *folder.parents]):
-        if entry.is_dir() or not os.path.lexists(entry):
-            continue
-        if entry.is_symlink() and not entry.exists():
-            return f"{entry} is a link to {os.readlink(entry)}, which does not exist"
-        return f"{entry} is a file, not a folder"
-    return f"{folder} (or a folder above it) exists but is not a folder"
+    NotADirectoryError)."""
+    return in_the_way(folder) or f"{folder} (or a folder above it) exists but is not a folder"
+
+
+def probe_folder(folder: Path) -> str | None:
+    """Why no folder can be made in the existing folder `folder`, or None: found by making one of
+    our own name and removing it again, so a concurrent run making a folder there is not disturbed."""
+    try:
+        probe = tempfile.mkdtemp(dir=folder, prefix=".backprop-lab-probe-")
+    except OSError as e:
+        return e.strerror or str(e)
+    with contextlib.suppress(OSError):
+        os.rmdir(probe)
+    return None
 
 
 def fresh_dir(path: str, kind: str = "run") -> str:
@@ -171,23 +194,13 @@ def check_output_dir(key: str, value: Any, used: bool) -> Path | None:
                                   f"run would add to; choose a new folder or empty this one")
     if not used:
         return None
-    existing = path
-    while not os.path.lexists(existing):
-        existing = existing.parent
-    if not existing.is_dir():
-        kind = "a file" if existing.is_file() else "a link to nothing" if existing.is_symlink() else "a special file"
-        inside = "" if existing == path else f"{path} cannot be made: "
-        raise RunDirError(f"{key}: {inside}{existing} is {kind}, not a folder")
-    if existing != path:
-        # Hydra makes the missing folders later; see now that it can, leaving nothing behind
-        # (a probe of our own name, so a concurrent run making the same folder is not disturbed).
-        try:
-            probe = tempfile.mkdtemp(dir=existing, prefix=".backprop-lab-probe-")
-        except OSError as e:
-            raise RunDirError(f"{key}: {path} cannot be created: no folder can be made in {existing} "
-                              f"({e.strerror or e})") from None
-        with contextlib.suppress(OSError):
-            os.rmdir(probe)
+    existing, why = nearest_existing(path), in_the_way(path)
+    if why is not None:
+        raise RunDirError(f"{key}: {'' if existing == path else f'{path} cannot be made: '}{why}")
+    if existing != path:  # Hydra makes the missing folders later; see now that it can
+        failed = probe_folder(existing)
+        if failed is not None:
+            raise RunDirError(f"{key}: {path} cannot be created: no folder can be made in {existing} ({failed})")
     elif not os.access(path, os.W_OK | os.X_OK):
         raise RunDirError(f"{key}: {path} cannot be used: permission denied")
     return path if key == "hydra.run.dir" else None

@@ -494,23 +494,18 @@ def write_fails(path: Path) -> str | None:
 def folder_problem(flag: str, dest: str, example: str) -> str | None:
     """Why files could not be written into the folder dest (made if missing), or None; found by
     making a folder in it, or in the nearest folder above it that exists, and removing it again."""
-    import tempfile
+    from .claim import in_the_way, nearest_existing, probe_folder
 
     path = Path(dest).expanduser().absolute()
-    dangling = next((d for d in (path, *path.parents) if d.is_symlink() and not d.exists()), None)
-    if dangling is not None:
-        return (f"{flag} {dest}: {dangling} is a link to {os.readlink(dangling)}, which does not exist; give a "
-                f"folder, e.g. {flag} {example}")
-    if path.exists() and not path.is_dir():
+    if path.is_file():
         return f"{flag} {dest} is a file; give a folder, e.g. {flag} {example}"
-    existing = next(d for d in (path, *path.parents) if d.exists())
-    if not existing.is_dir():
-        return f"{flag} {dest}: {existing} is a file, not a folder; give a folder, e.g. {flag} {example}"
-    try:
-        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".backprop-lab-"))
-    except OSError as e:
-        return (f"{flag} {dest}: cannot write in {existing} ({(e.strerror or type(e).__name__).lower()}); give a "
-                f"folder you can write to")
+    why = in_the_way(path)
+    if why is not None:
+        return f"{flag} {dest}: {why}; give a folder, e.g. {flag} {example}"
+    existing = nearest_existing(path)
+    failed = probe_folder(existing)
+    if failed is not None:
+        return f"{flag} {dest}: cannot write in {existing} ({failed.lower()}); give a folder you can write to"
     return None
 
 
@@ -744,18 +739,16 @@ def show_main(argv: list[str]) -> int:
     parser.add_argument("--plot", action="store_true",
                         help="(re)draw RUN_DIR/curves.png and confusion.png from metrics.csv and confusion.csv")
     args = parser.parse_args(argv)
-    conf, confusion_drawn = NOT_READ, False
     try:
         args.run_dir = or_newest(args.run_dir)
         summary, rows, warnings = load_for_show(args.run_dir)
+        conf = _extra(load_confusion, args.run_dir)
         if args.plot:  # the two PNGs the files hold all of: a vectorised sweep's members draw none
             from .analysis import plot_confusion, plot_curves
 
             plot_curves(args.run_dir / CURVES_PNG, rows, (summary.get("config") or {}).get("loss", "cross_entropy"))
-            conf = _extra(load_confusion, args.run_dir)
             if conf is not None:
                 plot_confusion(args.run_dir / CONFUSION_PNG, conf)
-                confusion_drawn = True
     except RunError as e:
         error_line(str(e))
         return EXIT_BAD_INPUT
@@ -776,8 +769,6 @@ def show_main(argv: list[str]) -> int:
     if rows:
         reporter.table(rows)
         reporter.console.print()  # training's progress bar leaves this line between table and panel
-    if conf is NOT_READ:
-        conf = _extra(load_confusion, args.run_dir)
     if conf is not None:
         reporter.confusion(conf)
     reporter.summary(summary, status=effective_status(summary))
@@ -787,12 +778,9 @@ def show_main(argv: list[str]) -> int:
         reporter.console.print(layer_table(layers))
     if args.plot:
         reporter.console.print(f"learning curves: {args.run_dir / CURVES_PNG}")
-        if confusion_drawn:  # not a file left from before, drawn from what could not be read now
+        if conf is not None:  # drawn now; not a file left from before when confusion.csv could not be read
             reporter.console.print(f"confusion matrix: {args.run_dir / CONFUSION_PNG}")
     return 0
-
-
-NOT_READ = object()  # show's confusion.csv before it is read (None: read, and left out)
 
 
 def _extra(load: Callable[[Path], Any], run_dir: Path) -> Any:

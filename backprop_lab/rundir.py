@@ -43,6 +43,7 @@ SUMMARY = "summary.json"
 # field they have keeps its name and meaning, so they are read as they are.
 SCHEMA = 1
 STATUSES = ("running", "completed", "interrupted", "diverged", "failed")  # what a run writes as its `status`
+RESUME_HINT = "continue with: backprop-lab resume"  # ends a stopped run's error, before its folder
 WEIGHTS = "weights.pt"
 CHECKPOINT = "checkpoint.pt"
 LOG = "backprop-lab.log"  # named by hydra.job.name in conf/config.yaml

@@ -26,7 +26,7 @@ from .config import ConfigError
 from .errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, EXIT_SIGINT, EXIT_SIGPIPE, EXIT_SIGTERM, cannot_write,
                      first_line, log, refuse, stderr)
 from .report import plural
-from .rundir import CHECKPOINT, METRICS, SCHEMA, WEIGHTS, RunDirError, boot_id, cpu_description
+from .rundir import CHECKPOINT, METRICS, RESUME_HINT, SCHEMA, WEIGHTS, RunDirError, boot_id, cpu_description
 
 
 def set_handlers(handlers: dict[int, Any]) -> dict[int, Any]:
@@ -91,7 +91,7 @@ def saved(epochs: int) -> str:
 
 def resume_after(run_dir: Path, epochs: int) -> str:
     """For a run that stopped part way: the command that continues it, and what it keeps."""
-    return f"continue with: backprop-lab resume {run_dir} ({saved(epochs)})"
+    return f"{RESUME_HINT} {run_dir} ({saved(epochs)})"
 
 
 def now() -> str:
@@ -380,7 +380,7 @@ def mark_stopped(active: ActiveRun, stop: StopRequest, e: BaseException) -> int:
     where = f" at epoch {e.epoch}, batch {e.batch}" if isinstance(e, Stopped) else ""
     summary.update(status="interrupted", signal=signal.Signals(signum).name,
                    error=f"stopped by {signal.Signals(signum).name}{where}; {saved(summary['epochs_completed'])}; "
-                         f"continue with: backprop-lab resume {active.run_dir}")
+                         f"{RESUME_HINT} {active.run_dir}")
     return EXIT_SIGTERM if signum == signal.SIGTERM else EXIT_SIGINT
 
 
@@ -388,7 +388,7 @@ def mark_broken_pipe(active: ActiveRun) -> int:
     summary = active.summary
     summary.update(status="interrupted", signal="SIGPIPE",
                    error=f"standard output was closed (broken pipe); {saved(summary['epochs_completed'])}; "
-                         f"continue with: backprop-lab resume {active.run_dir}")
+                         f"{RESUME_HINT} {active.run_dir}")
     return EXIT_SIGPIPE
 
 

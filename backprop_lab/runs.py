@@ -16,8 +16,8 @@ from .analysis import Confusion, from_counts
 from .config import N_TRAIN, dotted, planned_epochs, with_defaults
 from .errors import RunError
 from .report import COLUMN_KEYS, plural, saved_warnings
-from .rundir import (CHECKPOINT, CONFUSION_CSV, GRADS, GRADS_COLUMNS_BEFORE_DEAD, LOG, METRICS, STATUSES, SUMMARY,
-                     SWEEP_MARKS, RunDirError, checkpoint_looks_whole, effective_status, load_checkpoint,
+from .rundir import (CHECKPOINT, CONFUSION_CSV, GRADS, GRADS_COLUMNS_BEFORE_DEAD, LOG, METRICS, RESUME_HINT,
+                     STATUSES, SUMMARY, SWEEP_MARKS, RunDirError, checkpoint_looks_whole, effective_status, load_checkpoint,
                      read_summary)
 
 # Fields the header and the summary panel print: (dotted path in summary.json, allowed types).
@@ -350,7 +350,7 @@ def load_run(run_dir: Path, label: str, group: Path | None = None) -> Run:
         done = len(run.metrics or [])
         run.note = f"still marked running, but its process is gone (killed?); {plural(done, 'completed epoch')} in {METRICS}"
     if run.status in ("interrupted", "incomplete") and not checkpoint_looks_whole(run_dir):
-        kept = (run.note or "").split("; continue with: ")[0]  # not a command that would fail
+        kept = (run.note or "").split(f"; {RESUME_HINT}")[0]  # not a command that would fail
         run.note = f"{kept + '; ' if kept else ''}its {CHECKPOINT} is missing or damaged: it cannot be resumed"
     return run
 
