@@ -102,15 +102,17 @@ def run_group(pending: Sequence[Pending], pngs: bool = False, progress: bool = T
     return scores
 
 
-def member_label(p: Pending) -> str:
-    """e.g. '3 optim.lr=0.2 seed=1': the job's folder and the overrides it varies."""
-    from .sweep import fixed_overrides, shown, varied
+def member_label(p: Pending) -> tuple[str, dict[str, str]]:
+    """e.g. ('3', {'optim.lr': '0.2', 'seed': '1'}): the job's folder and the overrides it varies,
+    as the user would type them."""
+    from .sweep import fixed_overrides, shown_words, varied
 
-    return f"{p.job.run_dir.name} {shown(varied(p.overrides, fixed_overrides(p.job.sweep_dir)))}"
+    words = shown_words(varied(p.overrides, fixed_overrides(p.job.sweep_dir)))
+    return p.job.run_dir.name, dict(word.split("=", 1) for word in words if "=" in word)
 
 
 def train_by_start(actives: dict[int, ActiveRun], stop: StopRequest, logs: MemberLogs, progress: bool,
-                   labels: dict[int, str] | None = None) -> dict[int, int]:
+                   labels: dict[int, tuple[str, dict[str, str]]] | None = None) -> dict[int, int]:
     """Members resumed from different epochs: one group per starting epoch, earliest first (a
     group's members step through the same epochs); each member's exit code."""
     codes: dict[int, int] = {}
@@ -124,7 +126,7 @@ def train_by_start(actives: dict[int, ActiveRun], stop: StopRequest, logs: Membe
 
 
 def train_members(actives: dict[int, ActiveRun], stop: StopRequest, logs: MemberLogs, progress: bool,
-                  labels: dict[int, str] | None = None) -> dict[int, int]:
+                  labels: dict[int, tuple[str, dict[str, str]]] | None = None) -> dict[int, int]:
     """Train members that start at the same epoch as one members.Group, each epoch recorded in each
     member's folder as runner.record_epoch records a run's; each member's exit code, its summary's
     status and error set as runner.train_epochs sets a run's. With `labels` (a verbose sweep), a
@@ -177,11 +179,17 @@ def train_members(actives: dict[int, ActiveRun], stop: StopRequest, logs: Member
     return codes
 
 
-def show_epoch(reporter: Any, labels: dict[int, str], keys: list[int], found: dict[int, Any], planned: int) -> None:
-    from .report import members_table, plural
+def show_epoch(reporter: Any, labels: dict[int, tuple[str, dict[str, str]]], keys: list[int], found: dict[int, Any],
+               planned: int) -> None:
+    """The members' epoch as one table: a column for each key their sweep varies."""
+    from .report import fitting_members_table, plural, print_whole
     from .train import Diverged
 
-    rows = [(labels[keys[k]], f"diverged ({m.rule})" if isinstance(m, Diverged) else m.as_dict())
-            for k, m in sorted(found.items())]
-    epoch = reporter.next_epoch
-    reporter.console.print(members_table(f"epoch {epoch}/{planned}: {plural(len(rows), 'member')}", rows))
+    rows = [(*labels[keys[k]], m.rule if isinstance(m, Diverged) else m.as_dict()) for k, m in sorted(found.items())]
+    varied = list(dict.fromkeys(key for _, values, _ in rows for key in values))
+    console = reporter.console
+    table, left_out = fitting_members_table(console, varied, rows)
+    title = f"epoch {reporter.next_epoch}/{planned}: {plural(len(rows), 'member')}"
+    console.print(title + (f" ({', '.join(left_out)} left out to fit {console.width} columns)" if left_out else ""),
+                  markup=False, highlight=False)
+    print_whole(console, table)

@@ -59,20 +59,46 @@ def epoch_table(rows: Sequence[dict[str, float]], header: bool) -> Table:
     return table
 
 
-def members_table(title: str, rows: Sequence[tuple[str, dict[str, float] | str]]) -> Table:
-    """A vectorised group's epoch, one row per member: its label, then its metrics or what ended it."""
-    table = Table(title=title, title_justify="left", box=None, pad_edge=False, header_style="bold")
-    table.add_column("job", overflow="fold")
+MemberRow = tuple[str, dict[str, str], "dict[str, float] | str"]  # job, its varied values, metrics or its rule
+
+
+def members_table(keys: Sequence[str], rows: Sequence[MemberRow], short: bool = False) -> Table:
+    """A vectorised group's epoch, one row per member: its job, a column for each key the sweep
+    varies (as the sweep's table has them), then its metrics, or "diverged" and the rule.
+    `short` heads each key by its last part (optim.lr -> lr), for a narrow terminal."""
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("job", no_wrap=True)
+    for key in keys:
+        table.add_column(key.rsplit(".", 1)[-1] if short else key, justify="right", no_wrap=True)
     shown = [(key, heading, fmt) for key, heading, fmt in COLUMNS if key in ("train_loss", "train_acc", "test_loss",
                                                                               "test_acc")]
     for _, heading, _ in shown:
         table.add_column(heading, justify="right", no_wrap=True)
-    for label, row in rows:
+    for job, values, row in rows:
+        cells = [values.get(key, "") for key in keys]
         if isinstance(row, str):
-            table.add_row(label, row, "", "", "")
+            table.add_row(job, *cells, "diverged", row, "", "")
         else:
-            table.add_row(label, *(format_loss(row[k]) if f == "loss" else f.format(row[k]) for k, _, f in shown))
+            table.add_row(job, *cells, *(format_loss(row[k]) if f == "loss" else f.format(row[k]) for k, _, f in shown))
     return table
+
+
+def fitting_members_table(console: Console, keys: Sequence[str], rows: Sequence[MemberRow]) -> tuple[Table, list[str]]:
+    """members_table as wide as the console allows, and the keys it left out: keys headed in full,
+    else by their last parts (where those are distinct), else the last keys left out."""
+    short_names = [key.rsplit(".", 1)[-1] for key in keys]
+    short = len(set(short_names)) == len(short_names)
+    for form in dict.fromkeys([False, short]):
+        table = members_table(keys, rows, form)
+        if natural_width(console, table) <= console.width:
+            return table, []
+    kept = list(keys)
+    while kept:
+        kept.pop()
+        table = members_table(kept, rows, short)
+        if natural_width(console, table) <= console.width:
+            break
+    return table, list(keys[len(kept):])
 
 
 def describe_config(cfg: dict[str, Any]) -> str:

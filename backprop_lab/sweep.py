@@ -166,7 +166,12 @@ def put_hydra_files_back(job: Path, keep_old: bool = True) -> None:
 
 
 def shown(overrides: Any) -> str:
-    """A job's overrides as the user would type them: Hydra's sweepers write a swept boolean
+    """A job's overrides as the user would type them, in one line (see shown_words)."""
+    return " ".join(shown_words(overrides))
+
+
+def shown_words(overrides: Any) -> list[str]:
+    """Each of a job's overrides as the user would type it: Hydra's sweepers write a swept boolean
     as Python's True/False, where the config, the tables and the command line say true/false;
     a float Optuna proposed with 16 digits is shown with 4 (the run's config keeps them all)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -184,7 +189,7 @@ def shown(overrides: Any) -> str:
         elif isinstance(value, float) and len(repr(value)) > 10:  # an Optuna proposal, e.g. 0.06260326907499733
             line = f"{key}={value:.4g}"
         words.append(line)
-    return " ".join(words)
+    return words
 
 
 @functools.lru_cache(maxsize=8)

@@ -321,7 +321,10 @@ def test_a_diverging_member_is_recorded_and_the_others_complete(tmp_path):
     # verbose: one table of the group's members per epoch, not one table per member
     lines = [line.rstrip() for line in proc.stdout.splitlines()]
     assert lines.count("epoch 1/2: 3 members") == 1 and lines.count("epoch 2/2: 1 member") == 1
-    assert any(line.startswith("1 optim.lr=10") and "diverged (loss_ratio)" in line for line in lines)
+    # a column for the varied key, the values under it; a diverged member says so and by which rule
+    assert lines[lines.index("epoch 1/2: 3 members") + 1].split() == ["job", "optim.lr", "train", "loss", "train", "acc",
+                                                                      "test", "loss", "test", "acc"]
+    assert any(line.split()[:4] == ["1", "10", "diverged", "loss_ratio"] for line in lines)
     assert "confusion matrix" not in proc.stdout
     assert all(len(line) <= 80 for line in lines if not line.startswith("job "))  # a job's result line is one line
     assert summary(sweep / "0")["status"] == "completed" and summary(sweep / "0")["epochs_completed"] == 2
@@ -577,3 +580,31 @@ def test_the_plan_wraps_to_a_terminal_and_stays_whole_on_a_pipe():
         out = io.StringIO()
         show_plan(Console(file=out, width=80, force_terminal=terminal, color_system=None, soft_wrap=True), lines)
         assert out.getvalue().splitlines() == shown
+
+
+def test_the_members_table_gives_each_varied_key_a_column_and_fits_the_width():
+    from rich.console import Console
+
+    from backprop_lab.report import fitting_members_table
+
+    metrics = {"train_loss": 0.5, "train_acc": 0.9, "test_loss": 0.4, "test_acc": 0.91}
+    keys = ["optim.lr", "model.init_scale", "seed"]
+    rows = [(str(j), {"optim.lr": lr, "model.init_scale": "0.01", "seed": str(j % 2)}, metrics if j < 3 else "not_finite")
+            for j, lr in enumerate(["0.05", "0.1", "0.2", "1e4"])]
+
+    def shown(width):
+        console = Console(width=width, record=True, file=open(os.devnull, "w"))
+        table, left_out = fitting_members_table(console, keys, rows)
+        console.print(table)
+        lines = console.export_text().splitlines()
+        assert all(len(line.rstrip()) <= width for line in lines)
+        return [line.split() for line in lines], left_out
+
+    lines, left_out = shown(100)  # room for every key in full
+    assert left_out == [] and lines[0][:4] == ["job", "optim.lr", "model.init_scale", "seed"]
+    assert lines[2][:4] == ["1", "0.1", "0.01", "1"] and lines[4][:6] == ["3", "1e4", "0.01", "1", "diverged", "not_finite"]
+    lines, left_out = shown(76)  # the keys by their last parts
+    assert left_out == [] and lines[0][:4] == ["job", "lr", "init_scale", "seed"]
+    lines, left_out = shown(60)  # the last keys left out, and named
+    assert left_out == ["model.init_scale", "seed"] and lines[0][:3] == ["job", "lr", "train"]
+    assert lines[1][:2] == ["0", "0.05"]
