@@ -97,7 +97,11 @@ def make_params(cfg: Config, generator: torch.Generator, device: torch.device) -
 
 
 def chapter_epoch(cfg: Config, n: int, device: torch.device) -> Epoch:
-    from torchvision import transforms  # only (a) needs torchvision
+    try:
+        from torchvision import transforms  # only (a) needs torchvision
+    except ImportError as e:  # absent, or built for another torch: one line, not a traceback
+        raise RuntimeError(f"(a), the chapter's DataLoader pipeline, needs torchvision, which does not import "
+                           f"here ({e}); install the torchvision built for this torch") from None
 
     def shipped(name: str) -> torch.Tensor:
         return read_idx(SHIPPED_ROOT / f"{name}.gz", name)[:n]

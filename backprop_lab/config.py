@@ -344,5 +344,9 @@ def _default(key: str) -> Any:
     return obj
 
 
-# conf/ at the top of a clone, installed as the package backprop_lab.conf (pyproject.toml)
-CONF_DIR = Path(str(importlib.resources.files("backprop_lab.conf")))
+# conf/ at the top of a clone, installed as the package backprop_lab.conf (pyproject.toml); a clone
+# run from its folder on PYTHONPATH, not installed (tools/device_check.sh), has no such package
+try:
+    CONF_DIR = Path(str(importlib.resources.files("backprop_lab.conf")))
+except ModuleNotFoundError:
+    CONF_DIR = Path(__file__).resolve().parent.parent / "conf"

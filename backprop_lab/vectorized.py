@@ -82,7 +82,8 @@ def budget(memory_gb: float | None, device: str) -> int:
     if where is not None and where.type == "cuda":
         import torch
 
-        return int(GPU_SHARE * torch.cuda.mem_get_info(where)[0])
+        index = where.index if where.index is not None else torch.cuda.current_device()  # torch < 2.5 needs one
+        return int(GPU_SHARE * torch.cuda.mem_get_info(index)[0])
     available = memory_available()
     return int(RAM_SHARE * available) if available is not None else 4 * 10 ** 9
 

@@ -292,3 +292,12 @@ def test_peak_rss_is_the_childs_own_not_the_benchmarks(tmp_path):
     with open(tmp_path / "err", "w+") as err, pytest.raises(RuntimeError, match="exited 3"):
         peak_rss([sys.executable, "-c", "import sys; sys.exit(3)"], str(tmp_path), err)
     del held
+
+
+def test_without_torchvision_the_chapters_pipeline_is_one_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # `import torchvision` now raises ImportError
+    code = main(["--quick", "--no-scaling", "--no-startup", "--json", str(tmp_path / "b.json")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and not (tmp_path / "b.json").exists()
+    (line,) = err.splitlines()
+    assert line.startswith("error: (a), the chapter's DataLoader pipeline, needs torchvision") and "Traceback" not in err

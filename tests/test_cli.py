@@ -584,3 +584,23 @@ def test_runs_started_together_into_one_named_folder_leave_the_winners_record_wh
     assert f"seed: {winner}\n" in (tmp_path / "same" / ".hydra" / "config.yaml").read_text()
     assert f"seed={winner}" in (tmp_path / "same" / ".hydra" / "overrides.yaml").read_text()
     assert not (tmp_path / "same" / ".backprop-lab-claim").exists()
+
+
+def test_the_source_tree_runs_from_pythonpath_without_being_installed(tmp_path):
+    """tools/device_check.sh runs a clone on a GPU machine by PYTHONPATH alone: no editable
+    install maps conf/ to backprop_lab.conf there, so config.CONF_DIR falls back to conf/."""
+    import sysconfig
+
+    from .conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")}
+    # -S: no site-packages' .pth files, so the editable install's finder is not loaded
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), sysconfig.get_paths()["purelib"]])
+    proc = subprocess.run([sys.executable, "-S", "-c", "import backprop_lab.config as c; print(c.CONF_DIR)"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == ROOT / "conf"
+    proc = subprocess.run([sys.executable, "-S", "-m", "backprop_lab", "--cfg", "job", "experiment=article",
+                           "hydra/launcher=vectorized"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "lr: 0.1" in proc.stdout and "hidden_size: 128" in proc.stdout
