@@ -7,7 +7,9 @@ front, the launcher composes it to run). `compose_once` makes the loader compose
 overrides once and hand out copies; and a job whose overrides differ from an earlier job's only
 in the values of plain config keys is `derived` from that job's composition, as Hydra itself
 would compose it: such overrides are applied last, onto the same composed tree, so applying the
-new values to a copy gives the same config (the tests compare the two).
+new values to a copy gives the same config (the tests compare the two). A derived job is kept as
+its recipe (base and values), so each request costs one copy, as a composed job's does; and the
+sweeper's check that a batch composes skips the jobs that already did.
 """
 
 from __future__ import annotations
@@ -84,8 +86,8 @@ def derived(base: DictConfig, parsed: list[Any], changed: list[Any]) -> DictConf
 
 def compose_once(loader: Any) -> None:
     """From here on the loader composes a job's overrides once (or derives them from an earlier
-    job's, see `derived`) and hands each caller a copy (callers change theirs: job number, output
-    folder)."""
+    job's, see `derived`) and hands each caller a config of its own (callers change theirs: job
+    number, output folder)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     compose = loader.load_sweep_config
@@ -98,27 +100,55 @@ def compose_once(loader: Any) -> None:
     except ImportError:
         can_derive = False
     parser = OverridesParser.create()
-    composed: dict[tuple[int, tuple[str, ...]], tuple[DictConfig, DictConfig, list[Any]]] = {}
+    Key = tuple[int, tuple[str, ...]]  # the master config's id, the job's overrides
+    composed: dict[Key, tuple[DictConfig, DictConfig, list[Any]]] = {}  # master (kept, so its id stays its own), config, parsed
+    recipes: dict[Key, tuple[Key, list[Any], list[Any]]] = {}  # derived jobs: their base's key, parsed, the values changed
 
     def load_sweep_config(master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         key = (id(master_config), tuple(sweep_overrides))
+        if key in recipes:
+            base_key, parsed, changed = recipes[key]
+            return derived(composed[base_key][1], parsed, changed)  # a new config, as a copy would be
         if key not in composed:
             parsed = parser.parse_overrides(list(sweep_overrides))
-            for (master_id, _), (_, base, base_parsed) in list(composed.items()):
-                same_master = can_derive and master_id == key[0]
-                changed = differing_values(loader, parsed, base_parsed) if same_master else None
+            for base_key, (_, base, base_parsed) in list(composed.items()):
+                changed = differing_values(loader, parsed, base_parsed) if can_derive and base_key[0] == key[0] else None
                 if changed is not None:
-                    composed[key] = (master_config, derived(base, parsed, changed), parsed)
-                    break
-            else:
-                with repository_shared(not master_config.hydra.get("searchpath")):
-                    cfg = compose(master_config, list(sweep_overrides))
-                composed[key] = (master_config, cfg, parsed)  # keeps master's id in use
+                    recipes[key] = (base_key, parsed, changed)
+                    return derived(base, parsed, changed)
+            with repository_shared(not master_config.hydra.get("searchpath")):
+                cfg = compose(master_config, list(sweep_overrides))
+            composed[key] = (master_config, cfg, parsed)
         return copy.deepcopy(composed[key][1])
 
     load_sweep_config.composed = composed  # type: ignore[attr-defined]
+    load_sweep_config.known = lambda key: key in composed or key in recipes  # type: ignore[attr-defined]
     load_sweep_config.checked = {}  # type: ignore[attr-defined]  # see keep_checked
     loader.load_sweep_config = load_sweep_config
+    skip_known_in_batch_checks()
+
+
+def skip_known_in_batch_checks() -> None:
+    """Hydra's sweepers check that each job of a batch composes before launching it (composing it
+    once more, then dropping it); a job the loader already composed or derived passed that check.
+    Hydra-internal (hydra-core 1.3's Sweeper.validate_batch_is_legal); without it, nothing changes."""
+    try:
+        from hydra.plugins.sweeper import Sweeper
+    except ImportError:
+        return
+    if getattr(Sweeper.validate_batch_is_legal, "skips_known", False):
+        return
+    hydras = Sweeper.validate_batch_is_legal
+
+    def validate_batch_is_legal(self: Any, batch: Any) -> None:
+        context = getattr(self, "hydra_context", None)
+        known = getattr(getattr(getattr(context, "config_loader", None), "load_sweep_config", None), "known", None)
+        if known is None or self.config is None:
+            return hydras(self, batch)
+        return hydras(self, [job for job in batch if not known((id(self.config), tuple(job)))])
+
+    validate_batch_is_legal.skips_known = True  # type: ignore[attr-defined]
+    Sweeper.validate_batch_is_legal = validate_batch_is_legal  # type: ignore[method-assign]
 
 
 def keep_checked(loader: Any, master_config: DictConfig, overrides: list[str], num: int, job_config: DictConfig,

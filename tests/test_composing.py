@@ -104,3 +104,31 @@ def test_the_vectorized_launcher_takes_the_configs_the_checks_made_once(hydra_lo
     assert take_checked(loader, config, ["optim.lr=0.4"], 4) is None  # another job number: not this one
     assert take_checked(loader, master(), ["optim.lr=0.4"], 5) is None  # another sweep's master
     assert take_checked(loader, config, ["optim.lr=0.4"], 5) == ("config", "typed")
+
+
+def test_the_sweepers_batch_check_composes_only_jobs_not_composed_yet(hydra_loader):
+    from types import SimpleNamespace
+
+    from hydra.errors import ConfigCompositionException
+    from hydra.plugins.sweeper import Sweeper
+
+    loader, master, _ = hydra_loader
+    config = master("hydra/launcher=vectorized", "optim.lr=0.05,0.4")
+    compose_once(loader)
+    for job in JOBS[:3]:  # as check_planned_jobs composes every job before the sweeper's first batch
+        loader.load_sweep_config(config, list(job))
+    ours, asked = loader.load_sweep_config, []
+
+    def counting(master_config, sweep_overrides):
+        asked.append(list(sweep_overrides))
+        return ours(master_config, sweep_overrides)
+
+    counting.known = ours.known
+    loader.load_sweep_config = counting
+    sweeper = SimpleNamespace(hydra_context=SimpleNamespace(config_loader=loader), config=config)
+    Sweeper.validate_batch_is_legal(sweeper, [JOBS[0], JOBS[1], JOBS[2]])
+    assert asked == []  # composed (0) or derived (1, 2) already: nothing composed again
+    Sweeper.validate_batch_is_legal(sweeper, [JOBS[1], JOBS[3]])
+    assert asked == [JOBS[3]]  # a job not seen yet is still checked
+    with pytest.raises(ConfigCompositionException):  # and one that does not compose still fails the batch
+        Sweeper.validate_batch_is_legal(sweeper, [JOBS[0], ["optim.lr=0.1", "no_such_group=x"]])
