@@ -48,7 +48,8 @@ from rich.console import Console
 
 from . import compare, runs as saved_runs
 from .config import ConfigError, config_changes, from_dictconfig, is_memory_gb
-from .errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OF_SIGNAL, EXIT_SIGPIPE, ErrorConsole, error_line, refuse
+from .errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OF_SIGNAL, EXIT_SIGPIPE, ErrorConsole, LabError, error_line,
+                     refuse)
 from .report import OutputConsole, plural
 from .rundir import (CHECKPOINT, INTERRUPT_FILE, KEPT_HYDRA, METRICS, MULTIRUN_YAML, OPTUNA_RESULTS, PLANNED_FILE,
                      REFUSED_FILE, STOP_FILE, SUMMARY, SUMMARY_CSV, SUMMARY_JSON, SWEEP_MARK, SWEEP_MARKS, WEIGHTS,
@@ -690,6 +691,70 @@ def other_overrides(sweep_dir: Path, overrides: list[str]) -> str:
 
 
 @contextlib.contextmanager
+def refused_before_any_job() -> Any:
+    """A sweep refused before its first job: one line and exit 2. SystemExit, not an Exception,
+    so that Hydra does not turn it into a warning and go on."""
+    try:
+        yield
+    except LabError as e:
+        error_line(str(e))
+        raise SystemExit(EXIT_BAD_INPUT) from None
+
+
+def make_sweep_folder(sweep_dir: Path) -> None:
+    """Made here, as Hydra's launcher would next, so a path that cannot be a folder is one line."""
+    from .claim import not_a_folder
+
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = not_a_folder(sweep_dir) if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
+        raise RunDirError(f"cannot create the sweep directory {sweep_dir}: {why}; run from a writable folder "
+                          f"or set hydra.sweep.dir=<writable path>") from None
+
+
+def check_sweep_folder(sweep_dir: Path, resume: bool, overrides: list[str]) -> None:
+    """Refuse a folder that holds other runs, or another sweep unless this pass resumes it with
+    the same overrides: nothing already there is mixed in or overwritten."""
+    # e.g. hydra.sweep.dir=outputs: its runs sit 2 levels down, this sweep's jobs would sit 1 down
+    inner = next((found for depth in range(2, 5) for found in sweep_dir.glob("*/" * depth + SUMMARY)), None)
+    is_sweep = saved_runs.is_sweep_root(sweep_dir)
+    if inner is not None and not is_sweep:  # a sweep's own jobs: refused below
+        raise RunDirError(f"hydra.sweep.dir={sweep_dir} holds other runs ({inner.parent}); a sweep needs a folder of "
+                          f"its own, or `compare` would mix its jobs with them: choose a new one, e.g. "
+                          f"{sweep_dir / 'sweep1'}")
+    earlier = [d.name for d in sweep_dir.iterdir() if (d / SUMMARY).is_file() or (d / METRICS).is_file()]
+    if inner is not None and not earlier:  # a sweep whose hydra.sweep.subdir put its jobs deeper
+        raise RunDirError(f"{sweep_dir} already holds a sweep (jobs such as {inner.parent}); it is kept as it is: " + (
+            "a sweep whose jobs sit in folders within folders cannot be resumed as a whole: resume each job with "
+            "backprop-lab resume JOB_DIR" if resume else "choose another hydra.sweep.dir"))
+    if earlier and not is_sweep:
+        raise RunDirError(f"hydra.sweep.dir={sweep_dir} holds runs ({len(earlier)}) but no sweep (none of "
+                          f"{', '.join(SWEEP_MARKS)}); a sweep needs a folder of its own: choose a new one, "
+                          f"e.g. {sweep_dir / 'sweep1'}")
+    if earlier and not resume:
+        raise RunDirError(f"{sweep_dir} already holds a sweep ({len(earlier)} job folder(s)); it is kept as it is: "
+                          f"choose another hydra.sweep.dir, or add hydra.callbacks.sweep_report.resume=true to "
+                          f"continue it")
+    other = other_overrides(sweep_dir, overrides) if earlier else ""
+    if other:
+        raise RunDirError(f"{sweep_dir} was made by a sweep with other overrides ({other}); to resume it, give the "
+                          f"same ones; it is kept as it is (for other values, choose another hydra.sweep.dir)")
+
+
+def mark_sweep_folder(sweep_dir: Path, sweeper: str) -> None:
+    """Clear an earlier pass's stop marks; mark the folder a sweep's, whatever the sweeper (Optuna
+    writes no multirun.yaml), so that a resume and `compare` know it."""
+    try:
+        for name in (STOP_FILE, INTERRUPT_FILE, REFUSED_FILE):
+            (sweep_dir / name).unlink(missing_ok=True)
+        (sweep_dir / SWEEP_MARK).write_text(f"{sweeper}\n")
+    except OSError as e:
+        raise RunDirError(f"cannot write in the sweep directory {sweep_dir}: {e.strerror or e}; run from a writable "
+                          f"folder or set hydra.sweep.dir=<writable path>") from None
+
+
+@contextlib.contextmanager
 def closed_stdout(sweep_dir: Path, what: str) -> Any:
     """`backprop-lab -m ... | head`: once the reader has gone, the sweep stops as it stops for
     Ctrl-C (no later job starts; the table is still written to the sweep's folder; exit 141)."""
@@ -774,79 +839,35 @@ class SweepReport(Callback):
         return self.console or OutputConsole(highlight=False, soft_wrap=True)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Check the options before any job starts; clear an earlier pass's fail-fast stop."""
+        """Check the options and the sweep's folder before any job starts; claim the folder."""
         from .claim import check_not_a_run, check_sweep_subdir
 
-        try:
+        with refused_before_any_job():
             check_options(config.hydra)
             check_launcher(config.hydra)
             check_sweep_subdir(config.hydra.sweep._get_node("subdir")._value(),  # unresolved: before any job exists
                                search=not is_grid(config))
-            check_not_a_run(Path(str(config.hydra.sweep.dir)))
-        except (ConfigError, RunDirError) as e:
-            error_line(str(e))
-            raise SystemExit(EXIT_BAD_INPUT) from None  # not an Exception, so Hydra does not turn it into a warning
+            sweep_dir = Path(str(config.hydra.sweep.dir))  # after the checks: resolving the default makes its folder
+            check_not_a_run(sweep_dir)
         planned = checked_jobs(config)
         if str(config.hydra.sweeper.get("_target_", "")).endswith("OptunaSweeper"):
             import optuna  # its own "A new study created" line, on a logger of its own
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        if in_own_process(config.hydra):  # after the checks: resolving the default sweep.dir makes its folder
+        if in_own_process(config.hydra):
             from .runner import set_handlers
 
             WaitingForJobs.current = WaitingForJobs(self, sweep_dir)
             set_handlers({signal.SIGINT: WaitingForJobs.current, signal.SIGTERM: WaitingForJobs.current})
             if "hydra_submitit_launcher" in str(config.hydra.launcher.get("_target_", "")):
                 tolerate_killed_jobs()
-        try:  # made here, as Hydra's launcher would next, so a path that cannot be a folder is one line
-            sweep_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            from .claim import not_a_folder
-
-            why = not_a_folder(sweep_dir) if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
-            error_line(f"cannot create the sweep directory {sweep_dir}: {why}; run from a writable folder "
-                       f"or set hydra.sweep.dir=<writable path>")
-            raise SystemExit(EXIT_BAD_INPUT) from None
-        # e.g. hydra.sweep.dir=outputs: its runs sit 2 levels down, this sweep's jobs would sit 1 down
-        inner = next((found for depth in range(2, 5) for found in sweep_dir.glob("*/" * depth + SUMMARY)), None)
-        if inner is not None and not saved_runs.is_sweep_root(sweep_dir):  # a sweep's own jobs: refused below
-            error_line(f"hydra.sweep.dir={sweep_dir} holds other runs ({inner.parent}); a sweep needs a folder of its "
-                       f"own, or `compare` would mix its jobs with them: choose a new one, e.g. {sweep_dir / 'sweep1'}")
-            raise SystemExit(EXIT_BAD_INPUT)
-        earlier = [d.name for d in sweep_dir.iterdir() if (d / SUMMARY).is_file() or (d / METRICS).is_file()]
-        if inner is not None and not earlier:  # a sweep whose hydra.sweep.subdir put its jobs deeper
-            error_line(f"{sweep_dir} already holds a sweep (jobs such as {inner.parent}); it is kept as it is: " + (
-                "a sweep whose jobs sit in folders within folders cannot be resumed as a whole: resume each job with "
-                "backprop-lab resume JOB_DIR" if options(config.hydra)["resume"] else "choose another hydra.sweep.dir"))
-            raise SystemExit(EXIT_BAD_INPUT)
-        if earlier and not saved_runs.is_sweep_root(sweep_dir):
-            error_line(f"hydra.sweep.dir={sweep_dir} holds runs ({len(earlier)}) but no sweep (none of "
-                       f"{', '.join(SWEEP_MARKS)}); a sweep needs a folder of its own: choose a new one, "
-                       f"e.g. {sweep_dir / 'sweep1'}")
-            raise SystemExit(EXIT_BAD_INPUT)
-        if earlier and not options(config.hydra)["resume"]:
-            error_line(f"{sweep_dir} already holds a sweep ({len(earlier)} job folder(s)); it is kept as it is: choose "
-                       f"another hydra.sweep.dir, or add hydra.callbacks.sweep_report.resume=true to continue it")
-            raise SystemExit(EXIT_BAD_INPUT)
-        if earlier:
-            other = other_overrides(sweep_dir, list(config.hydra.overrides.task))
-            if other:
-                error_line(f"{sweep_dir} was made by a sweep with other overrides ({other}); to resume it, give the "
-                           f"same ones; it is kept as it is (for other values, choose another hydra.sweep.dir)")
-                raise SystemExit(EXIT_BAD_INPUT)
-        for name in (STOP_FILE, INTERRUPT_FILE, REFUSED_FILE):  # an earlier pass's
-            (sweep_dir / name).unlink(missing_ok=True)
-        # whatever the sweeper (Optuna writes no multirun.yaml), so a resume and `compare` know the folder
-        try:
-            (sweep_dir / SWEEP_MARK).write_text(f"{config.hydra.sweeper.get('_target_', 'sweeper')}\n")
-        except OSError as e:
-            error_line(f"cannot write in the sweep directory {sweep_dir}: {e.strerror or e}; run from a writable "
-                       f"folder or set hydra.sweep.dir=<writable path>")
-            raise SystemExit(EXIT_BAD_INPUT) from None
-        if options(config.hydra)["resume"]:
+        resume = options(config.hydra)["resume"]
+        with refused_before_any_job():
+            make_sweep_folder(sweep_dir)
+            check_sweep_folder(sweep_dir, resume, list(config.hydra.overrides.task))
+            mark_sweep_folder(sweep_dir, str(config.hydra.sweeper.get("_target_", "sweeper")))
+        if resume:
             self._resuming(sweep_dir)
-
         if planned is not None:  # the table at the end lists the jobs that never started
             (sweep_dir / PLANNED_FILE).write_text(json.dumps(planned))
         elif isinstance(config.hydra.sweeper.get("n_trials"), int):  # Optuna: the end counts the trials not run
