@@ -186,10 +186,17 @@ def show_epoch(reporter: Any, labels: dict[int, tuple[str, dict[str, str]]], key
     from .train import Diverged
 
     rows = [(*labels[keys[k]], m.rule if isinstance(m, Diverged) else m.as_dict()) for k, m in sorted(found.items())]
-    varied = list(dict.fromkeys(key for _, values, _ in rows for key in values))
     console = reporter.console
-    table, left_out = fitting_members_table(console, varied, rows)
+    table, left_out = fitting_members_table(console, telling_keys([values for _, values, _ in rows]), rows)
     title = f"epoch {reporter.next_epoch}/{planned}: {plural(len(rows), 'member')}"
     console.print(title + (f" ({', '.join(left_out)} left out to fit {console.width} columns)" if left_out else ""),
                   markup=False, highlight=False)
     print_whole(console, table)
+
+
+def telling_keys(labels: list[dict[str, str]]) -> list[str]:
+    """The keys these members differ in, in the sweep's order: one the sweep varies across groups
+    only (a hidden size) is the same in every row of a group, and would take the place, in a
+    narrow terminal, of one that tells its rows apart."""
+    keys = list(dict.fromkeys(key for values in labels for key in values))
+    return [key for key in keys if len({values.get(key) for values in labels}) > 1] or keys

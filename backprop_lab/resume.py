@@ -37,8 +37,10 @@ RUNTIME_KEYS = ("device", "threads", "log.tensorboard")
 
 
 def main(argv: list[str]) -> int:
-    parser = SubcommandParser(prog="backprop-lab resume", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the interrupted run's directory")
+    parser = SubcommandParser(prog="backprop-lab resume", description=__doc__.splitlines()[0] + (
+        " RUN_DIR may also be a sweep's folder: its completed jobs are skipped, the others continue."))
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR",
+                        help="the interrupted run's directory, or a sweep's (multirun) folder")
     # default=[]: without it argparse counts an empty KEY=VALUE list as missing, and names it
     # beside RUN_DIR when RUN_DIR is left out
     parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE",

@@ -60,7 +60,7 @@ class RunDirBusy(RunDirError):
 
 
 @contextlib.contextmanager
-def locked(run_dir: Path) -> Iterator[None]:
+def locked(run_dir: Path, busy: str = "is being resumed by") -> Iterator[None]:
     """Hold the run directory's lock: an exclusive, non-blocking flock on LOCK, which holds
     our pid for the message of whoever is refused. RunDirBusy if another process holds it;
     OSError if the lock file cannot be made (a read-only or full file system). The file is
@@ -79,7 +79,7 @@ def locked(run_dir: Path) -> Iterator[None]:
                 time.sleep(0.01)
             os.close(fd)
             who = f"another process (pid {holder})" if holder.isdigit() else "another process"
-            raise RunDirBusy(f"{run_dir} is being resumed by {who}; wait for it to finish or stop it first") from None
+            raise RunDirBusy(f"{run_dir} {busy} {who}; wait for it to finish or stop it first") from None
         except BaseException:
             os.close(fd)
             raise
@@ -91,7 +91,7 @@ def locked(run_dir: Path) -> Iterator[None]:
             break
         os.close(fd)
     else:
-        raise RunDirBusy(f"{run_dir} is being resumed by other processes; wait for them to finish")
+        raise RunDirBusy(f"{run_dir} {busy} other processes; wait for them to finish")
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())

@@ -418,6 +418,11 @@ def record_epoch(active: ActiveRun, m: Any) -> None:
     active.reporter.epoch(row)
 
 
+# Runs this process ended whose summary.json could not be updated (a full disk): run directory ->
+# the error. The file still says `running`; a sweep's report takes the run's end from here.
+UNSAVED_ENDS: dict[str, str] = {}
+
+
 def finish(active: ActiveRun, stop: StopRequest, exit_code: int, previous: dict[int, Any]) -> int:
     """Step 3: a completed run's weights and plots, then the final summary; a second signal
     meanwhile may cost the plots, never the weights or the summary."""
@@ -432,6 +437,7 @@ def finish(active: ActiveRun, stop: StopRequest, exit_code: int, previous: dict[
         active.writer.write_summary(summary)
     except OSError as e:
         exit_code = active.write_failed(e)
+        UNSAVED_ENDS[str(active.run_dir.resolve())] = summary["error"]
     except KeyboardInterrupt:  # a second signal while the weights or the last summary were being written
         name = signal.Signals(stop.signum or signal.SIGINT).name
         summary["signal"] = name  # a sweep stops its later jobs on it
@@ -446,6 +452,7 @@ def finish(active: ActiveRun, stop: StopRequest, exit_code: int, previous: dict[
             active.writer.write_summary(summary)
         except OSError as e:
             exit_code = active.write_failed(e)
+            UNSAVED_ENDS[str(active.run_dir.resolve())] = summary["error"]
     return exit_code
 
 

@@ -245,6 +245,18 @@ def typed(job_config: DictConfig) -> Any:
     return from_dictconfig(OmegaConf.masked_copy(job_config, [key for key in job_config if key != "hydra"]))
 
 
+@functools.lru_cache(maxsize=1)
+def check_tensorboard() -> None:
+    """log.tensorboard=true in a grid: refused whole when TensorBoard is missing, as a single run is,
+    not once for every job."""
+    from .tensorboard_events import TensorBoardMissing, require
+
+    try:
+        require()
+    except TensorBoardMissing as e:
+        raise ConfigError(f"{e}; no job was started") from None
+
+
 def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list[dict[str, Any]] | None:
     """Every job's config checked as its run would check it, before the first starts: a bad value
     in the last job is refused now, not hours in (ConfigError naming the job), and so are two jobs
@@ -270,6 +282,8 @@ def check_planned_jobs(config: DictConfig, jobs: list[list[str]] | None) -> list
             typed_config = typed(job_config)
         except ConfigError as e:
             raise ConfigError(f"job {num} ({shown(job)}): {e}; no job was started") from None
+        if typed_config.log.tensorboard:
+            check_tensorboard()
         folder = job_folder(job_config, num)
         if keep:
             keep_checked(loader, config, list(job), num, job_config, typed_config)
@@ -438,6 +452,18 @@ def record_refused(sweep_dir: Path, run_dir: Path, why: str) -> None:
             f.write(f"{job_key(sweep_dir, run_dir)}\t{why}\n")
     except OSError:
         pass
+
+
+def unsaved_end(run: saved_runs.Run) -> saved_runs.Run:
+    """A run this process ended as `failed` when its summary.json could not be written: so, not
+    the `running` its file still says."""
+    from .runner import UNSAVED_ENDS
+
+    error = UNSAVED_ENDS.get(str(run.path.resolve()))
+    if error is None or run.status not in ("running", "incomplete"):
+        return run
+    run.status, run.note = "failed", error
+    return run
 
 
 def refused_jobs(sweep_dir: Path) -> dict[str, str]:
@@ -713,6 +739,22 @@ def make_sweep_folder(sweep_dir: Path) -> None:
                           f"or set hydra.sweep.dir=<writable path>") from None
 
 
+# The sweep folders this process holds, by path: not on SweepReport, which submitit pickles.
+HELD_FOLDERS: dict[str, contextlib.ExitStack] = {}
+
+
+def hold_sweep_folder(sweep_dir: Path) -> contextlib.ExitStack:
+    """The sweep folder's lock, held until the sweep's report is written: a second command on the
+    same folder (a resume started twice) is refused whole, before it clears or marks anything."""
+    held = contextlib.ExitStack()
+    try:
+        held.enter_context(locked(sweep_dir, busy="is the folder of a sweep run by"))
+    except OSError as e:
+        raise RunDirError(f"cannot write in the sweep directory {sweep_dir}: {e.strerror or e}; run from a writable "
+                          f"folder or set hydra.sweep.dir=<writable path>") from None
+    return held
+
+
 def check_sweep_folder(sweep_dir: Path, resume: bool, overrides: list[str]) -> None:
     """Refuse a folder that holds other runs, or another sweep unless this pass resumes it with
     the same overrides: nothing already there is mixed in or overwritten."""
@@ -740,6 +782,17 @@ def check_sweep_folder(sweep_dir: Path, resume: bool, overrides: list[str]) -> N
     if other:
         raise RunDirError(f"{sweep_dir} was made by a sweep with other overrides ({other}); to resume it, give the "
                           f"same ones; it is kept as it is (for other values, choose another hydra.sweep.dir)")
+
+
+def check_job_folders(sweep_dir: Path, planned: list[dict[str, Any]]) -> None:
+    """A file where a grid's job folder goes would stop the sweep at that job with a traceback."""
+    from .claim import in_the_way
+
+    for job in planned:
+        why = in_the_way(sweep_dir / job["folder"])
+        if why:
+            raise RunDirError(f"{why}, and the sweep's job {job['folder']} needs a folder there: move it, or choose "
+                              f"another hydra.sweep.dir")
 
 
 def mark_sweep_folder(sweep_dir: Path, sweeper: str) -> None:
@@ -864,8 +917,14 @@ class SweepReport(Callback):
         resume = options(config.hydra)["resume"]
         with refused_before_any_job():
             make_sweep_folder(sweep_dir)
-            check_sweep_folder(sweep_dir, resume, list(config.hydra.overrides.task))
-            mark_sweep_folder(sweep_dir, str(config.hydra.sweeper.get("_target_", "sweeper")))
+            held = HELD_FOLDERS[str(sweep_dir)] = hold_sweep_folder(sweep_dir)
+            try:
+                check_sweep_folder(sweep_dir, resume, list(config.hydra.overrides.task))
+                check_job_folders(sweep_dir, planned or [])
+                mark_sweep_folder(sweep_dir, str(config.hydra.sweeper.get("_target_", "sweeper")))
+            except LabError:
+                held.close()  # refused: the folder is left as it was found
+                raise
         if resume:
             self._resuming(sweep_dir)
         if planned is not None:  # the table at the end lists the jobs that never started
@@ -911,7 +970,7 @@ class SweepReport(Callback):
                 f"fail-fast, {reason}"
             self._console().print(head + f"not run: {why}", markup=False)
             return
-        run = saved_runs.load_run(run_dir, label=str(hydra_cfg.job.num))
+        run = unsaved_end(saved_runs.load_run(run_dir, label=str(hydra_cfg.job.num)))
         held = refused_jobs(sweep_dir).get(job_key(sweep_dir, run_dir))
         if held:  # sweep_job refused it: its folder's results are not this job's
             run.status, run.note = "refused", held
@@ -925,6 +984,12 @@ class SweepReport(Callback):
         self.on_multirun_end_of(Path(str(config.hydra.sweep.dir)))
 
     def on_multirun_end_of(self, sweep_dir: Path, stopped: tuple[str, str] | None = None) -> None:
+        try:
+            self._end_of(sweep_dir, stopped)
+        finally:
+            HELD_FOLDERS.pop(str(sweep_dir), contextlib.ExitStack()).close()  # once its report is written
+
+    def _end_of(self, sweep_dir: Path, stopped: tuple[str, str] | None = None) -> None:
         for job in sweep_dir.glob(f"*/{KEPT_HYDRA}"):  # the jobs of a resumed sweep that never started
             put_hydra_files_back(job.parent)
         try:
@@ -960,7 +1025,7 @@ class SweepReport(Callback):
         held = refused_jobs(sweep_dir)
         # the earlier run in the folder of a job refused this pass is not that job's result
         runs = [saved_runs.Run(path=r.path, label=r.label, group=r.group, status="refused", note=held[key])
-                if (key := job_key(sweep_dir, r.path)) in held else r for r in runs]
+                if (key := job_key(sweep_dir, r.path)) in held else unsaved_end(r) for r in runs]
         runs = compare.sort_runs(runs, "test_acc")
         keys = compare.differing_keys(runs)
         compare.write_csv(str(sweep_dir / SUMMARY_CSV), runs, keys)  # first: a closed stdout stops the printing

@@ -88,6 +88,26 @@ def budget(memory_gb: float | None, device: str) -> int:
     return int(RAM_SHARE * available) if available is not None else 4 * 10 ** 9
 
 
+def told_apart(groups: list[tuple[str, str]]) -> list[str]:
+    """Each group's description (members.describe) and key (members.group_key), as plan lines;
+    groups described alike get the values that set them apart, e.g. '(data.batch_size=32)'."""
+    import json
+    from collections import Counter
+
+    from .runs import flatten
+
+    alike = Counter(line for line, _ in groups)
+    lines = []
+    for line, key in groups:
+        if alike[line] > 1:
+            mine = flatten(json.loads(key))
+            others = [flatten(json.loads(k)) for other, k in groups if other == line and k != key]
+            apart = [name for name, value in mine.items() if any(o.get(name) != value for o in others)]
+            line += f" ({' '.join(f'{name}={mine[name]}' for name in apart)})"
+        lines.append(line)
+    return lines
+
+
 def plan(jobs: list[Planned], memory_gb: float | None) -> tuple[list[list[Planned]], list[str]]:
     """The units to run, in the order of their first job (a group's part, or one job alone), and
     the plan's lines for the terminal."""
@@ -109,7 +129,7 @@ def plan(jobs: list[Planned], memory_gb: float | None) -> tuple[list[list[Planne
         fits = max(1, budget(memory_gb, cfg.device) // member_bytes(cfg, n_train))
         parts = [members[i:i + fits] for i in range(0, len(members), fits)]
         units += parts
-        lines.append(describe([m.cfg for m in members]))
+        lines.append((describe([m.cfg for m in members]), members[0].key))
         if len(parts) > 1:
             splits.append(f"the group of {len(members)} trains in {len(parts)} parts of up to {fits}: memory budget")
     alone = [job for job in jobs if job.key is None]
@@ -117,7 +137,7 @@ def plan(jobs: list[Planned], memory_gb: float | None) -> tuple[list[list[Planne
     units.sort(key=lambda unit: unit[0].idx)
     # one short line each, so the plan fits an 80-column terminal
     out = [f"vectorized: {plural(len(jobs), 'job')} -> {plural(len(lines), 'group') if lines else 'no group'}"]
-    out += [f"  {line}" for line in lines] + [f"  {s}" for s in splits]
+    out += [f"  {line}" for line in told_apart(lines)] + [f"  {s}" for s in splits]
     if alone:
         out.append(f"  {plural(len(alone), 'job')} one by one")
     return units, out

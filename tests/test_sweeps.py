@@ -174,6 +174,32 @@ def test_a_resumed_sweep_leaves_a_job_another_process_is_resuming(tmp_path):
     assert summary(sweep / "0")["epochs_completed"] == 1
 
 
+def test_a_second_command_on_a_sweeps_folder_is_refused_whole_while_the_sweep_runs(tmp_path):
+    """A resume started while the sweep still runs must not touch the folder: it once cleared
+    the running sweep's stop marks and recorded its jobs as refused in that sweep's report."""
+    import fcntl
+    import os
+
+    sweep = tmp_path / "sweep"
+    first = run_cli("-m", "seed=1,2", *TINY, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    record = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
+    fd = os.open(sweep / ".backprop-lab.lock", os.O_RDWR | os.O_CREAT)  # as the running sweep holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        second = run_cli("-m", "seed=1,2", *TINY, f"hydra.sweep.dir={sweep}",
+                         "hydra.callbacks.sweep_report.resume=true", cwd=tmp_path, timeout=60)
+    finally:
+        os.close(fd)
+    assert second.returncode == 2 and second.stderr == (
+        f"error: {sweep} is the folder of a sweep run by another process (pid {os.getpid()}); wait for it to finish "
+        f"or stop it first\n")
+    assert "job " not in second.stdout
+    (sweep / ".backprop-lab.lock").unlink()
+    assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == record
+
+
 def hydra_files_of(job: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in sorted((job / ".hydra").iterdir())}
 
@@ -219,6 +245,19 @@ def test_a_run_or_a_sweep_into_a_sweeps_folder_is_refused_with_advice_that_works
         "error: deep already holds a sweep (jobs such as deep/a/0); it is kept as it is: choose another "
         "hydra.sweep.dir\n")
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("launcher", ["basic", "vectorized"])
+def test_a_file_where_a_jobs_folder_goes_refuses_the_sweep_before_any_job(tmp_path, launcher):
+    (tmp_path / "sw").mkdir()
+    (tmp_path / "sw" / "1").write_text("precious")
+    proc = run_cli("-m", "seed=1,2", *TINY, "hydra.sweep.dir=sw", f"hydra/launcher={launcher}", cwd=tmp_path,
+                   timeout=60)
+    assert proc.returncode == 2 and proc.stderr == (
+        f"error: sw/1 is a file, not a folder, and the sweep's job 1 needs a folder there: move "
+        f"it, or choose another hydra.sweep.dir\n")
+    assert "job " not in proc.stdout
+    assert [p.name for p in (tmp_path / "sw").iterdir()] == ["1"] and (tmp_path / "sw" / "1").read_text() == "precious"
 
 
 def test_the_slurm_launcher_off_a_slurm_cluster_is_one_line_and_leaves_no_folder(tmp_path):

@@ -109,12 +109,14 @@ def test_without_tensorboard_each_option_is_one_line_naming_what_to_install(swee
     (blocker / "__init__.py").write_text("raise ImportError('no tensorboard here')\n")
     env = {"PYTHONPATH": str(blocker.parent)}
     for args in (["compare", str(sweep), "--tensorboard", str(tmp_path / "tb")],
-                 ["log.tensorboard=true", "train.epochs=1", "data.train_subset=100", f"hydra.run.dir={tmp_path / 'r'}"]):
+                 ["log.tensorboard=true", "train.epochs=1", "data.train_subset=100", f"hydra.run.dir={tmp_path / 'r'}"],
+                 ["-m", "seed=1,2", "log.tensorboard=true", "train.epochs=1", "data.train_subset=100",
+                  f"hydra.sweep.dir={tmp_path / 's'}"]):  # the grid refused whole, before its first job
         proc = run_cli(*args, cwd=tmp_path, env=env)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert "TensorBoard is not installed; install it with: pip install 'backprop-lab[tensorboard]'" in lines[0]
-    assert not (tmp_path / "r").exists() and not (tmp_path / "tb").exists()
+    assert not (tmp_path / "r").exists() and not (tmp_path / "tb").exists() and not (tmp_path / "s").exists()
 
 
 def test_an_unwritable_destination_is_one_line(sweep, tmp_path):

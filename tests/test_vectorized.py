@@ -476,6 +476,51 @@ def test_a_member_whose_folder_cannot_be_written_fails_alone(tmp_path, small_mni
         assert len(metrics(tmp_path / str(i))) == 2
 
 
+def test_a_groups_table_and_plan_line_name_what_sets_members_and_groups_apart():
+    from backprop_lab.group_runner import telling_keys
+    from backprop_lab.members import group_key
+    from backprop_lab.vectorized import told_apart
+
+    rows = [{"optim.lr": lr, "model.hidden_size": "32", "seed": seed} for lr in ("0.05", "0.1") for seed in "012"]
+    assert telling_keys(rows) == ["optim.lr", "seed"]  # hidden_size is one value in this group
+    assert telling_keys([{"seed": "1"}]) == ["seed"]
+    keys = [group_key(config(f"data.batch_size={b}", "device=cpu")) for b in (32, 64)]
+    wide = group_key(config("model.hidden_size=64", "device=cpu"))
+    lines = [("2 x 784-128-10, varying optim.lr", keys[0]), ("2 x 784-128-10, varying optim.lr", keys[1]),
+             ("2 x 784-64-10, varying optim.lr", wide)]
+    assert told_apart(lines) == ["2 x 784-128-10, varying optim.lr (data.batch_size=32)",
+                                 "2 x 784-128-10, varying optim.lr (data.batch_size=64)",
+                                 "2 x 784-64-10, varying optim.lr"]
+
+
+def test_a_member_whose_last_writes_fail_is_reported_failed_not_running(tmp_path, small_mnist, monkeypatch):
+    """The disk fills while a trained member's weights and last summary are written: its
+    summary.json still says `running`; the sweep's line and table say `failed`, with the error."""
+    import time
+
+    from backprop_lab import rundir, runs, sweep
+    from backprop_lab.report import Reporter
+    from backprop_lab.runner import StopRequest, finish, start
+
+    (tmp_path / "0").mkdir()
+    active = start(config("train.epochs=1", "device=cpu"), tmp_path / "0", [], True, False, time.perf_counter(),
+                   data=small_mnist)
+    active.reporter = Reporter(quiet=True, progress=False)
+    active.summary["status"] = "completed"  # as train_members leaves a member that trained to the end
+
+    def no_space(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rundir.RunWriter, "save_weights", no_space)
+    monkeypatch.setattr(rundir.RunWriter, "write_summary", no_space)
+    assert finish(active, StopRequest(), 0, {}) == 1
+    on_disk = runs.load_run(tmp_path / "0", label="0")
+    assert on_disk.status in ("running", "incomplete")
+    shown = sweep.unsaved_end(on_disk)
+    assert shown.status == "failed" and "no space left on device" in shown.note
+    assert f"backprop-lab resume {tmp_path / '0'}" in shown.note
+
+
 def test_members_resumed_from_different_epochs_train_in_turn_and_end_as_unbroken_runs(tmp_path, small_mnist,
                                                                                       monkeypatch):
     """A first pass leaves member 1 at epoch 1 (its epoch-2 record failed) and members 0 and 2 at
