@@ -688,7 +688,9 @@ def compare_main(argv: list[str]) -> int:
     if not to_stdout:  # the table would break a CSV or JSON stream on stdout
         counted = f"{len(runs)} of {plural(matched, 'run')}" if len(runs) < matched else plural(len(runs), "run")
         title = f"{counted} under {', '.join(map(str, roots))}"
-        print_table(OutputConsole(), runs, keys, title=title + (f", sorted by {args.sort}" if args.sort != "run" else ""),
+        # the key the runs are sorted by goes first, so a narrow terminal leaves it out last
+        shown = [args.sort, *(k for k in keys if k != args.sort)] if args.sort in keys and chosen is None else keys
+        print_table(OutputConsole(), runs, shown, title=title + (f", sorted by {args.sort}" if args.sort != "run" else ""),
                     chosen=chosen is not None)
     return write_outputs(args, runs, keys, to_stdout)
 

@@ -905,3 +905,14 @@ def test_piped_text_lines_stay_whole_and_panels_keep_their_frame():
     lines = out.getvalue().splitlines()
     assert lines[0] == line
     assert all(len(row) <= 80 for row in lines[1:]) and lines[1].startswith("╭") and lines[-1].startswith("╰")
+
+
+def test_a_narrow_terminal_keeps_the_column_the_runs_are_sorted_by(tmp_path, capsys, monkeypatch):
+    make_run(tmp_path / "runs" / "a", [0.5, 0.6], hidden=64, lr=0.05)
+    make_run(tmp_path / "runs" / "b", [0.7, 0.8], hidden=128, lr=0.1)
+    monkeypatch.setenv("COLUMNS", "60")
+    code, out, _ = run_compare(capsys, str(tmp_path / "runs"), "--sort", "optim.lr")
+    assert code == 0
+    flat = " ".join(out.split())
+    assert "optim.lr" in table(out)[0] and "model.hidden_size" not in table(out)[0]
+    assert "1 differing key left out to fit 60 columns: model.hidden_size" in flat
