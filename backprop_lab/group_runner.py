@@ -96,7 +96,7 @@ def run_group(pending: Sequence[Pending], pngs: bool = False, progress: bool = T
         acc = None
         if i in actives:
             with logs.of(p.job.run_dir):
-                acc = report_end(actives[i], codes[i])
+                acc = report_end(actives[i], codes[i], who=f"{p.job.what}: ")
         scores.append(job_score(p.job, acc))
     logs.close()
     return scores

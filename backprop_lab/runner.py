@@ -487,9 +487,10 @@ def write_plots(active: ActiveRun, stop: StopRequest, exit_code: int) -> int:
     return exit_code
 
 
-def report_end(active: ActiveRun, exit_code: int) -> float | None:
-    """The summary panel and, for a run that did not complete cleanly, its one error line;
-    the final test accuracy for the sweeper (None if there is none)."""
+def report_end(active: ActiveRun, exit_code: int, who: str = "") -> float | None:
+    """The summary panel and, for a run that did not complete cleanly, its one error line
+    (after `who`: a vectorised group's members all end before their result lines); the final
+    test accuracy for the sweeper (None if there is none)."""
     summary = active.summary
     log.info("summary: %s", summary)
     try:
@@ -499,10 +500,10 @@ def report_end(active: ActiveRun, exit_code: int) -> float | None:
     if exit_code:
         if summary["status"] == "completed":  # stopped after training: nothing of the run is missing
             why = "standard output was closed" if exit_code == EXIT_SIGPIPE else f"stopped by {summary['signal']}"
-            refuse(f"{why} after training; the run is complete in {active.run_dir} (weights saved), "
+            refuse(f"{who}{why} after training; the run is complete in {active.run_dir} (weights saved), "
                    f"only the analysis plots may be missing", exit_code, active.in_sweep)
         else:
-            refuse(summary["error"], exit_code, active.in_sweep)
+            refuse(who + summary["error"], exit_code, active.in_sweep)
         return None
     acc = summary["final_test_acc"]
     return acc if acc is not None and math.isfinite(acc) else None

@@ -333,6 +333,11 @@ def test_a_diverging_member_is_recorded_and_the_others_complete(tmp_path):
         assert s["status"] == "diverged" and s["diverged_at"]["rule"] == "loss_ratio" and s["diverged_at"]["epoch"] == 1
         assert (sweep / job / "checkpoint.pt").exists() and not (sweep / job / "weights.pt").exists()
     assert "job 1  optim.lr=10  ->  " in proc.stdout and "diverged" in proc.stdout
+    # the members' error lines all come before the result lines: each names its job
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert [line.split(":")[1] for line in errors] == [
+        " job 1 (optim.lr=10 data.train_subset=2000 train.epochs=2 device=cpu)",
+        " job 2 (optim.lr=10000.0 data.train_subset=2000 train.epochs=2 device=cpu)"], proc.stderr
 
 
 @pytest.mark.parametrize("setting, shown", [("hydra.launcher.memory_gb=-1", "a number of gigabytes > 0"),
