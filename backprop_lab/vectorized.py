@@ -126,12 +126,15 @@ def plan(jobs: list[Planned], memory_gb: float | None) -> tuple[list[list[Planne
             continue
         cfg = members[0].cfg
         n_train = cfg.data.train_subset or 60_000
-        fits = max(1, budget(memory_gb, cfg.device) // member_bytes(cfg, n_train))
+        allowed, needs = budget(memory_gb, cfg.device), member_bytes(cfg, n_train)
+        fits = max(1, allowed // needs)
         parts = [members[i:i + fits] for i in range(0, len(members), fits)]
         units += parts
         lines.append((describe([m.cfg for m in members]), members[0].key))
         if len(parts) > 1:
-            splits.append(f"the group of {len(members)} trains in {len(parts)} parts of up to {fits}: memory budget")
+            over = f" (one member needs ~{needs / 1e9:.2g} GB, more than all of it)" if needs > allowed else ""
+            splits.append(f"the group of {len(members)} trains in {len(parts)} parts of up to {fits}: memory "
+                          f"budget{over}")
     alone = [job for job in jobs if job.key is None]
     units += [[job] for job in alone]
     units.sort(key=lambda unit: unit[0].idx)

@@ -310,6 +310,12 @@ def test_a_group_over_the_memory_budget_trains_in_parts(tmp_path):
     assert "  the group of 3 trains in 2 parts of up to 2: memory budget" in proc.stdout
     assert [summary(sweep / j)["vectorized"]["members"] for j in "012"] == [2, 2, 1]
     assert all(summary(sweep / j)["status"] == "completed" for j in "012")
+    # a budget below one member's need: each trains alone, and the plan says why
+    tiny = run_cli("-m", "optim.lr=0.05,0.1", *TINY, VEC, "hydra.launcher.memory_gb=0.001",
+                   f"hydra.sweep.dir={tmp_path / 'tiny'}", cwd=tmp_path)
+    clean(tiny)
+    assert re.search(r"  the group of 2 trains in 2 parts of up to 1: memory budget \(one member needs ~0\.00\d+ GB, "
+                     r"more than all of it\)", tiny.stdout), tiny.stdout
 
 
 def test_a_diverging_member_is_recorded_and_the_others_complete(tmp_path):
