@@ -999,9 +999,11 @@ class SweepReport(Callback):
         else:
             closed = False
         stopped = interrupted(sweep_dir) or stopped
-        if stopped:
-            error_line(f"sweep stopped by {stopped_by(stopped[0])}{f' in {stopped[1]}' * bool(stopped[1])}; no job "
-                       f"was started after it; {finish_hint(sweep_dir)}")
+        if stopped:  # e.g. while the last job drew its plots: then there is nothing to finish
+            done = bool(runs) and all(r.status == "completed" for r in runs)
+            error_line(f"sweep stopped by {stopped_by(stopped[0])}{f' in {stopped[1]}' * bool(stopped[1])}; " + (
+                "every job had completed (only analysis plots may be missing)" if done else
+                f"no job was started after it; {finish_hint(sweep_dir)}"))
             raise SystemExit(EXIT_OF_SIGNAL.get(stopped[0], 130))
         reason = stop_reason(sweep_dir)
         if reason:

@@ -552,9 +552,12 @@ def test_a_closed_stdout_stops_a_sweep_as_ctrl_c_does(tmp_path, launcher):
     assert proc.wait(timeout=120) == 141, err
     assert first.startswith("vectorized: 3 jobs" if launcher else "job 0  optim.lr=0.05  ->  test acc")
     assert err.count("\n") == 1 and err.startswith("error: sweep stopped by a closed standard output (broken pipe)")
-    assert f"hydra.sweep.dir={sweep} hydra.callbacks.sweep_report.resume=true" in err
     rows = json.loads((sweep / "sweep_summary.json").read_text())["runs"]
     assert len(rows) == 3 and all(row["status"] in ("completed", "not started") for row in rows), rows
+    if all(row["status"] == "completed" for row in rows):  # a group trains its members together: nothing left
+        assert err.rstrip().endswith("every job had completed (only analysis plots may be missing)"), err
+    else:
+        assert f"hydra.sweep.dir={sweep} hydra.callbacks.sweep_report.resume=true" in err
 
 
 def test_a_resumed_sweep_with_a_job_folder_it_cannot_change_changes_none(tmp_path, monkeypatch):
@@ -698,3 +701,29 @@ def test_a_sweep_with_jobs_in_folders_within_folders_is_not_resumed_as_a_whole(t
                         re.escape("); it is kept as it is: a sweep whose jobs sit in folders within folders cannot be "
                                   "resumed as a whole: resume each job with backprop-lab resume JOB_DIR"), lines[0])
     assert {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()} == before
+
+
+def test_a_sweep_stopped_once_every_job_completed_offers_nothing_to_finish(tmp_path, capsys):
+    """Ctrl-C while the last job draws its plots: every job is complete, so the closing line does
+    not ask for a resume that would find nothing to do."""
+    from backprop_lab.sweep import SweepReport, request_interrupt
+
+    from .test_compare import make_run
+
+    sweep = tmp_path / "sweep"
+    for job in "01":
+        make_run(sweep / job, [0.5, 0.6])
+    (sweep / ".backprop-lab-sweep").write_text("sweeper\n")
+    request_interrupt(sweep, "SIGINT", "job 1")
+    with pytest.raises(SystemExit) as stopped:
+        SweepReport().on_multirun_end_of(sweep)
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "error: sweep stopped by SIGINT in job 1; every job had completed (only analysis plots may be "
+        "missing)")
+    (sweep / "1" / "summary.json").write_text(json.dumps({**json.loads((sweep / "1" / "summary.json").read_text()),
+                                                          "status": "interrupted"}))
+    request_interrupt(sweep, "SIGINT", "job 1")
+    with pytest.raises(SystemExit):
+        SweepReport().on_multirun_end_of(sweep)
+    assert "no job was started after it; to finish the sweep, run" in capsys.readouterr().err
