@@ -169,6 +169,11 @@ def continued_summary(run_dir: Path, checkpoint: dict[str, Any], writer: Any, ma
     return summary
 
 
+# Runs of this process that failed on a write (a full disk): run directory -> the error. Their
+# summary.json may still say `running`; a sweep's report takes the run's end from here.
+UNSAVED_ENDS: dict[str, str] = {}
+
+
 @dataclass
 class ActiveRun:
     """A run between start and finish: what it trains, where it writes, what it has recorded."""
@@ -195,6 +200,7 @@ class ActiveRun:
     def write_failed(self, e: OSError) -> int:  # the run stops; what was written before is kept, for resume
         self.summary.update(status="failed", error=cannot_write(
             self.run_dir, e, resume_after(self.run_dir, self.summary["epochs_completed"])))
+        UNSAVED_ENDS[str(self.run_dir.resolve())] = self.summary["error"]  # its summary.json may not say so
         return EXIT_FAILED
 
     def save_checkpoint(self, epoch: int, row: dict[str, float] | None, layers: Any = ()) -> None:
@@ -418,11 +424,6 @@ def record_epoch(active: ActiveRun, m: Any) -> None:
     active.reporter.epoch(row)
 
 
-# Runs this process ended whose summary.json could not be updated (a full disk): run directory ->
-# the error. The file still says `running`; a sweep's report takes the run's end from here.
-UNSAVED_ENDS: dict[str, str] = {}
-
-
 def finish(active: ActiveRun, stop: StopRequest, exit_code: int, previous: dict[int, Any]) -> int:
     """Step 3: a completed run's weights and plots, then the final summary; a second signal
     meanwhile may cost the plots, never the weights or the summary."""
@@ -437,7 +438,6 @@ def finish(active: ActiveRun, stop: StopRequest, exit_code: int, previous: dict[
         active.writer.write_summary(summary)
     except OSError as e:
         exit_code = active.write_failed(e)
-        UNSAVED_ENDS[str(active.run_dir.resolve())] = summary["error"]
     except KeyboardInterrupt:  # a second signal while the weights or the last summary were being written
         name = signal.Signals(stop.signum or signal.SIGINT).name
         summary["signal"] = name  # a sweep stops its later jobs on it
@@ -452,7 +452,6 @@ def finish(active: ActiveRun, stop: StopRequest, exit_code: int, previous: dict[
             active.writer.write_summary(summary)
         except OSError as e:
             exit_code = active.write_failed(e)
-            UNSAVED_ENDS[str(active.run_dir.resolve())] = summary["error"]
     return exit_code
 
 

@@ -245,7 +245,6 @@ def typed(job_config: DictConfig) -> Any:
     return from_dictconfig(OmegaConf.masked_copy(job_config, [key for key in job_config if key != "hydra"]))
 
 
-@functools.lru_cache(maxsize=1)
 def check_tensorboard() -> None:
     """log.tensorboard=true in a grid: refused whole when TensorBoard is missing, as a single run is,
     not once for every job."""
@@ -455,7 +454,7 @@ def record_refused(sweep_dir: Path, run_dir: Path, why: str) -> None:
 
 
 def unsaved_end(run: saved_runs.Run) -> saved_runs.Run:
-    """A run this process ended as `failed` when its summary.json could not be written: so, not
+    """A run of this process that failed on a write its summary.json may not show: `failed`, not
     the `running` its file still says."""
     from .runner import UNSAVED_ENDS
 
@@ -727,6 +726,11 @@ def refused_before_any_job() -> Any:
         raise SystemExit(EXIT_BAD_INPUT) from None
 
 
+def unusable_sweep_folder(doing: str, sweep_dir: Path, why: Any) -> RunDirError:
+    return RunDirError(f"cannot {doing} the sweep directory {sweep_dir}: {why}; run from a writable folder or set "
+                       f"hydra.sweep.dir=<writable path>")
+
+
 def make_sweep_folder(sweep_dir: Path) -> None:
     """Made here, as Hydra's launcher would next, so a path that cannot be a folder is one line."""
     from .claim import not_a_folder
@@ -735,8 +739,7 @@ def make_sweep_folder(sweep_dir: Path) -> None:
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         why = not_a_folder(sweep_dir) if isinstance(e, (FileExistsError, NotADirectoryError)) else e.strerror or e
-        raise RunDirError(f"cannot create the sweep directory {sweep_dir}: {why}; run from a writable folder "
-                          f"or set hydra.sweep.dir=<writable path>") from None
+        raise unusable_sweep_folder("create", sweep_dir, why) from None
 
 
 # The sweep folders this process holds, by path: not on SweepReport, which submitit pickles.
@@ -750,8 +753,7 @@ def hold_sweep_folder(sweep_dir: Path) -> contextlib.ExitStack:
     try:
         held.enter_context(locked(sweep_dir, busy="is the folder of a sweep run by"))
     except OSError as e:
-        raise RunDirError(f"cannot write in the sweep directory {sweep_dir}: {e.strerror or e}; run from a writable "
-                          f"folder or set hydra.sweep.dir=<writable path>") from None
+        raise unusable_sweep_folder("write in", sweep_dir, e.strerror or e) from None
     return held
 
 
@@ -803,8 +805,7 @@ def mark_sweep_folder(sweep_dir: Path, sweeper: str) -> None:
             (sweep_dir / name).unlink(missing_ok=True)
         (sweep_dir / SWEEP_MARK).write_text(f"{sweeper}\n")
     except OSError as e:
-        raise RunDirError(f"cannot write in the sweep directory {sweep_dir}: {e.strerror or e}; run from a writable "
-                          f"folder or set hydra.sweep.dir=<writable path>") from None
+        raise unusable_sweep_folder("write in", sweep_dir, e.strerror or e) from None
 
 
 @contextlib.contextmanager
@@ -1000,7 +1001,7 @@ class SweepReport(Callback):
             closed = False
         stopped = interrupted(sweep_dir) or stopped
         if stopped:  # e.g. while the last job drew its plots: then there is nothing to finish
-            done = bool(runs) and all(r.status == "completed" for r in runs)
+            done = bool(runs) and all(r.status == "completed" for r in runs) and not trials_not_started(sweep_dir, runs)
             error_line(f"sweep stopped by {stopped_by(stopped[0])}{f' in {stopped[1]}' * bool(stopped[1])}; " + (
                 "every job had completed (only analysis plots may be missing)" if done else
                 f"no job was started after it; {finish_hint(sweep_dir)}"))

@@ -727,3 +727,11 @@ def test_a_sweep_stopped_once_every_job_completed_offers_nothing_to_finish(tmp_p
     with pytest.raises(SystemExit):
         SweepReport().on_multirun_end_of(sweep)
     assert "no job was started after it; to finish the sweep, run" in capsys.readouterr().err
+    # an Optuna search with a trial still to run, its two trials completed: there is something to finish
+    (sweep / "1" / "summary.json").write_text(json.dumps({**json.loads((sweep / "1" / "summary.json").read_text()),
+                                                          "status": "completed"}))
+    (sweep / ".planned_jobs").write_text(json.dumps({"trials": 3, "overrides": [], "hydra": []}))
+    request_interrupt(sweep, "SIGINT", "job 1")
+    with pytest.raises(SystemExit):
+        SweepReport().on_multirun_end_of(sweep)
+    assert "no job was started after it; to finish the sweep, run" in capsys.readouterr().err
